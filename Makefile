@@ -1,0 +1,36 @@
+# Two entry points, both from a fresh clone: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PIP = $(VENV)/bin/python -m pip
+# torch is pinned to the CPU wheel; the constraint keeps dependants from pulling CUDA builds.
+PIP_INSTALL = $(PIP) install --quiet --disable-pip-version-check -c constraints.txt
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.demo-installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP_INSTALL) --upgrade pip
+	$(PIP_INSTALL) -e ".[all]"
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.demo-installed
+	$(PIP_INSTALL) -e ".[all,ray,test]"
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(VENV)/bin/edgeinfer demo
+
+test: $(VENV)/.test-installed
+	./scripts/system-deps.sh
+	$(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.test-installed
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.test-installed
+	for b in benchmarks/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

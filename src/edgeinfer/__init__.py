@@ -1,0 +1,40 @@
+"""edgeinfer: run machine-learning models where the data is.
+
+The public face of the package. Optimize a model, ship it as a :class:`Bundle`, run it
+locally with :func:`load`, and (with the extras) serve or offload it.
+
+>>> import edgeinfer
+>>> model = edgeinfer.load("bundles/digits-cnn")          # doctest: +SKIP
+>>> model.predict(images)["logits"].argmax(axis=1)        # doctest: +SKIP
+"""
+
+from edgeinfer.bundle import Bundle, Golden, Manifest
+from edgeinfer.errors import (
+    BackendError,
+    BundleError,
+    EdgeInferError,
+    InputError,
+    MissingDependencyError,
+    ProviderError,
+)
+from edgeinfer.runtime import Model, available_providers, load
+from edgeinfer.tensors import TensorSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "Bundle",
+    "BundleError",
+    "EdgeInferError",
+    "Golden",
+    "InputError",
+    "Manifest",
+    "MissingDependencyError",
+    "Model",
+    "ProviderError",
+    "TensorSpec",
+    "__version__",
+    "available_providers",
+    "load",
+]

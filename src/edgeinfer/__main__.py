@@ -1,0 +1,3 @@
+from edgeinfer.cli.main import main
+
+main()

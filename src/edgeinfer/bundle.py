@@ -1,0 +1,576 @@
+"""The model bundle: what edgeinfer optimizes, ships, installs and runs.
+
+A bundle is a directory::
+
+    digits-cnn/
+      model.onnx       the model (or model.tflite)
+      manifest.json    name, integer version, format, the model file's size and sha256,
+                       input/output specs, labels, provenance (source hash, recipe), metrics
+      golden.npz       optional: inputs, the outputs the model gave at build time, tolerance
+
+``Bundle.open`` verifies sizes and hashes and raises :class:`BundleError` on any mismatch;
+``Bundle.pack`` writes a deterministic single-file ``.tar`` (same bundle, same bytes: good
+for hashes and deltas) and ``Bundle.unpack`` extracts one, refusing absolute paths, ``..``,
+links and devices. A bare ``.onnx`` or ``.tflite`` file is accepted wherever a bundle is.
+Writes go to a temporary directory beside the target and are moved into place with
+``os.replace``, so a crash never leaves half a bundle where a bundle should be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeinfer.errors import BundleError, InputError
+from edgeinfer.tensors import TensorSpec
+
+if TYPE_CHECKING:
+    from edgeinfer.runtime.model import Model
+
+__all__ = [
+    "GOLDEN_FILE",
+    "MANIFEST_FILE",
+    "MODEL_FORMATS",
+    "SCHEMA_VERSION",
+    "Bundle",
+    "FileRef",
+    "Golden",
+    "Manifest",
+    "cache_dir",
+    "model_format",
+    "sha256_file",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+GOLDEN_FILE = "golden.npz"
+MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MAX_MEMBER_BYTES = 8 << 30  # no single bundle file above 8 GiB
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (a model never sits in memory twice)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_format(path: str | os.PathLike[str]) -> str:
+    """``"onnx"`` or ``"tflite"`` from a model file's suffix, else :class:`BundleError`."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return MODEL_FORMATS[suffix]
+    except KeyError:
+        raise BundleError(
+            f"{path}: unsupported model file type {suffix or '(none)'!r}; expected "
+            f"{' or '.join(MODEL_FORMATS)} (or a bundle directory / .tar)"
+        ) from None
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        raise BundleError(
+            f"bundle name {name!r} is not allowed; use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """A file inside a bundle, with the size and hash it must have."""
+
+    file: str
+    size: int  # bytes
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path) -> FileRef:
+        return cls(path.name, path.stat().st_size, sha256_file(path))
+
+    def verify(self, root: Path) -> Path:
+        path = root / self.file
+        if not path.is_file():
+            raise BundleError(f"{root}: {self.file} is missing")
+        size = path.stat().st_size
+        if size != self.size:
+            raise BundleError(
+                f"{path}: size {size} bytes does not match the manifest's {self.size}; "
+                "the file is truncated or was replaced"
+            )
+        digest = sha256_file(path)
+        if digest != self.sha256:
+            raise BundleError(
+                f"{path}: sha256 {digest[:16]}... does not match the manifest's "
+                f"{self.sha256[:16]}...; the file was modified or tampered with"
+            )
+        return path
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``manifest.json`` holds. Parsed strictly: unknown schema versions are refused."""
+
+    name: str
+    version: int
+    format: str
+    model: FileRef
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    labels: tuple[str, ...] | None = None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    golden: FileRef | None = None
+    files: tuple[FileRef, ...] = ()  # further verified files (profiles, tokenizers, ...)
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        def ref(r: FileRef | None) -> dict[str, Any] | None:
+            return None if r is None else {"file": r.file, "size": r.size, "sha256": r.sha256}
+
+        return {
+            "schema_version": self.schema_version,
+            "name": self.name,
+            "version": self.version,
+            "format": self.format,
+            "model": ref(self.model),
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "labels": None if self.labels is None else list(self.labels),
+            "provenance": dict(self.provenance),
+            "metrics": dict(self.metrics),
+            "golden": ref(self.golden),
+            "files": [ref(f) for f in self.files],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
+        if not isinstance(data, dict):
+            raise BundleError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        schema = data.get("schema_version")
+        if schema != SCHEMA_VERSION:
+            raise BundleError(
+                f"{where}: unsupported schema_version {schema!r}; this edgeinfer reads "
+                f"schema_version {SCHEMA_VERSION} (upgrade edgeinfer for newer bundles)"
+            )
+        try:
+
+            def ref(r: Any) -> FileRef:
+                if not isinstance(r, dict):
+                    raise TypeError("file reference must be an object")
+                file, size, digest = r["file"], r["size"], r["sha256"]
+                if not isinstance(file, str) or "/" in file or "\\" in file or file in {".", ".."}:
+                    raise ValueError(f"file name {file!r} must be a plain name in the bundle")
+                if not isinstance(size, int) or size < 0:
+                    raise ValueError(f"size {size!r} must be an integer >= 0")
+                if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    raise ValueError(f"sha256 {digest!r} must be 64 lowercase hex digits")
+                return FileRef(file, size, digest)
+
+            version = data["version"]
+            if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+                raise ValueError(f"version {version!r} must be an integer >= 0")
+            fmt = data["format"]
+            if fmt not in MODEL_FORMATS.values():
+                raise ValueError(f"format {fmt!r} must be one of {sorted(MODEL_FORMATS.values())}")
+            labels = data.get("labels")
+            return cls(
+                name=check_name(data["name"]),
+                version=version,
+                format=fmt,
+                model=ref(data["model"]),
+                inputs=tuple(TensorSpec.from_dict(s) for s in data["inputs"]),
+                outputs=tuple(TensorSpec.from_dict(s) for s in data["outputs"]),
+                labels=None if labels is None else tuple(str(x) for x in labels),
+                provenance=dict(data.get("provenance") or {}),
+                metrics=dict(data.get("metrics") or {}),
+                golden=None if data.get("golden") is None else ref(data["golden"]),
+                files=tuple(ref(f) for f in data.get("files") or ()),
+            )
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError, InputError) as exc:
+            what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise BundleError(f"{where}: invalid manifest: {what}") from None
+
+
+@dataclass(frozen=True)
+class Golden:
+    """A golden sample: inputs, the outputs the model gave at build time, and a tolerance."""
+
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+    atol: float = 1e-4
+    rtol: float = 1e-3
+
+    def save(self, path: Path) -> None:
+        arrays: dict[str, Any] = {
+            "input_names": np.array(list(self.inputs), dtype=str),
+            "output_names": np.array(list(self.outputs), dtype=str),
+            "atol": np.float64(self.atol),
+            "rtol": np.float64(self.rtol),
+        }
+        for i, v in enumerate(self.inputs.values()):
+            arrays[f"input_{i}"] = v
+        for i, v in enumerate(self.outputs.values()):
+            arrays[f"output_{i}"] = v
+        with open(path, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Golden:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                ins = [str(n) for n in z["input_names"]]
+                outs = [str(n) for n in z["output_names"]]
+                return cls(
+                    {n: z[f"input_{i}"] for i, n in enumerate(ins)},
+                    {n: z[f"output_{i}"] for i, n in enumerate(outs)},
+                    float(z["atol"]),
+                    float(z["rtol"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise BundleError(f"{path}: unreadable golden sample ({exc})") from exc
+
+    def compare(self, outputs: Mapping[str, np.ndarray]) -> list[str]:
+        """Mismatches between ``outputs`` and the recorded ones; empty when all agree."""
+        problems = []
+        for name, want in self.outputs.items():
+            got = outputs.get(name)
+            if got is None:
+                problems.append(f"output {name!r} missing")
+            elif got.shape != want.shape:
+                problems.append(f"output {name!r}: shape {got.shape}, expected {want.shape}")
+            elif want.dtype.kind in "fc":
+                if not np.allclose(got, want, atol=self.atol, rtol=self.rtol, equal_nan=True):
+                    err = float(np.nanmax(np.abs(got.astype(np.float64) - want)))
+                    problems.append(
+                        f"output {name!r}: max abs error {err:.3g} exceeds atol {self.atol:g} "
+                        f"+ rtol {self.rtol:g}"
+                    )
+            elif not np.array_equal(got, want):
+                problems.append(f"output {name!r}: values differ from the golden sample")
+        return problems
+
+
+class Bundle:
+    """A verified bundle on disk (or a bare model file treated as one)."""
+
+    def __init__(self, path: Path, manifest: Manifest, *, bare: bool = False) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.bare = bare
+
+    def __repr__(self) -> str:
+        m = self.manifest
+        return f"Bundle({m.name!r}, version={m.version}, format={m.format!r}, path='{self.path}')"
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+    @property
+    def model_path(self) -> Path:
+        return self.path if self.bare else self.path / self.manifest.model.file
+
+    def golden(self) -> Golden | None:
+        """The golden sample, or ``None`` when the bundle has none."""
+        if self.bare or self.manifest.golden is None:
+            return None
+        return Golden.load(self.manifest.golden.verify(self.path))
+
+    def check_golden(self, model: Model) -> list[str]:
+        """Run the golden inputs through ``model``; the list of mismatches (empty: healthy)."""
+        golden = self.golden()
+        if golden is None:
+            return []
+        return golden.compare(model.predict(golden.inputs))
+
+    # ---------------------------------------------------------------- open
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> Bundle:
+        """Open and verify a bundle directory, a packed ``.tar`` or a bare model file.
+
+        A ``.tar`` is unpacked (once) into the user cache directory.
+        """
+        p = Path(path)
+        if not p.exists():
+            raise BundleError(f"{p}: no such bundle or model file")
+        if p.is_dir():
+            return cls._open_dir(p)
+        if p.suffix.lower() == ".tar":
+            cache = _cache_dir() / "unpacked" / sha256_file(p)
+            if (cache / MANIFEST_FILE).is_file():
+                return cls._open_dir(cache)
+            return cls.unpack(p, cache)
+        return cls._open_bare(p)
+
+    @classmethod
+    def _open_dir(cls, root: Path) -> Bundle:
+        mpath = root / MANIFEST_FILE
+        if not mpath.is_file():
+            raise BundleError(f"{root}: not a bundle (no {MANIFEST_FILE})")
+        try:
+            data = json.loads(mpath.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+        manifest = Manifest.from_dict(data, str(mpath))
+        if model_format(manifest.model.file) != manifest.format:
+            raise BundleError(
+                f"{mpath}: model file {manifest.model.file!r} does not match format "
+                f"{manifest.format!r}"
+            )
+        manifest.model.verify(root)
+        for ref in (manifest.golden, *manifest.files):
+            if ref is not None:
+                ref.verify(root)
+        return cls(root, manifest)
+
+    @classmethod
+    def _open_bare(cls, path: Path) -> Bundle:
+        from edgeinfer.runtime.model import backend_for
+
+        fmt = model_format(path)
+        backend = backend_for(path, providers=["cpu"])
+        try:
+            name = re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip("._-") or "model"
+            manifest = Manifest(
+                name=name[:128],
+                version=0,
+                format=fmt,
+                model=FileRef.of(path),
+                inputs=backend.inputs,
+                outputs=backend.outputs,
+            )
+        finally:
+            backend.close()
+        return cls(path, manifest, bare=True)
+
+    # ---------------------------------------------------------------- create
+    @classmethod
+    def create(
+        cls,
+        model_path: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        name: str,
+        version: int = 1,
+        golden_inputs: Any = None,
+        atol: float = 1e-4,
+        rtol: float = 1e-3,
+        labels: list[str] | tuple[str, ...] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        source: str | os.PathLike[str] | None = None,
+        source_sha256: str | None = None,
+        extra_files: Mapping[str, str | os.PathLike[str]] | None = None,
+        overwrite: bool = False,
+    ) -> Bundle:
+        """Build a bundle from a model file; record golden outputs if inputs are given.
+
+        >>> Bundle.create("model.onnx", "bundles/digits", name="digits", version=1,
+        ...               golden_inputs=x_test[:8])  # doctest: +SKIP
+        """
+        from edgeinfer.runtime.model import Model, backend_for
+
+        src = Path(model_path)
+        if not src.is_file():
+            raise BundleError(f"{src}: model file not found")
+        fmt = model_format(src)
+        check_name(name)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise BundleError(f"version {version!r} must be an integer >= 0")
+        out = Path(out_dir)
+        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+            raise BundleError(f"{out} already exists and is not empty (pass overwrite=True)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(out) as stage:
+            model_file = stage / f"model.{fmt}"
+            shutil.copyfile(src, model_file)
+            model = Model(backend_for(model_file, providers=["cpu"]))
+            golden_ref = None
+            if golden_inputs is not None:
+                feeds = model.validate(golden_inputs)
+                golden = Golden(feeds, model.predict(feeds), atol, rtol)
+                golden.save(stage / GOLDEN_FILE)
+                golden_ref = FileRef.of(stage / GOLDEN_FILE)
+            extra = []
+            for fname, fpath in (extra_files or {}).items():
+                if fname in {MANIFEST_FILE, GOLDEN_FILE, model_file.name} or "/" in fname:
+                    raise BundleError(f"extra file name {fname!r} is reserved or not plain")
+                shutil.copyfile(fpath, stage / fname)
+                extra.append(FileRef.of(stage / fname))
+            from edgeinfer import __version__
+
+            model_ref = FileRef.of(model_file)
+            manifest = Manifest(
+                name=name,
+                version=version,
+                format=fmt,
+                model=model_ref,
+                inputs=model.inputs,
+                outputs=model.outputs,
+                labels=None if labels is None else tuple(labels),
+                provenance={
+                    "source": str(source if source is not None else src.name),
+                    "source_sha256": source_sha256 or model_ref.sha256,
+                    "recipe": dict(recipe) if recipe else None,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "edgeinfer_version": __version__,
+                },
+                metrics=dict(metrics or {}),
+                golden=golden_ref,
+                files=tuple(extra),
+            )
+            model.close()
+            _write_manifest(stage, manifest)
+        return cls._open_dir(out)
+
+    def with_metrics(self, **metrics: Any) -> Bundle:
+        """Record more metrics in the manifest (atomically rewritten); returns the new view."""
+        if self.bare:
+            raise BundleError(f"{self.path}: a bare model file has no manifest to update")
+        manifest = replace(self.manifest, metrics={**self.manifest.metrics, **metrics})
+        _write_manifest(self.path, manifest)
+        return Bundle(self.path, manifest)
+
+    # ---------------------------------------------------------------- pack / unpack
+    def pack(self, tar_path: str | os.PathLike[str]) -> Path:
+        """Write the bundle as one deterministic, uncompressed ``.tar``; returns its path."""
+        if self.bare:
+            raise BundleError(f"{self.path}: create a bundle before packing a bare model file")
+        members = [MANIFEST_FILE, self.manifest.model.file]
+        members += [r.file for r in (self.manifest.golden, *self.manifest.files) if r is not None]
+        dest = Path(tar_path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        try:
+            with (
+                os.fdopen(fd, "wb") as raw,
+                tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                for fname in sorted(members):
+                    info = tarfile.TarInfo(fname)
+                    info.size = (self.path / fname).stat().st_size
+                    info.mode = 0o644
+                    info.mtime = 0
+                    with open(self.path / fname, "rb") as f:
+                        tar.addfile(info, f)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return dest
+
+    @classmethod
+    def unpack(cls, tar_path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Bundle:
+        """Extract a packed bundle into ``dest`` (must not exist or be empty) and verify it.
+
+        Refuses absolute paths, ``..``, links, devices and nested paths: a bundle is flat.
+        """
+        src = Path(tar_path)
+        out = Path(dest)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise BundleError(f"{out} already exists and is not empty")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            tar = tarfile.open(src, mode="r:")
+        except (OSError, tarfile.TarError) as exc:
+            raise BundleError(f"{src}: not a readable bundle archive ({exc})") from None
+        with tar, _staging(out) as stage:
+            try:
+                for member in tar:
+                    _check_member(src, member)
+                    fobj = tar.extractfile(member)
+                    if fobj is None:  # pragma: no cover - regular files always have data
+                        raise BundleError(f"{src}: member {member.name!r} has no data")
+                    with open(stage / member.name, "xb") as f:
+                        shutil.copyfileobj(fobj, f)
+            except (OSError, tarfile.TarError, EOFError) as exc:
+                raise BundleError(f"{src}: corrupt bundle archive ({exc})") from None
+            except FileExistsError as exc:
+                raise BundleError(f"{src}: duplicate member {exc.filename}") from None
+            cls._open_dir(stage)  # verify before it becomes visible
+        return cls._open_dir(out)
+
+
+def _check_member(src: Path, member: tarfile.TarInfo) -> None:
+    name = member.name
+    if not member.isfile():
+        kind = "link" if (member.issym() or member.islnk()) else "directory, device or fifo"
+        raise BundleError(f"{src}: member {name!r} is a {kind}; a bundle holds only plain files")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
+        raise BundleError(f"{src}: member {name!r} has an absolute path")
+    if ".." in re.split(r"[/\\]", name):
+        raise BundleError(f"{src}: member {name!r} escapes the bundle with '..'")
+    if "/" in name or "\\" in name or name in {"", "."}:
+        raise BundleError(f"{src}: member {name!r} is not a plain file name; bundles are flat")
+    if member.size > _MAX_MEMBER_BYTES:
+        raise BundleError(f"{src}: member {name!r} is {member.size} bytes, over the limit")
+
+
+def _write_manifest(root: Path, manifest: Manifest) -> None:
+    text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, root / MANIFEST_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out`` that replaces it on success, vanishes on error."""
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield stage
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            os.replace(out, old / "b")
+            os.replace(stage, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(stage, out)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("EDGEINFER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgeinfer"
+    )
+    path = Path(base)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def cache_dir() -> Path:
+    """edgeinfer's user cache (``$EDGEINFER_CACHE``, else ``~/.cache/edgeinfer``)."""
+    return _cache_dir()
+

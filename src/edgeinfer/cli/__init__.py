@@ -1,0 +1,1 @@
+"""The ``edgeinfer`` command line (see :mod:`edgeinfer.cli.main`)."""

@@ -1,0 +1,82 @@
+"""``edgeinfer bench PATH``: cold start, latency percentiles, throughput and peak memory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+
+def bench(
+    path: Path = typer.Argument(..., help="Bundle directory, packed .tar, or .onnx/.tflite file."),
+    batch: int = typer.Option(1, min=1, help="Batch size of the random inputs."),
+    dim: list[str] = typer.Option(
+        [], "--dim", help="Size of a symbolic dimension, e.g. --dim sequence=128 (repeatable)."
+    ),
+    input: Path | None = typer.Option(None, "--input", "-i", help="Real inputs (.npy/.npz/.json)."),
+    threads: int | None = typer.Option(None, help="Intra-op threads (default: runtime's)."),
+    providers: str = typer.Option("auto", help="'auto' or a list such as 'cuda,cpu'."),
+    seconds: float = typer.Option(2.0, min=0.1, help="Minimum time spent on timed calls."),
+    concurrency: int = typer.Option(0, min=0, help="Also measure throughput with N threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Measure a model on this machine."""
+    from edgeinfer.cli._common import parse_dims, read_inputs
+    from edgeinfer.runtime.bench import bench as run_bench
+
+    plist = "auto" if providers == "auto" else [p.strip() for p in providers.split(",")]
+    inputs = None
+    if input is not None:
+        raw = read_inputs(input)
+        inputs = raw if isinstance(raw, dict) else None
+        if inputs is None:
+            from edgeinfer.runtime.model import load
+
+            with load(path, providers=plist) as m:
+                inputs = m.validate(raw)
+    console = Console(stderr=as_json)
+    with console.status("benchmarking..."):
+        result = run_bench(
+            path,
+            batch=batch,
+            dims=parse_dims(dim),
+            inputs=inputs,
+            threads=threads,
+            providers=plist,
+            min_seconds=seconds,
+            concurrency=concurrency,
+        )
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+        return
+    table = Table(title=f"{result.model} on {', '.join(result.providers)} (batch {result.batch})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("cold start (load + first inference)", f"{result.cold_start_s * 1e3:.1f} ms"),
+        ("  load", f"{result.load_s * 1e3:.1f} ms"),
+        ("  first inference", f"{result.first_inference_s * 1e3:.1f} ms"),
+        ("latency p50", f"{result.p50_ms:.3f} ms"),
+        ("latency p90", f"{result.p90_ms:.3f} ms"),
+        ("latency p99", f"{result.p99_ms:.3f} ms"),
+        ("throughput (serial)", f"{result.throughput_per_s:,.1f} samples/s"),
+        ("timed calls", str(result.calls)),
+        ("peak RSS (process)", f"{result.peak_rss_mb:.1f} MiB"),
+    ]
+    if result.concurrent_throughput_per_s is not None:
+        rows.append(
+            (
+                f"throughput ({result.concurrency} threads)",
+                f"{result.concurrent_throughput_per_s:,.1f} samples/s",
+            )
+        )
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,125 @@
+"""Measuring a model on this machine: cold start, latency percentiles, throughput, memory.
+
+Used by ``edgeinfer bench`` and the benchmarks. Latencies are wall-clock per call through
+:class:`~edgeinfer.runtime.model.Model`, after warm-up; percentiles are over all timed
+calls. Peak RSS is the process's high-water mark (``getrusage``), so it includes whatever
+the process held before.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.runtime.model import Model, load
+
+__all__ = ["BenchResult", "bench", "peak_rss_mb"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    model: str
+    providers: tuple[str, ...]
+    threads: int | None
+    batch: int
+    load_s: float  # opening + verifying + creating the session
+    first_inference_s: float  # the first predict after load
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    calls: int
+    throughput_per_s: float  # samples per second, serial calls
+    concurrent_throughput_per_s: float | None  # samples per second with `concurrency` threads
+    concurrency: int
+    peak_rss_mb: float
+
+    @property
+    def cold_start_s(self) -> float:
+        return self.load_s + self.first_inference_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cold_start_s"] = self.cold_start_s
+        return d
+
+
+def bench(
+    path: str | os.PathLike[str],
+    *,
+    batch: int = 1,
+    dims: Mapping[str, int] | None = None,
+    inputs: Mapping[str, np.ndarray] | None = None,
+    threads: int | None = None,
+    providers: str | Sequence[str] | None = "auto",
+    warmup: int = 5,
+    min_calls: int = 50,
+    min_seconds: float = 2.0,
+    concurrency: int = 0,
+) -> BenchResult:
+    """Load ``path`` and time it; ``dims`` sets symbolic dims (e.g. ``{"sequence": 128}``)."""
+    t0 = time.perf_counter()
+    model: Model = load(path, threads=threads, providers=providers)
+    t1 = time.perf_counter()
+    feeds = dict(inputs) if inputs is not None else model.sample_inputs(batch, dims)
+    feeds = model.validate(feeds)
+    model.predict(feeds)
+    t2 = time.perf_counter()
+    for _ in range(warmup):
+        model.predict(feeds)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        a = time.perf_counter()
+        model.predict(feeds)
+        times.append(time.perf_counter() - a)
+        if len(times) >= 100_000:
+            break
+    arr = np.array(times) * 1e3
+    first = next(iter(feeds.values()))
+    n = int(first.shape[0]) if first.ndim else 1
+    concurrent = None
+    if concurrency > 1:
+        per_thread = max(10, len(times) // concurrency)
+
+        def worker(_: int) -> None:
+            for _ in range(per_thread):
+                model.predict(feeds)
+
+        c0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(worker, range(concurrency)))
+        concurrent = n * per_thread * concurrency / (time.perf_counter() - c0)
+    result = BenchResult(
+        model=model.name,
+        providers=model.providers,
+        threads=threads,
+        batch=n,
+        load_s=t1 - t0,
+        first_inference_s=t2 - t1,
+        p50_ms=float(np.percentile(arr, 50)),
+        p90_ms=float(np.percentile(arr, 90)),
+        p99_ms=float(np.percentile(arr, 99)),
+        mean_ms=float(arr.mean()),
+        calls=len(times),
+        throughput_per_s=n * len(times) / float(np.sum(times)),
+        concurrent_throughput_per_s=concurrent,
+        concurrency=concurrency,
+        peak_rss_mb=peak_rss_mb(),
+    )
+    model.close()
+    return result

@@ -1,0 +1,193 @@
+"""``Model``: the one way edgeinfer runs a model on this device.
+
+``load(path)`` opens a bundle (verifying it) or a bare model file and picks the backend by
+format: ONNX Runtime for ``.onnx``, LiteRT for ``.tflite``. ``Model.predict`` validates and
+converts inputs (:class:`~edgeinfer.tensors.InputValidator`), runs the backend and returns
+a dict name -> array. It is safe to call from many threads at once.
+
+>>> model = edgeinfer.load("bundles/digits-cnn", threads=2)   # doctest: +SKIP
+>>> model.predict(x_test[:4])["logits"].argmax(1)            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeinfer.errors import InputError
+from edgeinfer.runtime.base import Backend
+from edgeinfer.tensors import InputValidator, TensorSpec
+
+if TYPE_CHECKING:
+    from edgeinfer.bundle import Bundle
+
+__all__ = ["Model", "backend_for", "load"]
+
+
+def backend_for(
+    path: str | os.PathLike[str],
+    *,
+    providers: str | Sequence[str] | None = "auto",
+    threads: int | None = None,
+    fallback: bool = False,
+    **options: Any,
+) -> Backend:
+    """The backend that runs this model file, chosen by its suffix."""
+    from edgeinfer.bundle import model_format
+
+    fmt = model_format(path)
+    if fmt == "tflite":
+        from edgeinfer.runtime.litert import LiteRTBackend
+
+        return LiteRTBackend(path, threads=threads)
+    from edgeinfer.runtime.onnx import OnnxBackend
+
+    return OnnxBackend(path, providers=providers, fallback=fallback, threads=threads, **options)
+
+
+class Model:
+    """A loaded model: validated inputs in, a dict of named outputs out."""
+
+    def __init__(self, backend: Backend, bundle: Bundle | None = None) -> None:
+        self.backend = backend
+        self.bundle = bundle
+        self._validate = InputValidator(backend.inputs)
+        self._output_names = tuple(s.name for s in backend.outputs)
+        self._output_set = frozenset(self._output_names)
+
+    def __repr__(self) -> str:
+        sig = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
+        return f"Model({self.name!r}, backend={self.backend.name}, inputs=({sig}))"
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        if self.bundle is not None:
+            return self.bundle.name
+        return Path(getattr(self.backend, "path", "model")).stem
+
+    @property
+    def version(self) -> int | None:
+        return None if self.bundle is None else self.bundle.version
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.backend.inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.backend.outputs
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """What actually runs the model, best first (e.g. ``('CPUExecutionProvider',)``)."""
+        return self.backend.providers
+
+    def validate(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Check and convert inputs as ``predict`` would, without running the model."""
+        return self._validate(inputs)
+
+    def predict(
+        self, inputs: Any, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the model.
+
+        ``inputs``: a dict name -> array-like, or one array-like for a one-input model.
+        ``outputs``: the output names wanted (default: all). Raises :class:`InputError`
+        for inputs that do not fit the model and ``BackendError`` if the runtime fails.
+        """
+        feeds = self._validate(inputs)
+        if outputs is None:
+            names: Sequence[str] = self._output_names
+        else:
+            names = list(outputs)
+            unknown = [n for n in names if n not in self._output_set]
+            if unknown:
+                raise InputError(
+                    f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
+                    f"{', '.join(map(repr, self._output_names))}"
+                )
+        return dict(zip(names, self.backend.run(feeds, names)))
+
+    def sample_inputs(
+        self, batch: int = 1, dims: Mapping[str, int] | None = None, seed: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Random inputs that fit the signature (for warm-up and benchmarks).
+
+        Dynamic dims take ``dims[symbol]`` if given, the batch size for the first axis,
+        else 1. Inputs named like a mask are all ones; integer inputs are small ids.
+        """
+        rng = np.random.default_rng(seed)
+        dims = dict(dims or {})
+        out = {}
+        for spec in self.inputs:
+            shape = []
+            for axis, d in enumerate(spec.shape or (batch,)):
+                if isinstance(d, int):
+                    shape.append(d)
+                elif isinstance(d, str) and d in dims:
+                    shape.append(dims[d])
+                else:
+                    shape.append(batch if axis == 0 else 1)
+            dt = spec.dt.numpy
+            if spec.dtype == "bytes":
+                out[spec.name] = np.full(shape, b"edgeinfer", dtype=object)
+            elif "mask" in spec.name.lower():
+                out[spec.name] = np.ones(shape, dtype=dt)
+            elif dt.kind == "f":
+                out[spec.name] = rng.standard_normal(shape).astype(dt)
+            elif dt.kind == "b":
+                out[spec.name] = rng.integers(0, 2, shape).astype(dt)
+            elif dt.kind in "iu":
+                info = np.iinfo(dt)
+                lo = max(info.min, 0)
+                out[spec.name] = rng.integers(lo, min(info.max, lo + 100), shape).astype(dt)
+        return out
+
+    def warmup(self, runs: int = 1) -> None:
+        """Run the model on sample inputs so the first real call does not pay for setup."""
+        feeds = self.sample_inputs()
+        for _ in range(runs):
+            self.predict(feeds)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def load(
+    path: str | os.PathLike[str],
+    *,
+    providers: str | Sequence[str] | None = "auto",
+    threads: int | None = None,
+    fallback: bool = False,
+    **options: Any,
+) -> Model:
+    """Load a bundle directory, a packed bundle ``.tar``, or a bare ``.onnx``/``.tflite`` file.
+
+    ``providers``: ``"auto"`` (best available accelerator, then CPU), or an explicit list
+    such as ``["cuda", "cpu"]``; an unavailable provider is an error unless ``fallback``.
+    ``threads``: intra-op threads (``None``: the runtime's default).
+    Further ``options`` go to the backend (``graph_optimization``, ``spinning``).
+    """
+    from edgeinfer.bundle import MODEL_FORMATS, Bundle
+
+    p = Path(path)
+    bundle = None
+    if p.is_file() and p.suffix.lower() in MODEL_FORMATS:
+        model_file = p  # a bare model: nothing to verify against, load it directly
+    else:
+        bundle = Bundle.open(p)
+        model_file = bundle.model_path
+    backend = backend_for(
+        model_file, providers=providers, threads=threads, fallback=fallback, **options
+    )
+    return Model(backend, bundle)
