@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleaved, median, write  # noqa: E402
+from _common import interleaved, median, write
 
 THREADS = 2
 
@@ -42,7 +42,9 @@ def ort_session(path: Path, *, defaults: bool = False) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def compare_onnx(path: Path, feeds: dict[str, np.ndarray], calls: int, repeats: int) -> dict[str, Any]:
+def compare_onnx(
+    path: Path, feeds: dict[str, np.ndarray], calls: int, repeats: int
+) -> dict[str, Any]:
     import edgeinfer
 
     model = edgeinfer.load(path, providers=["cpu"], threads=THREADS)
@@ -88,7 +90,8 @@ else:
     s = ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
     s.run(None, feeds)
 t1 = time.perf_counter()
-print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"cold_s": t1 - t0, "peak_rss_mb": rss}))
 """
 
 
@@ -158,14 +161,15 @@ def main() -> None:
     q = args.quick
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from conftest import make_mlp
-
     from edgeinfer.zoo import minilm
 
     results: dict[str, Any] = {"threads": THREADS}
     minilm_path = minilm.export()
     feeds = minilm.tokenize(minilm.sentences(1), seq_len=128)
     print("MiniLM, batch 1, sequence 128 ...", flush=True)
-    results["minilm"] = compare_onnx(minilm_path, feeds, calls=5 if q else 20, repeats=5 if q else 15)
+    results["minilm"] = compare_onnx(
+        minilm_path, feeds, calls=5 if q else 20, repeats=5 if q else 15
+    )
     print(json.dumps(results["minilm"], indent=1), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         mlp = make_mlp(Path(tmp) / "mlp.onnx", n_in=16, n_hidden=32, n_out=2)

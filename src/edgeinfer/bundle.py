@@ -494,7 +494,7 @@ class Bundle:
             raise BundleError(f"{out} already exists and is not empty")
         out.parent.mkdir(parents=True, exist_ok=True)
         try:
-            tar = tarfile.open(src, mode="r:")
+            tar = tarfile.open(src, mode="r:")  # noqa: SIM115 - closed by the with below
         except (OSError, tarfile.TarError) as exc:
             raise BundleError(f"{src}: not a readable bundle archive ({exc})") from None
         with tar, _staging(out) as stage:
@@ -573,4 +573,3 @@ def _cache_dir() -> Path:
 def cache_dir() -> Path:
     """edgeinfer's user cache (``$EDGEINFER_CACHE``, else ``~/.cache/edgeinfer``)."""
     return _cache_dir()
-

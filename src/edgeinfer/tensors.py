@@ -25,8 +25,8 @@ from edgeinfer.errors import InputError
 
 __all__ = [
     "DTYPES",
-    "Dim",
     "DType",
+    "Dim",
     "InputValidator",
     "TensorSpec",
     "dtype_from_numpy",
@@ -40,7 +40,7 @@ Dim = int | str | None
 
 @dataclass(frozen=True)
 class DType:
-    """One element type, as numpy, ONNX (``TensorProto``) and the Open Inference Protocol name it."""
+    """One element type as numpy, ONNX (``TensorProto``) and the Open Inference Protocol name it."""
 
     name: str  # numpy-style name, the one edgeinfer uses everywhere
     numpy: np.dtype[Any]
@@ -167,7 +167,9 @@ class TensorSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> TensorSpec:
         try:
             shape = data.get("shape")
-            return cls(str(data["name"]), str(data["dtype"]), None if shape is None else tuple(shape))
+            return cls(
+                str(data["name"]), str(data["dtype"]), None if shape is None else tuple(shape)
+            )
         except (KeyError, TypeError) as exc:
             raise InputError(f"bad tensor spec {dict(data)!r}: {exc}") from None
 
@@ -238,10 +240,9 @@ class InputValidator:
         expected = ", ".join(f"{s.name!r} ({s.describe()})" for s in self.specs)
         raise InputError(f"{'; '.join(parts)}; the model expects {expected}")
 
-    def _one(self, name: str, value: Any) -> np.ndarray:
+    def _one(self, name: str, raw: Any) -> np.ndarray:
         want = self._np[name]
-        if type(value) is not np.ndarray:
-            value = self._as_array(name, value)
+        value: np.ndarray = raw if type(raw) is np.ndarray else self._as_array(name, raw)
         rank = self._rank[name]
         shape = value.shape
         if rank >= 0:

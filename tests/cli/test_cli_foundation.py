@@ -47,7 +47,9 @@ def test_bundle_create_verify_pack_unpack_run(mlp_path: Path, tmp_path: Path) ->
     assert code == 0 and "mlp v2" in text
     inputs = tmp_path / "in.json"
     inputs.write_text(json.dumps({"x": [[1, 2, 3, 4]]}))
-    code, text = invoke("run", str(tmp_path / "c"), "--input", str(inputs), "--output", str(tmp_path / "o.npz"))
+    code, text = invoke(
+        "run", str(tmp_path / "c"), "--input", str(inputs), "--output", str(tmp_path / "o.npz")
+    )
     assert code == 0, text
     with np.load(tmp_path / "o.npz") as z:
         assert z["logits"].shape == (1, 3)
@@ -66,7 +68,10 @@ def test_bench_json(mlp_path: Path) -> None:
     ("args", "match"),
     [
         (["run", "{model}", "--input", "{tmp}/missing.npy"], "input file not found"),
-        (["run", "{model}", "--input", "{tmp}/bad.json"], r"expected float32 \[N,4\], got int64 \[1,3\]"),
+        (
+            ["run", "{model}", "--input", "{tmp}/bad.json"],
+            r"expected float32 \[N,4\], got int64 \[1,3\]",
+        ),
         (["run", "{tmp}/nothing.onnx", "--input", "{tmp}/bad.json"], "no such bundle"),
         (["bench", "{model}", "--dim", "sequence"], "expected SYMBOL=SIZE"),
         (["inspect", "{tmp}/bad.json"], "unsupported model file type '.json'"),

@@ -64,12 +64,14 @@ def test_bad_inputs_give_named_errors_and_model_keeps_working(
 
 def test_predict_is_thread_safe_and_matches_serial(mlp_path: Path) -> None:
     rng = np.random.default_rng(0)
-    batches = [rng.standard_normal((int(rng.integers(1, 9)), 4)).astype(np.float32) for _ in range(64)]
+    batches = [
+        rng.standard_normal((int(rng.integers(1, 9)), 4)).astype(np.float32) for _ in range(64)
+    ]
     with edgeinfer.load(mlp_path, threads=1) as model:
         serial = [model.predict(b)["logits"] for b in batches]
         with ThreadPoolExecutor(8) as pool:
             parallel = list(pool.map(lambda b: model.predict(b)["logits"], batches))
-    for s, p in zip(serial, parallel):
+    for s, p in zip(serial, parallel, strict=True):
         np.testing.assert_array_equal(s, p)
 
 
@@ -104,7 +106,9 @@ def test_runtime_failure_keeps_backend_message_as_cause(tmp_path: Path) -> None:
         [onnx.numpy_helper.from_array(np.array([3, 7], np.int64), "shape")],
     )
     path = tmp_path / "bad.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path
+    )
     with edgeinfer.load(path) as model:
         with pytest.raises(BackendError, match="inference failed") as info:
             model.predict(np.ones(5, np.float32))

@@ -24,9 +24,9 @@ def test_explicit_lists_and_aliases() -> None:
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
-    assert resolve_providers("OpenVINOExecutionProvider", available=[
-        "OpenVINOExecutionProvider", "CPUExecutionProvider"
-    ]) == ["OpenVINOExecutionProvider"]
+    assert resolve_providers(
+        "OpenVINOExecutionProvider", available=["OpenVINOExecutionProvider", "CPUExecutionProvider"]
+    ) == ["OpenVINOExecutionProvider"]
 
 
 def test_missing_provider_is_an_error_unless_fallback(caplog: pytest.LogCaptureFixture) -> None:

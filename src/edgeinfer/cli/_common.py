@@ -41,7 +41,7 @@ def write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":
-        np.savez(path, **outputs)
+        np.savez(path, **outputs)  # type: ignore[arg-type]
     elif suffix == ".npy":
         if len(outputs) != 1:
             raise InputError(f"{path}: the model has {len(outputs)} outputs; write .npz or .json")
@@ -58,6 +58,8 @@ def parse_dims(values: list[str] | None) -> dict[str, int]:
     for item in values or []:
         name, sep, size = item.partition("=")
         if not sep or not size.strip().isdigit() or int(size) <= 0:
-            raise InputError(f"--dim {item!r}: expected SYMBOL=SIZE with SIZE > 0, e.g. sequence=128")
+            raise InputError(
+                f"--dim {item!r}: expected SYMBOL=SIZE with SIZE > 0, e.g. sequence=128"
+            )
         dims[name.strip()] = int(size)
     return dims

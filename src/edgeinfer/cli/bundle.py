@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-bundle_app = typer.Typer(help="Create, verify, pack and unpack model bundles.", no_args_is_help=True)
+bundle_app = typer.Typer(
+    help="Create, verify, pack and unpack model bundles.", no_args_is_help=True
+)
 
 
 def _parse_metrics(items: list[str]) -> dict[str, float | str]:
@@ -63,7 +65,8 @@ def create(
     )
     Console().print(
         f"[green]created[/] {b.name} v{b.version} at {b.path} "
-        f"({b.manifest.model.size / 1e6:.2f} MB, golden sample: {'yes' if b.manifest.golden else 'no'})"
+        f"({b.manifest.model.size / 1e6:.2f} MB, "
+        f"golden sample: {'yes' if b.manifest.golden else 'no'})"
     )
 
 

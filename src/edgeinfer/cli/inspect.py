@@ -22,9 +22,7 @@ def _onnx_facts(path: Path) -> dict[str, Any]:
         "opset": ", ".join(f"{d.domain or 'ai.onnx'} {d.version}" for d in proto.opset_import),
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "nodes": len(proto.graph.node),
-        "parameters": sum(
-            int(__import__("numpy").prod(t.dims)) for t in proto.graph.initializer
-        ),
+        "parameters": sum(int(__import__("numpy").prod(t.dims)) for t in proto.graph.initializer),
     }
 
 

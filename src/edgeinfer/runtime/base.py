@@ -25,9 +25,7 @@ class Backend(Protocol):
     outputs: tuple[TensorSpec, ...]
     providers: tuple[str, ...]  # what actually runs the model, best first
 
-    def run(
-        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> list[np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         """Run the model on validated ``feeds``; return the named outputs in order.
 
         Safe to call from several threads at once. Raises ``BackendError`` on failure.

@@ -64,9 +64,7 @@ class LiteRTBackend:
         self._shapes = {str(d["name"]): tuple(int(x) for x in d["shape"]) for d in in_details}
         self._lock = threading.Lock()
 
-    def run(
-        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> list[np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         interp = self._interp
         with self._lock:
             try:

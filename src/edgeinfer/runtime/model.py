@@ -96,9 +96,7 @@ class Model:
         """Check and convert inputs as ``predict`` would, without running the model."""
         return self._validate(inputs)
 
-    def predict(
-        self, inputs: Any, outputs: Sequence[str] | None = None
-    ) -> dict[str, np.ndarray]:
+    def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model.
 
         ``inputs``: a dict name -> array-like, or one array-like for a one-input model.
@@ -116,7 +114,7 @@ class Model:
                     f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
                     f"{', '.join(map(repr, self._output_names))}"
                 )
-        return dict(zip(names, self.backend.run(feeds, names)))
+        return dict(zip(names, self.backend.run(feeds, names), strict=True))
 
     def sample_inputs(
         self, batch: int = 1, dims: Mapping[str, int] | None = None, seed: int = 0

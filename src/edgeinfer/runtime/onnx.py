@@ -39,8 +39,15 @@ def _load_error(path: str, exc: BaseException) -> BundleError | BackendError:
     """ONNX Runtime says 'Fail' or 'InvalidProtobuf' for files that are not models."""
     kind = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else kind
-    if kind in {"InvalidProtobuf", "InvalidGraph", "InvalidArgument", "NoSuchFile", "Fail",
-                "NotImplemented", "NoModel"}:
+    if kind in {
+        "InvalidProtobuf",
+        "InvalidGraph",
+        "InvalidArgument",
+        "NoSuchFile",
+        "Fail",
+        "NotImplemented",
+        "NoModel",
+    }:
         return BundleError(f"{path}: not a loadable ONNX model ({kind}: {text})")
     return BackendError(f"{path}: ONNX Runtime could not create a session ({kind}: {text})")
 
@@ -112,9 +119,7 @@ class OnnxBackend:
         self.outputs = tuple(_spec(a) for a in self._session.get_outputs())
         self.path = label
 
-    def run(
-        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> list[np.ndarray]:
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         try:
             result: list[np.ndarray] = self._session.run(output_names, feeds)
         except Exception as exc:
