@@ -43,3 +43,15 @@ def test_litert_is_safe_from_many_threads() -> None:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(one, frames))
     assert all(r.shape == (1, 1) for r in results)
+
+
+def test_reset_state_makes_streaming_runs_repeatable() -> None:
+    rng = np.random.default_rng(1)
+    clip = [rng.integers(-128, 127, (1, 3, 40)).astype(np.int8) for _ in range(40)]
+    with edgeinfer.load(MODEL) as model:
+
+        def stream() -> list[int]:
+            model.backend.reset_state()  # type: ignore[attr-defined]
+            return [int(next(iter(model.predict(f).values()))[0, 0]) for f in clip]
+
+        assert stream() == stream()

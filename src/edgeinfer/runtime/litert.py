@@ -43,15 +43,9 @@ class LiteRTBackend:
     providers: tuple[str, ...] = ("LiteRT CPU",)
 
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None) -> None:
-        interpreter_cls = _interpreter_class()
         self.path = os.fspath(model)
-        try:
-            self._interp = interpreter_cls(model_path=self.path, num_threads=threads)
-            self._interp.allocate_tensors()
-        except ValueError as exc:
-            raise BundleError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
-        except Exception as exc:
-            raise BackendError(f"{self.path}: LiteRT could not load the model ({exc})") from exc
+        self._threads = threads
+        self._interp = self._new_interpreter()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
         self.inputs = tuple(_spec(d) for d in in_details)
@@ -64,9 +58,20 @@ class LiteRTBackend:
         self._shapes = {str(d["name"]): tuple(int(x) for x in d["shape"]) for d in in_details}
         self._lock = threading.Lock()
 
+    def _new_interpreter(self) -> Any:
+        interpreter_cls = _interpreter_class()
+        try:
+            interp = interpreter_cls(model_path=self.path, num_threads=self._threads)
+            interp.allocate_tensors()
+        except ValueError as exc:
+            raise BundleError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
+        except Exception as exc:
+            raise BackendError(f"{self.path}: LiteRT could not load the model ({exc})") from exc
+        return interp
+
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
-        interp = self._interp
         with self._lock:
+            interp = self._interp
             try:
                 resized = False
                 for name, value in feeds.items():
@@ -84,9 +89,18 @@ class LiteRTBackend:
                 raise BackendError(f"{self.path}: LiteRT inference failed: {exc}") from exc
 
     def reset_state(self) -> None:
-        """Clear the variables of a stateful (streaming) model, such as a wake-word detector."""
+        """Start a stateful (streaming) model, such as a wake-word detector, from scratch.
+
+        Streaming models keep their state in resource variables that
+        ``reset_all_variables`` does not clear, so the interpreter is recreated (well
+        under a millisecond for the small models that stream).
+        """
         with self._lock:
-            self._interp.reset_all_variables()
+            self._interp = self._new_interpreter()
+            self._shapes = {
+                str(d["name"]): tuple(int(x) for x in d["shape"])
+                for d in self._interp.get_input_details()
+            }
 
     def close(self) -> None:
         self._interp = None
