@@ -211,20 +211,45 @@ class InputValidator:
             for s in self.specs
         }
         self._has_symbols = any(self._symbols.values())
+        # The hot path: one tuple per input, so an already-matching call does no dict work.
+        self._plan = tuple(
+            (s.name, s.dt.numpy, self._rank[s.name], self._fixed[s.name]) for s in self.specs
+        )
+        self._n = len(self.specs)
 
     def __call__(self, inputs: Any) -> dict[str, np.ndarray]:
-        if not isinstance(inputs, Mapping):
-            if len(self.specs) != 1:
+        if type(inputs) is not dict:
+            if isinstance(inputs, Mapping):
+                inputs = dict(inputs)
+            elif self._n != 1:
                 raise InputError(
-                    f"this model has {len(self.specs)} inputs ({', '.join(self.names)}); "
+                    f"this model has {self._n} inputs ({', '.join(self.names)}); "
                     "pass a dict name -> array"
                 )
-            inputs = {self.names[0]: inputs}
-        if len(inputs) != len(self.specs) or any(k not in self._by_name for k in inputs):
+            else:
+                inputs = {self.names[0]: inputs}
+        if len(inputs) != self._n:
             self._raise_names(inputs)
         out: dict[str, np.ndarray] = {}
-        for name in self.names:
-            out[name] = self._one(name, inputs[name])
+        for name, want, rank, fixed in self._plan:
+            if name not in inputs:
+                self._raise_names(inputs)
+            raw = inputs[name]
+            if (
+                type(raw) is np.ndarray
+                and raw.dtype == want
+                and raw.ndim == rank
+                and raw.size
+                and raw.flags.c_contiguous
+            ):
+                shape = raw.shape
+                for axis, size in fixed:
+                    if shape[axis] != size:
+                        break
+                else:
+                    out[name] = raw
+                    continue
+            out[name] = self._one(name, raw)
         if self._has_symbols:
             self._check_symbols(out)
         return out

@@ -73,20 +73,27 @@ class LiteRTBackend:
         with self._lock:
             interp = self._interp
             try:
-                resized = False
+                shapes = self._shapes
                 for name, value in feeds.items():
-                    if value.shape != self._shapes[name]:
-                        interp.resize_tensor_input(self._in_index[name], value.shape)
-                        self._shapes[name] = value.shape
-                        resized = True
-                if resized:
-                    interp.allocate_tensors()
+                    if value.shape != shapes[name]:
+                        self._resize(feeds)
+                        break
+                index = self._in_index
                 for name, value in feeds.items():
-                    interp.set_tensor(self._in_index[name], value)
+                    interp.set_tensor(index[name], value)
                 interp.invoke()
-                return [interp.get_tensor(self._out_index[n]) for n in output_names]
+                out = self._out_index
+                return [interp.get_tensor(out[n]) for n in output_names]
             except Exception as exc:
                 raise BackendError(f"{self.path}: LiteRT inference failed: {exc}") from exc
+
+    def _resize(self, feeds: Mapping[str, np.ndarray]) -> None:
+        """Resize dynamic inputs to this call's shapes (caller holds the lock)."""
+        for name, value in feeds.items():
+            if value.shape != self._shapes[name]:
+                self._interp.resize_tensor_input(self._in_index[name], value.shape)
+                self._shapes[name] = value.shape
+        self._interp.allocate_tensors()
 
     def reset_state(self) -> None:
         """Start a stateful (streaming) model, such as a wake-word detector, from scratch.
