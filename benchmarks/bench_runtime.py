@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     q = args.quick
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from conftest import make_mlp
+    from onnx_builders import make_mlp
     from edgeinfer.zoo import minilm
 
     results: dict[str, Any] = {"threads": THREADS}

@@ -64,7 +64,7 @@ def test_failed_create_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_golden_mismatch_is_reported(bundle: Bundle, tmp_path: Path) -> None:
-    from tests_helpers import make_other_mlp
+    from onnx_builders import make_other_mlp
 
     other = make_other_mlp(tmp_path / "other.onnx")
     with edgeinfer.load(other) as model:
