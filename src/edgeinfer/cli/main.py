@@ -24,6 +24,7 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.bench",
     "edgeinfer.cli.bundle",
     "edgeinfer.cli.demo",
+    "edgeinfer.cli.serve",
 ]
 
 

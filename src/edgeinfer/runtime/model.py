@@ -122,7 +122,8 @@ class Model:
         """Random inputs that fit the signature (for warm-up and benchmarks).
 
         Dynamic dims take ``dims[symbol]`` if given, the batch size for the first axis,
-        else 1. Inputs named like a mask are all ones; integer inputs are small ids.
+        else 1. Inputs named like a mask are all ones, token-type inputs zeros, other
+        integer inputs small ids.
         """
         rng = np.random.default_rng(seed)
         dims = dict(dims or {})
@@ -141,6 +142,8 @@ class Model:
                 out[spec.name] = np.full(shape, b"edgeinfer", dtype=object)
             elif "mask" in spec.name.lower():
                 out[spec.name] = np.ones(shape, dtype=dt)
+            elif "type" in spec.name.lower() or "segment" in spec.name.lower():
+                out[spec.name] = np.zeros(shape, dtype=dt)  # token_type_ids: segment 0
             elif dt.kind == "f":
                 out[spec.name] = rng.standard_normal(shape).astype(dt)
             elif dt.kind == "b":

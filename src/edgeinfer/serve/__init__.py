@@ -1,0 +1,20 @@
+"""The edge server: the Open Inference Protocol (KServe V2) over REST and gRPC.
+
+Layers, outside in: :mod:`.app` (REST routes) and :mod:`.grpc` (gRPC servicer) decode with
+:mod:`edgeinfer.protocol` and call :mod:`.dataplane`, which finds the model in
+:mod:`.repository` and queues the request on its :mod:`.batching` batcher; :mod:`.auth`,
+:mod:`.metrics` and :mod:`.errors` serve all layers. :mod:`.server` runs it (foreground or
+background thread); :mod:`.ray` runs it as a Ray Serve deployment.
+
+>>> from edgeinfer.serve import BackgroundServer, ServeConfig
+>>> config = ServeConfig(Path("models"), port=0, grpc_port=0)
+>>> with BackgroundServer(config) as srv:  # doctest: +SKIP
+...     print(srv.url, srv.grpc_target)
+"""
+
+from __future__ import annotations
+
+from edgeinfer.serve.config import BatchConfig, ServeConfig
+from edgeinfer.serve.server import BackgroundServer, run_server
+
+__all__ = ["BackgroundServer", "BatchConfig", "ServeConfig", "run_server"]

@@ -1,0 +1,255 @@
+"""The REST API: Open Inference Protocol routes on Starlette, served by uvicorn.
+
+Routes (``open_inference_rest.yaml``; ``[/versions/V]`` is optional everywhere)::
+
+    GET  /v2/health/live | /v2/health/ready            open (probes carry no token)
+    GET  /v2                                           server metadata
+    GET  /v2/models/M[/versions/V]                     model metadata
+    GET  /v2/models/M[/versions/V]/ready               model readiness
+    POST /v2/models/M[/versions/V]/infer               inference (JSON or binary tensors)
+    POST /v2/repository/index                          admin token
+    POST /v2/repository/models/M/load | unload         admin token
+    GET  /metrics                                      Prometheus text format
+
+Every error is ``{"error": "..."}`` with the status :func:`error_status` gives it, written by
+one exception handler. Bodies are read up to ``limits.max_body_bytes`` and no further.
+TLS: pass ``ssl_keyfile``/``ssl_certfile`` in :class:`ServeConfig`; uvicorn terminates it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edgeinfer.errors import EdgeInferError
+from edgeinfer.protocol import rest
+from edgeinfer.serve.auth import Auth
+from edgeinfer.serve.config import ServeConfig
+from edgeinfer.serve.dataplane import DataPlane
+from edgeinfer.serve.errors import BadRequest, error_status
+
+__all__ = ["REPLICA_HEADER", "create_app"]
+
+log = logging.getLogger(__name__)
+REPLICA_HEADER = "x-edgeinfer-replica"
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    """The one place an exception becomes an HTTP answer."""
+    status = error_status(exc)
+    if status.status >= 500 and not isinstance(exc, EdgeInferError):
+        log.error("unexpected error", exc_info=exc)
+    return JSONResponse({"error": status.message}, status_code=status.status)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+    return error_response(exc)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise BadRequest("Content-Length must be a non-negative integer")
+        if int(declared) > limit:
+            raise BadRequest(
+                f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes"
+            )
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(f"request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _Routes:
+    def __init__(self, dataplane: DataPlane, auth: Auth) -> None:
+        self.dp = dataplane
+        self.auth = auth
+        self.limits = dataplane.config.limits
+
+    def _check(self, request: Request, admin: bool = False) -> None:
+        self.auth.check(request.headers.get("authorization"), admin=admin)
+
+    @staticmethod
+    def _model(request: Request) -> tuple[str, str | None]:
+        p = request.path_params
+        return p["name"], p.get("version")
+
+    async def live(self, request: Request) -> Response:
+        return JSONResponse({"live": self.dp.live()})
+
+    async def ready(self, request: Request) -> Response:
+        await self.dp.start()
+        if self.dp.ready():
+            return JSONResponse({"ready": True})
+        return JSONResponse({"error": "not every model is loaded yet"}, status_code=503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        self._check(request)
+        return JSONResponse(self.dp.server_metadata().to_json())
+
+    async def model_metadata(self, request: Request) -> Response:
+        self._check(request)
+        await self.dp.start()
+        return JSONResponse(self.dp.model_metadata(*self._model(request)).to_json())
+
+    async def model_ready(self, request: Request) -> Response:
+        self._check(request)
+        await self.dp.start()
+        name, version = self._model(request)
+        return JSONResponse({"name": name, "ready": self.dp.model_ready(name, version)})
+
+    async def infer(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name, version = self._model(request)
+        status = 200
+        try:
+            self._check(request)
+            await self.dp.start()
+            self.dp.admit(name, version)  # overload: refuse before reading the body
+            body = await read_body(request, self.limits.max_body_bytes)
+            header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
+            req = rest.decode_request(body, header_length, self.limits)
+            req.model_name, req.model_version = name, version or ""
+            resp = await self.dp.infer(req)
+            binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
+            encoded = rest.encode_response(resp, binary=binary)
+            return Response(encoded.body, headers=encoded.headers)
+        except Exception as exc:
+            status = error_status(exc).status
+            raise
+        finally:
+            self.dp.metrics.observe_request(
+                self.dp.metrics_label(name), "rest", status, time.perf_counter() - started
+            )
+
+    async def repository_index(self, request: Request) -> Response:
+        self._check(request, admin=True)
+        await self.dp.start()
+        body = await read_body(request, self.limits.max_body_bytes)
+        only_ready = False
+        if body.strip():
+            try:
+                doc = json.loads(body)
+            except ValueError:
+                raise BadRequest(
+                    'the index request body must be JSON, e.g. {"ready": true}'
+                ) from None
+            only_ready = isinstance(doc, dict) and doc.get("ready") is True
+        rows = self.dp.repository.index()
+        if only_ready:
+            rows = [r for r in rows if r["state"] == "READY"]
+        return JSONResponse(rows)
+
+    async def repository_load(self, request: Request) -> Response:
+        self._check(request, admin=True)
+        await self.dp.start()
+        await read_body(request, self.limits.max_body_bytes)
+        await self.dp.repository.load(request.path_params["name"])
+        return JSONResponse({})
+
+    async def repository_unload(self, request: Request) -> Response:
+        self._check(request, admin=True)
+        await self.dp.start()
+        await read_body(request, self.limits.max_body_bytes)
+        await self.dp.repository.unload(request.path_params["name"])
+        return JSONResponse({})
+
+    async def metrics(self, request: Request) -> Response:
+        self._check(request)
+        body, content_type = self.dp.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+class _ReplicaHeader:
+    """Adds ``x-edgeinfer-replica`` to every response (scale-out: who answered)."""
+
+    def __init__(self, app: ASGIApp, replica_id: str) -> None:
+        self.app = app
+        self.value = replica_id.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REPLICA_HEADER.encode(), self.value),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starlette:
+    """The REST app; its lifespan loads the repository and runs the gRPC server if asked."""
+    dp = dataplane or DataPlane(config)
+    routes = _Routes(dp, Auth(config.tokens, config.admin_tokens))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await dp.start()
+        grpc_server: Any = None
+        if config.grpc_port is not None:
+            from edgeinfer.serve.grpc import start_grpc_server
+
+            grpc_server, app.state.grpc_port = await start_grpc_server(config, dp)
+        try:
+            yield
+        finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=1.0)
+            await dp.stop()
+
+    m = "/v2/models/{name}"
+    mv = "/v2/models/{name}/versions/{version}"
+    r = routes
+    app = Starlette(
+        routes=[
+            Route("/v2/health/live", r.live, methods=["GET"]),
+            Route("/v2/health/ready", r.ready, methods=["GET"]),
+            Route("/v2", r.server_metadata, methods=["GET"]),
+            Route("/v2/", r.server_metadata, methods=["GET"]),
+            Route(m, r.model_metadata, methods=["GET"]),
+            Route(mv, r.model_metadata, methods=["GET"]),
+            Route(m + "/ready", r.model_ready, methods=["GET"]),
+            Route(mv + "/ready", r.model_ready, methods=["GET"]),
+            Route(m + "/infer", r.infer, methods=["POST"]),
+            Route(mv + "/infer", r.infer, methods=["POST"]),
+            Route("/v2/repository/index", r.repository_index, methods=["POST"]),
+            Route("/v2/repository/models/{name}/load", r.repository_load, methods=["POST"]),
+            Route("/v2/repository/models/{name}/unload", r.repository_unload, methods=["POST"]),
+            Route("/metrics", r.metrics, methods=["GET"]),
+        ],
+        exception_handlers={
+            Exception: _on_error,
+            HTTPException: _on_error,
+            EdgeInferError: _on_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.dataplane = dp
+    app.state.grpc_port = None
+    if config.replica_id:
+        app.add_middleware(_ReplicaHeader, replica_id=config.replica_id)
+    return app

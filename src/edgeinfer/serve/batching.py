@@ -1,0 +1,255 @@
+"""Dynamic batching and backpressure for one loaded model version.
+
+Requests wait in a bounded queue. ``instances`` workers (asyncio tasks) each take the oldest
+request and every queued request compatible with it (same trailing shapes, dtypes and
+requested outputs) up to ``max_batch_size`` rows, optionally waiting ``max_queue_delay_us``
+for more; they concatenate along the first axis, run the model on a thread of the model's
+own pool (never on the event loop) and split the outputs back by rows.
+
+Backpressure: a request that finds the queue full is refused at once (:class:`QueueFull`);
+one that waits longer than its queue timeout is taken out of the queue and refused
+(:class:`QueueTimeout`). A request that has started running is never abandoned. Memory is
+bounded by ``max_queue_size`` requests plus the batches in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from edgeinfer.runtime.model import Model
+from edgeinfer.serve.config import BatchConfig
+from edgeinfer.serve.errors import ModelNotReady, QueueFull, QueueTimeout
+from edgeinfer.serve.metrics import Metrics
+
+__all__ = ["Batcher", "Timing", "batchable"]
+
+
+class Timing(NamedTuple):
+    queue_s: float  # seconds waiting in the queue
+    compute_s: float  # seconds the model ran (for the whole batch)
+    batch_rows: int  # rows in the batch this request ran in
+
+
+@dataclass(eq=False)
+class _Item:
+    feeds: dict[str, np.ndarray]
+    outputs: tuple[str, ...] | None
+    rows: int
+    key: Hashable
+    future: asyncio.Future[tuple[dict[str, np.ndarray], Timing]]
+    enqueued: float = field(default_factory=time.perf_counter)
+    timer: asyncio.TimerHandle | None = None
+
+
+def batchable(model: Model) -> bool:
+    """True when every input and output has a dynamic first dimension."""
+    specs = (*model.inputs, *model.outputs)
+    return all(
+        s.shape is not None and len(s.shape) > 0 and not isinstance(s.shape[0], int) for s in specs
+    )
+
+
+class Batcher:
+    """Queue, batch and run requests for one model."""
+
+    def __init__(self, model: Model, label: str, config: BatchConfig, metrics: Metrics) -> None:
+        self.model = model
+        self.label = label  # model name for metrics
+        self.config = config
+        self.batching = config.max_batch_size > 1 and batchable(model)
+        self._queue: deque[_Item] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._pool = ThreadPoolExecutor(config.instances, thread_name_prefix=f"infer-{label}")
+        self._closing = False
+        self._busy = 0
+        self._depth = metrics.queue_depth.labels(label)
+        self._queue_s = metrics.queue_seconds.labels(label)
+        self._compute_s = metrics.compute_seconds.labels(label)
+        self._batch = metrics.batch_size.labels(label)
+        self._full = metrics.rejections.labels(label, "queue_full")
+        self._expired = metrics.rejections.labels(label, "queue_timeout")
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def admit(self) -> None:
+        """Raise :class:`QueueFull` now if a new request would not fit in the queue.
+
+        Lets a transport refuse an overload before it reads and decodes the request.
+        """
+        if len(self._queue) >= self.config.max_queue_size:
+            self._full.inc()
+            raise QueueFull(
+                f"model {self.label!r} is overloaded: its queue holds "
+                f"{self.config.max_queue_size} requests already; retry later"
+            )
+
+    def _start(self) -> None:
+        self._arrived = asyncio.Event()
+        self._workers = [
+            asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self.label}")
+            for _ in range(self.config.instances)
+        ]
+
+    async def infer(
+        self,
+        feeds: dict[str, np.ndarray],
+        outputs: Sequence[str] | None = None,
+        timeout_s: float | None = None,
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Queue validated ``feeds`` and wait for the model's outputs.
+
+        Raises :class:`QueueFull` at once when the queue is full and :class:`QueueTimeout`
+        when the request waited ``timeout_s`` (capped by the configured queue timeout).
+        """
+        if self._closing:
+            raise ModelNotReady(f"model {self.label!r} is being unloaded; retry shortly")
+        if not self._workers:
+            self._start()
+        self.admit()
+        loop = asyncio.get_running_loop()
+        out_key = None if outputs is None else tuple(outputs)
+        rows, key = 1, None
+        if self.batching:
+            first = next(iter(feeds.values()))
+            rows = int(first.shape[0]) if first.ndim else 1
+            key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()), out_key)
+        item = _Item(feeds, out_key, rows, key, loop.create_future())
+        timeout = self.config.queue_timeout_s
+        if timeout_s is not None:  # a request may ask to wait less, never more
+            timeout = min(timeout, timeout_s)
+        item.timer = loop.call_later(timeout, self._expire, item, timeout)
+        self._queue.append(item)
+        self._depth.set(len(self._queue))
+        assert self._arrived is not None
+        self._arrived.set()
+        return await item.future
+
+    def _expire(self, item: _Item, timeout: float) -> None:
+        try:
+            self._queue.remove(item)
+        except ValueError:
+            return  # already taken by a worker: it runs to the end
+        self._depth.set(len(self._queue))
+        self._expired.inc()
+        if not item.future.done():
+            item.future.set_exception(
+                QueueTimeout(
+                    f"model {self.label!r}: the request waited {timeout * 1000:.0f} ms in the "
+                    "queue without being run (queue timeout); the server is overloaded"
+                )
+            )
+
+    def _take(self) -> list[_Item]:
+        """The oldest request and the queued requests that can join its batch."""
+        first = self._queue.popleft()
+        batch, rows = [first], first.rows
+        if self.batching and rows < self.config.max_batch_size:
+            rows = self._gather(batch, rows)
+        return batch
+
+    def _gather(self, batch: list[_Item], rows: int) -> int:
+        key, limit = batch[0].key, self.config.max_batch_size
+        kept: deque[_Item] = deque()
+        while self._queue and rows < limit:
+            item = self._queue.popleft()
+            if item.key == key and rows + item.rows <= limit:
+                batch.append(item)
+                rows += item.rows
+            else:
+                kept.append(item)
+        kept.extend(self._queue)
+        self._queue = kept
+        return rows
+
+    async def _work(self) -> None:
+        assert self._arrived is not None
+        loop = asyncio.get_running_loop()
+        delay = self.config.max_queue_delay_us / 1e6
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            batch = self._take()
+            rows = sum(i.rows for i in batch)
+            if delay > 0 and self.batching and rows < self.config.max_batch_size:
+                deadline = batch[0].enqueued + delay
+                while rows < self.config.max_batch_size:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    if self._queue:
+                        rows = self._gather(batch, rows)
+            self._depth.set(len(self._queue))
+            for item in batch:
+                if item.timer is not None:
+                    item.timer.cancel()
+            started = time.perf_counter()
+            self._busy += 1
+            try:
+                results = await loop.run_in_executor(self._pool, self._run, batch)
+            except BaseException as exc:  # the model failed: every request in the batch hears
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+                    raise
+                continue
+            finally:
+                self._busy -= 1
+            compute = time.perf_counter() - started
+            self._compute_s.observe(compute)
+            self._batch.observe(rows)
+            for item, outs in zip(batch, results, strict=True):
+                queued = started - item.enqueued
+                self._queue_s.observe(queued)
+                if not item.future.done():
+                    item.future.set_result((outs, Timing(queued, compute, rows)))
+
+    def _run(self, batch: list[_Item]) -> list[dict[str, np.ndarray]]:
+        """On a pool thread: run the batch; split outputs back per request."""
+        outputs = batch[0].outputs
+        if len(batch) == 1:
+            return [self.model.predict(batch[0].feeds, outputs)]
+        names = list(batch[0].feeds)
+        feeds = {n: np.concatenate([i.feeds[n] for i in batch]) for n in names}
+        result = self.model.predict(feeds, outputs)
+        total = sum(i.rows for i in batch)
+        if any(a.ndim == 0 or a.shape[0] != total for a in result.values()):
+            # the model's outputs do not follow its inputs' rows: run one by one instead
+            return [self.model.predict(i.feeds, outputs) for i in batch]
+        bounds = np.cumsum([i.rows for i in batch])[:-1]
+        split = {n: np.split(a, bounds) for n, a in result.items()}
+        return [{n: parts[k] for n, parts in split.items()} for k in range(len(batch))]
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stop taking requests, let queued and running ones finish, free the threads."""
+        self._closing = True
+        if self._arrived is not None:
+            self._arrived.set()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+        for item in list(self._queue):
+            if not item.future.done():
+                item.future.set_exception(ModelNotReady(f"model {self.label!r} was unloaded"))
+        self._queue.clear()
+        self._pool.shutdown(wait=True)

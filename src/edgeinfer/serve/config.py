@@ -1,0 +1,58 @@
+"""What a server is told: where the models are, how to listen, batch, limit and protect.
+
+Plain frozen dataclasses with units in the comments; the CLI and the Python entry points
+build them, everything else only reads them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeinfer.protocol.limits import Limits
+
+__all__ = ["BatchConfig", "ServeConfig"]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """Dynamic batching and backpressure, per model.
+
+    Requests are coalesced only for models whose first dimension is dynamic in every input
+    and output. ``max_queue_delay_us=0`` batches what is already waiting and never holds a
+    lone request back (requests pile up while every instance is busy, so batches form under
+    load anyway); a positive delay trades latency for fuller batches.
+    """
+
+    max_batch_size: int = 8  # rows per model run; 1 disables batching
+    max_queue_delay_us: int = 0  # microseconds to wait for more requests after the first
+    max_queue_size: int = 64  # requests waiting per model; one more is refused with 503
+    queue_timeout_s: float = 5.0  # seconds a request may wait in the queue, then 503
+    instances: int = 1  # model runs in flight at once, each on its own thread
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
+            raise ValueError("max_batch_size, max_queue_size and instances must be >= 1")
+        if self.max_queue_delay_us < 0 or self.queue_timeout_s <= 0:
+            raise ValueError("max_queue_delay_us must be >= 0 and queue_timeout_s > 0")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """A server's whole configuration."""
+
+    repository: Path  # MODEL_REPOSITORY/<name>/<version>/{bundle | model.onnx}
+    host: str = "127.0.0.1"
+    port: int = 8000  # REST; 0 picks a free port
+    grpc_port: int | None = 8001  # None: no gRPC; 0 picks a free port
+    tokens: tuple[str, ...] = ()  # bearer tokens for inference and metadata; () = open
+    admin_tokens: tuple[str, ...] = ()  # bearer tokens for repository control; () = disabled
+    limits: Limits = field(default_factory=Limits)
+    batching: BatchConfig = field(default_factory=BatchConfig)
+    poll_interval_s: float | None = 2.0  # seconds between repository scans; None: no reload
+    threads: int | None = None  # ONNX Runtime intra-op threads per model (None: default)
+    providers: str | tuple[str, ...] = "cpu"  # execution providers for the models
+    ssl_keyfile: str | None = None  # TLS for REST (uvicorn); both or neither
+    ssl_certfile: str | None = None
+    server_name: str = "edgeinfer"
+    replica_id: str | None = None  # sent as the x-edgeinfer-replica header when set

@@ -1,0 +1,179 @@
+"""The dataplane: what the server does, independent of REST or gRPC.
+
+The REST routes (:mod:`edgeinfer.serve.app`) and the gRPC servicer
+(:mod:`edgeinfer.serve.grpc`) decode a message with the protocol codecs, call one method
+here, and encode the answer; errors are exceptions mapped to a status in one place
+(:func:`edgeinfer.serve.errors.error_status`). Nothing here knows about HTTP or protobuf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from edgeinfer.errors import InputError
+from edgeinfer.protocol.types import (
+    InferenceRequest,
+    InferenceResponse,
+    InferTensor,
+    ModelMetadata,
+    ServerMetadata,
+    TensorMetadata,
+)
+from edgeinfer.runtime.model import Model
+from edgeinfer.serve.batching import Batcher
+from edgeinfer.serve.config import BatchConfig, ServeConfig
+from edgeinfer.serve.errors import BadRequest
+from edgeinfer.serve.metrics import UNKNOWN_MODEL, Metrics
+from edgeinfer.serve.repository import (
+    LoadedVersion,
+    ModelRepository,
+    check_model_name,
+    check_version,
+)
+
+__all__ = ["EXTENSIONS", "DataPlane"]
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("binary_tensor_data", "model_repository", "metrics", "dynamic_batching")
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_tflite"}
+
+
+def _metadata_tensors(specs: Any) -> tuple[TensorMetadata, ...]:
+    from edgeinfer.tensors import DTYPES
+
+    return tuple(TensorMetadata(s.name, DTYPES[s.dtype].oip, tuple(s.oip_shape())) for s in specs)
+
+
+class DataPlane:
+    """Health, metadata and inference over a :class:`ModelRepository`."""
+
+    def __init__(self, config: ServeConfig, metrics: Metrics | None = None) -> None:
+        from edgeinfer import __version__
+
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.version = __version__
+        self.repository = ModelRepository(
+            config.repository,
+            self._make_batcher,
+            config.batching,
+            threads=config.threads,
+            providers=config.providers,
+            on_change=self._on_change,
+        )
+        self._started: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+
+    def _make_batcher(self, model: Model, name: str, batching: BatchConfig) -> Batcher:
+        return Batcher(model, name, batching, self.metrics)
+
+    def _on_change(self, name: str, version: int, ready: bool) -> None:
+        self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
+
+    # ------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load the repository and start watching it (idempotent, safe to race)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._start())
+        await asyncio.shield(self._started)
+
+    async def _start(self) -> None:
+        await self.repository.refresh()
+        if self.config.poll_interval_s:
+            self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def _poll(self) -> None:
+        interval = self.config.poll_interval_s or 1.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.repository.refresh()
+            except Exception:  # keep serving what is loaded; try again next time
+                log.exception("repository scan failed")
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await self.repository.close()
+
+    # ------------------------------------------------------------ health and metadata
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.repository.all_ready()
+
+    def server_metadata(self) -> ServerMetadata:
+        return ServerMetadata(self.config.server_name, self.version, EXTENSIONS)
+
+    def resolve(self, name: str, version: str | None = None) -> LoadedVersion:
+        """The loaded version for a request's model name and version (checked)."""
+        return self.repository.get(check_model_name(name), check_version(version))
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        self.resolve(name, version)  # raises ModelNotFound / ModelNotReady
+        return True
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        loaded = self.resolve(name, version)
+        model = loaded.model
+        props = {
+            "max_batch_size": str(
+                loaded.batcher.config.max_batch_size if loaded.batcher.batching else 0
+            )
+        }
+        return ModelMetadata(
+            name=loaded.name,
+            platform=_PLATFORMS.get(model.backend.name, model.backend.name),
+            inputs=_metadata_tensors(model.inputs),
+            outputs=_metadata_tensors(model.outputs),
+            versions=tuple(str(v) for v in self.repository.versions(loaded.name)),
+            properties=props,
+        )
+
+    def metrics_label(self, name: str) -> str:
+        """The model label for metrics: the name if the repository knows it."""
+        return name if self.repository.is_known(name) else UNKNOWN_MODEL
+
+    # ------------------------------------------------------------ inference
+    def admit(self, name: str, version: str | None = None) -> None:
+        """Refuse at once (before the body is read) when the model's queue is full."""
+        self.resolve(name, version).batcher.admit()
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Run one request through the model's queue; the request names model and version."""
+        loaded = self.resolve(request.model_name, request.model_version or None)
+        model = loaded.model
+        try:
+            feeds = model.validate(request.arrays())
+        except InputError as exc:
+            raise BadRequest(f"model {loaded.name!r}: {exc}") from None
+        names = request.output_names
+        if names is not None:
+            known = {s.name for s in model.outputs}
+            unknown = [n for n in names if n not in known]
+            if unknown or len(set(names)) != len(names):
+                raise BadRequest(
+                    f"model {loaded.name!r}: requested outputs {names} must be distinct "
+                    f"names among {sorted(known)}"
+                )
+        outputs, _ = await loaded.batcher.infer(feeds, names, self._timeout(request))
+        return InferenceResponse(
+            model_name=loaded.name,
+            model_version=str(loaded.version),
+            id=request.id,
+            outputs=[InferTensor.from_array(n, a) for n, a in outputs.items()],
+        )
+
+    def _timeout(self, request: InferenceRequest) -> float | None:
+        """The request's ``timeout`` parameter (microseconds, as Triton) caps the queue wait."""
+        value = request.parameters.get("timeout")
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise BadRequest("parameter 'timeout' must be a positive integer (microseconds)")
+        return value / 1e6  # the batcher applies the model's own queue timeout too
