@@ -25,6 +25,9 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.bundle",
     "edgeinfer.cli.demo",
     "edgeinfer.cli.serve",
+    "edgeinfer.cli.keys",
+    "edgeinfer.cli.publish",
+    "edgeinfer.cli.agent",
 ]
 
 

@@ -22,6 +22,7 @@ __all__ = ["STAGES", "DemoContext", "run_demo"]
 STAGES: list[str] = [
     "edgeinfer.demo.foundation",
     "edgeinfer.demo.serve",
+    "edgeinfer.demo.deliver",
 ]
 
 

@@ -1,0 +1,77 @@
+"""``edgeinfer agent``: keep this device's model up to date from a TUF repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+
+def agent(
+    repo_url: str = typer.Option(..., "--repo-url", help="Base URL of the repository."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="Where the agent keeps its state."),
+    root: Path | None = typer.Option(
+        None, "--root", help="Trusted root.json, to provision the first run."
+    ),
+    interval: float = typer.Option(60.0, help="Seconds between update cycles."),
+    once: bool = typer.Option(False, "--once", help="Run one cycle and exit."),
+    device_id: str | None = typer.Option(None, help="Stable device id (default: generated)."),
+    report_url: str | None = typer.Option(None, help="POST status.json here after each cycle."),
+    model: str | None = typer.Option(None, help="Model name (default: the installed one)."),
+    channel: str = typer.Option("stable", help="Release channel to follow."),
+    version_floor: int = typer.Option(0, min=0, help="Never install a version below this."),
+    min_free_mb: float = typer.Option(32.0, min=0, help="MB of disk that must stay free."),
+    read_timeout: float = typer.Option(
+        30.0,
+        min=0.1,
+        help="Seconds without data before a download is abandoned (it resumes next cycle).",
+    ),
+) -> None:
+    """Refresh signed metadata, install updates into the idle slot, health-check, commit.
+
+    --once: one cycle; exit 0 with or without an update, 2 if the agent cannot work at all.
+    """
+    import json
+    import threading
+
+    from edgeinfer.deliver.agent import Agent, AgentConfig
+    from edgeinfer.deliver.download import DownloadConfig
+
+    config = AgentConfig(
+        repo_url=repo_url,
+        state_dir=state_dir,
+        root=root,
+        model=model,
+        channel=channel,
+        device_id=device_id,
+        version_floor=version_floor,
+        min_free_bytes=int(min_free_mb * 1e6),
+        report_url=report_url,
+        download=DownloadConfig(read_timeout=read_timeout),
+    )
+    the_agent = Agent(config)
+    console = Console()
+    if once:
+        result = the_agent.run_once()
+        console.print_json(json.dumps(result.to_dict()))
+        return
+    stop = threading.Event()
+    try:
+        while not stop.is_set():
+            r = the_agent.run_once()
+            line = f"{r.finished_at} {r.result}"
+            if r.to_version is not None:
+                line += f" v{r.from_version} -> v{r.to_version}"
+            if r.via:
+                line += f" via {r.via} ({r.bytes_downloaded:,} bytes)"
+            if r.reason:
+                line += f": {r.reason}"
+            console.print(line, highlight=False)
+            stop.wait(interval)
+    except KeyboardInterrupt:
+        stop.set()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent)

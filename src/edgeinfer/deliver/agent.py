@@ -1,0 +1,411 @@
+"""The device update agent: refresh signed metadata, fetch, install, check, commit or roll back.
+
+One cycle (:meth:`Agent.run_once`)::
+
+    recover        clean what a crash left; roll back a trial cut short
+    refresh        python-tuf ngclient Updater, from the root provisioned at setup
+    choose         newest allowed version (channel, rollout, floor, agent version, not bad)
+    disk check     before any download
+    download       a delta from the installed bundle if one exists, else the full bundle;
+                   resumable, bounded by the signed length, verified by the signed hash
+    (delta)        rebuild the bundle, verify it against the full target's length and hash;
+                   any problem (bad or missing delta, wrong base) -> the full bundle
+    install        unpack into the inactive A/B slot (the live slot is never written)
+    switch         os.replace of the pointer file; the new slot is on trial
+    gate           loads, golden sample, latency budget (edgeinfer.deliver.gate)
+    commit         or roll back and remember the version as bad
+    report         STATE_DIR/status.json (and a POST to the report URL, if set)
+
+Every refusal leaves the device on exactly the version it had. Only one agent runs per
+state directory (a lock file). ``CycleResult`` and ``status.json`` say what happened.
+
+>>> agent = Agent(AgentConfig("http://updates.local/repo", "/var/lib/edgeinfer",
+...                           root=Path("root.json")))                 # doctest: +SKIP
+>>> agent.run_once().result                                            # doctest: +SKIP
+'updated'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgeinfer.deliver._fsutil import crash_point, read_json, write_json
+from edgeinfer.deliver.delta import apply_delta
+from edgeinfer.deliver.download import DownloadConfig, Downloader, target_url
+from edgeinfer.deliver.errors import (
+    AgentError,
+    DeltaError,
+    DiskSpaceError,
+    UpdateDownloadError,
+    UpdateRefused,
+)
+from edgeinfer.deliver.gate import GateConfig, GateResult, run_gate
+from edgeinfer.deliver.select import Device, choose
+from edgeinfer.deliver.slots import SlotStore
+from edgeinfer.deliver.state import CycleResult, History, device_id, utc_now
+from edgeinfer.errors import BundleError
+
+__all__ = ["Agent", "AgentConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    repo_url: str  # base URL of the repository (holds metadata/ and targets/)
+    state_dir: Path
+    root: Path | None = None  # trusted root.json, needed on the first run only
+    model: str | None = None  # model name; None: the installed one, or the repository's only one
+    channel: str = "stable"
+    device_id: str | None = None  # None: a random id generated once and kept in state_dir
+    version_floor: int = 0  # never install a version below this
+    min_free_bytes: int = 32 << 20  # bytes that must stay free after the update
+    use_deltas: bool = True
+    report_url: str | None = None  # POST status.json here after each cycle
+    report_timeout: float = 5.0  # seconds
+    max_trial_crashes: int = 2  # trials cut short by a crash before a version counts as bad
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+
+@dataclass
+class _Cycle:
+    via: str | None = None
+    received: int = 0
+    from_version: int | None = None
+    to_version: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Agent:
+    """Keeps one model on this device up to date from a TUF repository."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        from edgeinfer import __version__
+
+        self.config = config
+        self.state_dir = Path(config.state_dir)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.device_id = device_id(self.state_dir, config.device_id)
+        except OSError as exc:
+            raise AgentError(f"state directory {self.state_dir} is not usable: {exc}") from None
+        self.agent_version = __version__
+        self.slots = SlotStore(self.state_dir)
+        self.metadata_dir = self.state_dir / "metadata"
+        self.downloads = self.state_dir / "downloads"
+        self.status_path = self.state_dir / "status.json"
+
+    # ------------------------------------------------------------ public
+    def run_once(self) -> CycleResult:
+        """One update cycle; refusals and failures are results, not exceptions.
+
+        Raises :class:`AgentError` only when the agent cannot work at all.
+        """
+        start = time.monotonic()
+        cycle = _Cycle()
+        with self._locked():
+            history = History(self.state_dir)
+            self._recover(history)
+            committed = self.slots.committed()
+            cycle.from_version = None if committed is None else committed.version
+            try:
+                result, reason = self._cycle(cycle, history)
+            except UpdateRefused as exc:
+                result, reason = "refused", str(exc)
+            except DiskSpaceError as exc:
+                result, reason = "refused", str(exc)
+            except (UpdateDownloadError, DeltaError, OSError) as exc:
+                result, reason = "failed", str(exc)
+            if cycle.notes:
+                reason = "; ".join([*cycle.notes, *([reason] if reason else [])])
+            outcome = CycleResult(
+                result,
+                cycle.via,
+                cycle.received,
+                reason,
+                cycle.from_version,
+                cycle.to_version,
+                round(time.monotonic() - start, 3),
+                utc_now(),
+            )
+            status = self._write_status(outcome, history)
+        logger.info("update cycle: %s%s", result, f" ({reason})" if reason else "")
+        self._report(status)
+        return outcome
+
+    def run_forever(self, interval: float = 60.0, stop: threading.Event | None = None) -> None:
+        """Run a cycle every ``interval`` seconds until ``stop`` is set."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            self.run_once()
+            stop.wait(interval)
+
+    def status(self) -> dict[str, Any] | None:
+        """The last ``status.json``, or ``None`` before the first cycle."""
+        data = read_json(self.status_path)
+        return data if isinstance(data, dict) else None
+
+    # ------------------------------------------------------------ the cycle
+    def _cycle(self, cycle: _Cycle, history: History) -> tuple[str, str | None]:
+        updater = self._updater()
+        targets = self._refresh(updater)
+        committed = self.slots.committed()
+        device = Device(
+            self.device_id,
+            self.config.channel,
+            self.config.model,
+            None if committed is None else committed.name,
+            None if committed is None else committed.version,
+            None if committed is None else committed.sha256,
+            self.config.version_floor,
+            self.agent_version,
+            frozenset(history.bad),
+        )
+        choice = choose(targets.items(), device)
+        if choice.problem is not None:
+            raise AgentError(choice.problem)
+        for why in choice.skipped:
+            logger.info("skipped %s", why)
+        for why in choice.invalid:
+            logger.warning("refused target: %s", why)
+        if choice.full is None:
+            self._clean_downloads(keep=set())
+            if choice.invalid:
+                return "refused", "invalid targets refused: " + "; ".join(choice.invalid)
+            return "up-to-date", None
+        full = choice.full
+        cycle.to_version = full.version
+        full_tf = updater.get_targetinfo(full.path)
+        if full_tf is None:  # pragma: no cover - choose() only picks listed targets
+            raise UpdateRefused(f"{full.path} vanished from the verified metadata")
+        delta = choice.delta if self.config.use_deltas else None
+        self._clean_downloads(keep={full.sha256, *([delta.sha256] if delta else [])})
+        with Downloader(self.config.download) as downloader:
+            try:
+                packed = None
+                if delta is not None and committed is not None:
+                    try:
+                        packed = self._via_delta(updater, downloader, delta, full_tf, committed)
+                        cycle.via = "delta"
+                    except (DeltaError, UpdateRefused, UpdateDownloadError) as exc:
+                        cycle.notes.append(f"delta not used ({exc}); fell back to the full bundle")
+                        logger.warning("delta %s not used: %s", delta.path, exc)
+                if packed is None:
+                    self._check_disk(full.length + full.unpacked_bytes)
+                    cycle.via = "full"
+                    url = target_url(self._targets_url, full.path, full.sha256)
+                    packed, _ = downloader.fetch(url, full_tf, self.downloads)
+            finally:
+                cycle.received = downloader.received
+        try:
+            info = self.slots.install(packed, full.model, full.version, full.sha256)
+        except (BundleError, UpdateRefused) as exc:
+            # signed, hash-correct, and still not a usable bundle: never fetch it again
+            history.mark_bad(full.sha256, full.model, full.version, f"install: {exc}")
+            raise UpdateRefused(f"version {full.version} cannot be installed: {exc}") from None
+        finally:
+            self._clean_downloads(keep=set())
+        previous = None if committed is None else self.slots.bundle_dir(committed)
+        self.slots.switch(info, history.strikes.get(full.sha256, 0) + 1)
+        try:
+            gate = run_gate(self.slots.bundle_dir(info), previous, self.config.gate)
+        except Exception as exc:  # whatever breaks inside the gate fails the gate
+            gate = GateResult(False, f"health gate crashed: {type(exc).__name__}: {exc}")
+        if gate.ok:
+            self.slots.commit()
+            crash_point("commit")
+            history.clear_strikes(full.sha256)
+            return "updated", None
+        self.slots.rollback()
+        history.mark_bad(full.sha256, full.model, full.version, gate.reason or "health gate")
+        return "rolled-back", f"version {full.version} failed its health gate: {gate.reason}"
+
+    def _via_delta(
+        self,
+        updater: Any,
+        downloader: Downloader,
+        delta: Any,
+        full_tf: Any,
+        committed: Any,
+    ) -> Path:
+        base = self.slots.packed(committed)
+        if not base.is_file():
+            raise DeltaError(f"the installed bundle's archive {base} is missing")
+        delta_tf = updater.get_targetinfo(delta.path)
+        if delta_tf is None:  # pragma: no cover
+            raise DeltaError(f"{delta.path} vanished from the verified metadata")
+        self._check_disk(delta.length + 2 * full_tf.length)
+        url = target_url(self._targets_url, delta.path, delta.sha256)
+        part, _ = downloader.fetch(url, delta_tf, self.downloads)
+        out = self.downloads / f"{full_tf.hashes['sha256']}.part"
+        try:
+            apply_delta(base, part, out)
+        finally:
+            part.unlink(missing_ok=True)
+        with open(out, "rb") as f:
+            try:
+                full_tf.verify_length_and_hashes(f)
+            except Exception as exc:  # LengthOrHashMismatchError
+                out.unlink(missing_ok=True)
+                raise DeltaError(
+                    f"rebuilt bundle does not match its signed target: {exc}"
+                ) from None
+        return out
+
+    # ------------------------------------------------------------ TUF
+    @property
+    def _targets_url(self) -> str:
+        return self.config.repo_url.rstrip("/") + "/targets"
+
+    def _updater(self) -> Any:
+        from tuf.api.exceptions import RepositoryError
+        from tuf.ngclient import Updater, UpdaterConfig  # type: ignore[attr-defined]
+        from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
+
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = None
+        if not (self.metadata_dir / "root.json").exists():
+            if self.config.root is None:
+                raise AgentError(
+                    f"{self.state_dir} has no trusted root yet; provision one on the first run "
+                    "with --root ROOT_JSON (the repository's root.json, obtained securely)"
+                )
+            try:
+                bootstrap = Path(self.config.root).read_bytes()
+            except OSError as exc:
+                raise AgentError(f"cannot read trusted root {self.config.root}: {exc}") from None
+        fetcher = Urllib3Fetcher(
+            socket_timeout=max(1, round(self.config.download.read_timeout)),
+            app_user_agent=f"edgeinfer-agent/{self.agent_version}",
+        )
+        base = self.config.repo_url.rstrip("/")
+        try:
+            return Updater(
+                str(self.metadata_dir),
+                f"{base}/metadata/",
+                target_base_url=f"{base}/targets/",
+                fetcher=fetcher,
+                config=UpdaterConfig(),
+                bootstrap=bootstrap,
+            )
+        except (RepositoryError, ValueError) as exc:
+            raise AgentError(f"trusted root is not valid TUF root metadata: {exc}") from None
+
+    def _refresh(self, updater: Any) -> dict[str, Any]:
+        from tuf.api import exceptions
+        from tuf.api.metadata import Metadata, Targets  # type: ignore[attr-defined]
+
+        try:
+            updater.refresh()
+        except exceptions.RepositoryError as exc:
+            raise UpdateRefused(
+                f"repository metadata refused ({type(exc).__name__}: {exc})"
+            ) from None
+        except exceptions.DownloadError as exc:
+            cause = exc.__cause__ or exc.__context__
+            raise UpdateDownloadError(
+                f"cannot fetch repository metadata from {self.config.repo_url} "
+                f"({type(exc).__name__}: {exc}{f'; {cause}' if cause else ''})"
+            ) from None
+        # ngclient persisted targets.json only after verifying it in this refresh
+        md = Metadata[Targets].from_file(str(self.metadata_dir / "targets.json"))
+        return dict(md.signed.targets)
+
+    # ------------------------------------------------------------ housekeeping
+    def _recover(self, history: History) -> None:
+        interrupted = self.slots.recover()
+        if interrupted is not None:
+            n = history.strike(interrupted.sha256)
+            logger.warning("rolled back %s v%d: its trial was cut short", interrupted.name, n)
+            if n >= self.config.max_trial_crashes:
+                history.mark_bad(
+                    interrupted.sha256,
+                    interrupted.name,
+                    interrupted.version,
+                    f"the agent died {n} times during its health gate",
+                )
+        if self.metadata_dir.is_dir():  # ngclient's own temporary files
+            for tmp in self.metadata_dir.glob("tmp*"):
+                tmp.unlink(missing_ok=True)
+        if self.downloads.is_dir():
+            for tmp in self.downloads.glob(".*"):
+                tmp.unlink(missing_ok=True)
+
+    def _clean_downloads(self, keep: set[str]) -> None:
+        if not self.downloads.is_dir():
+            return
+        for f in self.downloads.iterdir():
+            if f.name.split(".", 1)[0] not in keep:
+                if f.is_dir():
+                    shutil.rmtree(f, ignore_errors=True)
+                else:
+                    f.unlink(missing_ok=True)
+
+    def _check_disk(self, need: int) -> None:
+        self.downloads.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.downloads).free
+        if free - need < self.config.min_free_bytes:
+            raise DiskSpaceError(
+                f"not enough disk space for the update: it needs {need / 1e6:.1f} MB and "
+                f"{self.config.min_free_bytes / 1e6:.1f} MB must stay free, but "
+                f"{free / 1e6:.1f} MB are free in {self.state_dir}"
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: single instance is on the caller
+            yield
+            return
+        path = self.state_dir / ".lock"
+        with open(path, "a+") as f:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise AgentError(
+                    f"another agent is running on {self.state_dir} (lock {path} is held)"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def _write_status(self, outcome: CycleResult, history: History) -> dict[str, Any]:
+        committed = self.slots.committed()
+        active = None
+        if committed is not None:
+            active = {
+                **committed.to_dict(),
+                "bundle_path": str(self.slots.bundle_dir(committed).resolve()),
+            }
+        status = {
+            "device_id": self.device_id,
+            "agent_version": self.agent_version,
+            "channel": self.config.channel,
+            "updated_at": utc_now(),
+            "active": active,
+            "last_cycle": outcome.to_dict(),
+            "bad_versions": history.bad_list(),
+        }
+        write_json(self.status_path, status)
+        return status
+
+    def _report(self, status: dict[str, Any]) -> None:
+        if not self.config.report_url:
+            return
+        import httpx
+
+        try:
+            httpx.post(self.config.report_url, json=status, timeout=self.config.report_timeout)
+        except httpx.HTTPError as exc:
+            logger.warning("could not report status to %s: %s", self.config.report_url, exc)

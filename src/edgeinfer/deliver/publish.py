@@ -1,0 +1,343 @@
+"""The TUF repository of model bundles: plain static files any HTTP server can host.
+
+:class:`Publisher` writes signed metadata with python-tuf's Metadata API through its
+``tuf.repository.Repository`` base (``edit_*``, ``do_snapshot``, ``do_timestamp``), as the
+python-tuf repository examples do; the files themselves are kept by
+:class:`~edgeinfer.deliver._metadata_store.MetadataStore`. The layout uses consistent
+snapshots, so a device reading while a publish runs always sees one coherent state::
+
+    repo/
+      metadata/1.root.json  2.root.json  root.json (latest, for provisioning devices)
+               7.targets.json  9.snapshot.json  timestamp.json
+      targets/models/<name>/<sha256>.<name>-<version>.tar
+              deltas/<name>/<sha256>.<name>-<from>-<to>.delta
+
+Files go in the order targets -> targets metadata -> snapshot -> timestamp (last, with
+``os.replace``). Snapshot and timestamp pin the length and sha256 of the metadata they
+name, which defeats mix-and-match. Keys come from a :class:`~edgeinfer.deliver.keys.KeyStore`
+that must live outside the repository; when the store's keys no longer match root (after
+``keys rotate``), the next operation publishes a new root signed by the old *and* the new
+root keys, then re-signs what the rotated keys sign.
+
+>>> pub = Publisher("repo", "keys")                                       # doctest: +SKIP
+>>> pub.publish("bundles/digits", channel="stable", rollout=10.0)        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from tuf.api.metadata import (  # type: ignore[attr-defined]
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+
+from edgeinfer.bundle import MANIFEST_FILE, Bundle
+from edgeinfer.deliver._metadata_store import MetadataStore
+from edgeinfer.deliver.delta import DeltaConfig, make_delta
+from edgeinfer.deliver.errors import KeyStoreError, PublishError
+from edgeinfer.deliver.keys import ROLES, KeyStore
+from edgeinfer.deliver.targets import BundleTarget, bundle_path, delta_path, parse_target
+
+__all__ = ["PublishConfig", "PublishResult", "PublishedDelta", "Publisher"]
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    root_expiry: float = 365.0  # days
+    targets_expiry: float = 90.0  # days
+    snapshot_expiry: float = 7.0  # days
+    timestamp_expiry: float = 1.0  # days; re-sign with `publish --refresh` before it runs out
+    delta_from: int = 3  # deltas from this many previous versions of the same model
+    max_delta_ratio: float = 0.8  # drop a delta larger than this fraction of the full bundle
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
+
+
+@dataclass(frozen=True)
+class PublishedDelta:
+    path: str
+    from_version: int
+    size: int  # bytes
+    method: str
+    seconds: float  # time to compute
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    path: str  # target path of the bundle
+    model: str
+    version: int
+    sha256: str
+    length: int  # bytes
+    channels: tuple[str, ...]
+    rollout: float  # percent
+    deltas: tuple[PublishedDelta, ...]
+    targets_version: int  # version of the targets metadata now live
+    created: bool  # False when only the rollout fields of an existing target changed
+
+
+class Publisher(MetadataStore):
+    """Create and update a TUF repository of bundles in ``repo_dir``."""
+
+    def __init__(
+        self,
+        repo_dir: str | os.PathLike[str],
+        keys: KeyStore | str | os.PathLike[str],
+        config: PublishConfig | None = None,
+        *,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config or PublishConfig()
+        c = self.config
+        expiry = {
+            Root.type: c.root_expiry,
+            Targets.type: c.targets_expiry,
+            Snapshot.type: c.snapshot_expiry,
+            Timestamp.type: c.timestamp_expiry,
+        }
+        store = keys if isinstance(keys, KeyStore) else KeyStore.open(keys)
+        clock = now or (lambda: datetime.now(timezone.utc))
+        super().__init__(Path(repo_dir), store, expiry, clock)
+        repo_abs, keys_abs = self.repo.resolve(), self.keys.path.resolve()
+        if keys_abs == repo_abs or repo_abs in keys_abs.parents:
+            raise KeyStoreError(
+                f"key directory {self.keys.path} is inside the repository {self.repo}, which is "
+                "served to the world; keep private keys elsewhere"
+            )
+        self.targets_dir = self.repo / "targets"
+
+    # ------------------------------------------------------------ operations
+    def init(self) -> None:
+        """Create root, targets, snapshot and timestamp metadata (version 1) if missing."""
+        if self.exists:
+            return
+        self.metadata_dir.mkdir(parents=True, exist_ok=True)
+        self.targets_dir.mkdir(parents=True, exist_ok=True)
+        if self._current_path(Root.type) is None:
+            with self.edit_root() as root:
+                for role in ROLES:
+                    for key in self.keys.public_keys(role):
+                        root.add_key(key, role)
+                    root.roles[role].threshold = self.keys.thresholds[role]
+        with self.edit_targets():
+            pass
+        self.do_snapshot(force=True)
+        self.do_timestamp(force=True)
+
+    def sync_keys(self) -> list[str]:
+        """Publish a new root if the key store's keys differ from root's; re-sign the rest.
+
+        Returns the roles whose keys or thresholds changed.
+        """
+        self.keys.check()
+        root = self.root()
+        changed = [
+            r
+            for r in ROLES
+            if set(root.roles[r].keyids) != {k.keyid for k in self.keys.key_infos(r)}
+            or root.roles[r].threshold != self.keys.thresholds[r]
+        ]
+        if not changed:
+            self.keys.forget_retired()
+            return []
+        with self.edit_root() as new_root:
+            for r in changed:
+                for keyid in list(new_root.roles[r].keyids):
+                    new_root.revoke_key(keyid, r)
+                for key in self.keys.public_keys(r):
+                    new_root.add_key(key, r)
+                new_root.roles[r].threshold = self.keys.thresholds[r]
+        if Targets.type in changed:
+            with self.edit_targets():
+                pass
+        self.do_snapshot(force=Snapshot.type in changed)
+        self.do_timestamp(force=True)
+        self.keys.forget_retired()
+        return changed
+
+    def refresh(self) -> list[str]:
+        """Re-sign the timestamp (and targets/snapshot when half their life is gone)."""
+        if not self.exists:
+            self.init()
+        done = [f"keys:{r}" for r in self.sync_keys()]
+        now = self._now()
+
+        def ageing(role: str, days: float) -> bool:
+            return bool(self.open(role).signed.expires - now < timedelta(days=days / 2))
+
+        targets = ageing(Targets.type, self.config.targets_expiry)
+        if targets:
+            with self.edit_targets():
+                pass
+            done.append(Targets.type)
+        if targets or ageing(Snapshot.type, self.config.snapshot_expiry):
+            self.do_snapshot(force=True)
+            done.append(Snapshot.type)
+        self.do_timestamp(force=True)
+        done.append(Timestamp.type)
+        return done
+
+    def bundles(self) -> list[BundleTarget]:
+        """The bundle targets in the current targets metadata, oldest version first."""
+        out = []
+        for path, tf in self.targets().targets.items():
+            try:
+                parsed = parse_target(path, tf.length, tf.hashes, tf.custom)
+            except ValueError:
+                continue
+            if isinstance(parsed, BundleTarget):
+                out.append(parsed)
+        return sorted(out, key=lambda t: (t.model, t.version))
+
+    def publish(
+        self,
+        bundle: str | os.PathLike[str],
+        *,
+        channel: str = "stable",
+        rollout: float = 100.0,
+        min_agent_version: str | None = None,
+    ) -> PublishResult:
+        """Add a bundle (directory or packed ``.tar``) as a target, with deltas from the
+        previous versions. Publishing an already published version again only changes its
+        channels, rollout and minimum agent version (same bytes required)."""
+        if not 0.0 <= rollout <= 100.0:
+            raise PublishError(f"rollout {rollout}% is not within 0..100")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", channel):
+            raise PublishError(f"channel {channel!r}: use letters, digits, '.', '_' or '-'")
+        if min_agent_version is not None:
+            from edgeinfer.deliver.targets import parse_version
+
+            try:
+                parse_version(min_agent_version)
+            except ValueError as exc:
+                raise PublishError(f"--min-agent-version: {exc}") from None
+        self._ready()
+        b = Bundle.open(bundle)
+        if b.bare:
+            raise PublishError(
+                f"{bundle}: a bare model file; make a bundle first (edgeinfer bundle create)"
+            )
+        staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.targets_dir))
+        try:
+            return self._publish(b, staging, channel, float(rollout), min_agent_version)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # ------------------------------------------------------------ internals
+    def _publish(
+        self, b: Bundle, staging: Path, channel: str, rollout: float, min_agent: str | None
+    ) -> PublishResult:
+        packed = b.pack(staging / "bundle.tar")
+        full = TargetFile.from_file(bundle_path(b.name, b.version), str(packed), ["sha256"])
+        sha = full.hashes["sha256"]
+        current = self.targets().targets
+        existing = current.get(full.path)
+        channels = [channel]
+        created = existing is None
+        new_files: dict[str, TargetFile] = {}
+        deltas: list[PublishedDelta] = []
+        if existing is not None:
+            if existing.hashes.get("sha256") != sha:
+                raise PublishError(
+                    f"{b.name} version {b.version} is already published with different "
+                    "content; give the new bundle a higher version"
+                )
+            old_fields = (existing.custom or {}).get("edgeinfer", {})
+            channels = sorted({*old_fields.get("channels", []), channel})
+        else:
+            shutil.move(packed, self._file_for(full))
+            deltas = self._make_deltas(b, full, current, staging, new_files)
+        files = [r for r in (b.manifest.model, b.manifest.golden, *b.manifest.files) if r]
+        unpacked = sum(r.size for r in files) + (b.path / MANIFEST_FILE).stat().st_size
+        full.unrecognized_fields["custom"] = {
+            "edgeinfer": {
+                "kind": "bundle",
+                "model": b.name,
+                "version": b.version,
+                "channels": channels,
+                "rollout_bp": round(rollout * 100),
+                "min_agent_version": min_agent,
+                "format": b.manifest.format,
+                "unpacked_bytes": unpacked,
+            }
+        }
+        with self.edit_targets() as targets:
+            targets.targets[full.path] = full
+            targets.targets.update(new_files)
+        self.do_snapshot()
+        self.do_timestamp()
+        return PublishResult(
+            full.path,
+            b.name,
+            b.version,
+            sha,
+            full.length,
+            tuple(channels),
+            rollout,
+            tuple(deltas),
+            targets.version,
+            created,
+        )
+
+    def _make_deltas(
+        self,
+        b: Bundle,
+        full: TargetFile,
+        current: dict[str, TargetFile],
+        staging: Path,
+        out: dict[str, TargetFile],
+    ) -> list[PublishedDelta]:
+        previous = sorted(
+            (t for t in self.bundles() if t.model == b.name and t.version < b.version),
+            key=lambda t: t.version,
+            reverse=True,
+        )[: max(0, self.config.delta_from)]
+        made = []
+        new_file = self._file_for(full)
+        for base in previous:
+            base_file = self._file_for(current[base.path])
+            if not base_file.is_file():
+                continue
+            tmp = staging / f"{base.version}.delta"
+            info = make_delta(base_file, new_file, tmp, self.config.delta)
+            if info.size > self.config.max_delta_ratio * full.length:
+                continue
+            tf = TargetFile.from_file(delta_path(b.name, base.version, b.version), str(tmp))
+            tf.unrecognized_fields["custom"] = {
+                "edgeinfer": {
+                    "kind": "delta",
+                    "model": b.name,
+                    "from_version": base.version,
+                    "to_version": b.version,
+                    "base_sha256": base.sha256,
+                    "base_length": base.length,
+                    "target_path": full.path,
+                    "method": info.method,
+                }
+            }
+            shutil.move(tmp, self._file_for(tf))
+            out[tf.path] = tf
+            made.append(PublishedDelta(tf.path, base.version, info.size, info.method, info.seconds))
+        return made
+
+    def _file_for(self, tf: TargetFile) -> Path:
+        """Where a target lives on disk (hash-prefixed name: consistent snapshots)."""
+        parent, _, name = tf.path.rpartition("/")
+        path = self.targets_dir / parent / f"{tf.hashes['sha256']}.{name}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _ready(self) -> None:
+        if not self.exists:
+            self.init()
+        self.sync_keys()
