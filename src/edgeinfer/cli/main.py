@@ -28,6 +28,7 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.keys",
     "edgeinfer.cli.publish",
     "edgeinfer.cli.agent",
+    "edgeinfer.cli.optimize",
 ]
 
 

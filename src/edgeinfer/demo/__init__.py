@@ -21,6 +21,7 @@ __all__ = ["STAGES", "DemoContext", "run_demo"]
 # In the order they run; later parts of edgeinfer append theirs.
 STAGES: list[str] = [
     "edgeinfer.demo.foundation",
+    "edgeinfer.demo.optimize",
     "edgeinfer.demo.serve",
     "edgeinfer.demo.deliver",
 ]

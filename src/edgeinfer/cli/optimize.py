@@ -1,0 +1,279 @@
+"""``edgeinfer optimize`` and ``edgeinfer distill``: the accuracy-gated optimization pipeline.
+
+``optimize`` searches quantization and graph recipes for the fastest (or smallest) model
+whose metric stays within ``--max-drop`` of the original's, showing a progress bar per
+candidate and ending with the candidate table; the winner is written as a bundle and the
+report next to it. ``distill`` trains a smaller student network on a teacher's outputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from edgeinfer.errors import InputError
+
+_EVENTS_DONE = ("done", "failed", "skipped")
+
+
+class _Bars:
+    """A rich progress bar per candidate (build, then evaluate)."""
+
+    def __init__(self, console: Console) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}", justify="left"),
+            BarColumn(),
+            TextColumn("{task.fields[state]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.tasks: dict[int, Any] = {}
+
+    def __enter__(self) -> _Bars:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(None, None, None)
+
+    def __call__(self, event: str, cand: Any, index: int, total: int) -> None:
+        task = self.tasks.get(index)
+        label = f"[{index}/{total - 1}] {cand.name}" if index else cand.name
+        if task is None:
+            task = self.progress.add_task(label, total=2, state="")
+            self.tasks[index] = task
+        if event in ("start", "build"):
+            self.progress.update(
+                task, description=label, state="building" if index else "measuring"
+            )
+        elif event == "evaluate":
+            self.progress.update(task, description=label, completed=1, state="measuring")
+        elif event in _EVENTS_DONE:
+            state = {"done": "ok", "failed": "failed", "skipped": "skipped"}[event]
+            if event == "done" and cand.reason:
+                state = "screened out"
+            self.progress.update(task, description=label, completed=2, state=state)
+
+
+def _search_config(
+    metric: str | None,
+    max_drop: str,
+    objective: str,
+    candidates: str | None,
+    output: str | None,
+    threads: int | None,
+    repeats: int,
+    memory: bool,
+    has_labels: bool,
+) -> Any:
+    from edgeinfer.optimize.search import SearchConfig
+
+    names = None
+    if candidates:
+        names = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    return SearchConfig(
+        metric=metric or ("accuracy" if has_labels else "cosine"),
+        max_drop=max_drop,
+        objective=objective,  # type: ignore[arg-type]
+        candidates=names,
+        output=output,
+        threads=threads,
+        repeats=repeats,
+        memory=memory,
+    )
+
+
+def _finish(console: Console, outcome: Any) -> None:
+    from edgeinfer.optimize.report import candidate_table
+
+    result = outcome.result
+    console.print(
+        candidate_table(result, title=f"{result.metric.name}, objective {result.objective}")
+    )
+    colour = "yellow" if result.kept_original else "green"
+    console.print(f"[{colour}]{result.message}[/]", highlight=False)
+    console.print(f"bundle: {outcome.bundle.path}  (v{outcome.bundle.version})")
+    if outcome.report_dir is not None:
+        console.print(f"report: {outcome.report_dir}/report.md, report.json, report.png")
+
+
+def optimize(
+    model: Path = typer.Argument(..., help="Bundle directory, packed .tar, or .onnx file."),
+    eval_data: Path = typer.Option(
+        ..., "--eval", help="Eval inputs: .npz (one array per input; 'labels' optional) or .npy."
+    ),
+    labels: Path | None = typer.Option(None, help="Labels (.npy, or .npz with one array)."),
+    calibration: Path | None = typer.Option(
+        None, help="Calibration inputs for static INT8 (.npz/.npy); without: static is skipped."
+    ),
+    metric: str | None = typer.Option(
+        None,
+        help="accuracy, topK, f1, mse, mae, cosine, min_cosine, agreement, max_abs_error "
+        "(default: accuracy with labels, else cosine).",
+    ),
+    max_drop: str = typer.Option(
+        "0.01", help="Allowed metric drop: absolute (0.01) or relative (1%)."
+    ),
+    objective: str = typer.Option("latency", help="latency or size."),
+    out: Path = typer.Option(..., "--out", help="Output bundle directory."),
+    output: str | None = typer.Option(None, help="Model output the metric reads (default: first)."),
+    candidates: str | None = typer.Option(
+        None, help="Comma-separated candidates (default: all that apply)."
+    ),
+    threads: int | None = typer.Option(None, help="Intra-op threads while timing."),
+    repeats: int = typer.Option(30, min=1, help="Timed single-sample calls per candidate."),
+    name: str | None = typer.Option(None, help="Bundle name (default: the source's)."),
+    version: int | None = typer.Option(None, help="Bundle version (default: source's + 1)."),
+    memory: bool = typer.Option(True, help="Measure peak memory (a short subprocess each)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+) -> None:
+    """Find the fastest or smallest model within an accuracy budget; bundle it."""
+    from edgeinfer.optimize.pipeline import optimize as run_optimize
+
+    config = _search_config(
+        metric,
+        max_drop,
+        objective,
+        candidates,
+        output,
+        threads,
+        repeats,
+        memory,
+        labels is not None or _npz_has_labels(eval_data),
+    )
+    console = Console()
+    with _Bars(console) as bars:
+        outcome = run_optimize(
+            model,
+            eval_data,
+            out,
+            labels=labels,
+            calibration=calibration,
+            config=config,
+            name=name,
+            version=version,
+            overwrite=overwrite,
+            progress=bars,
+        )
+    _finish(console, outcome)
+
+
+def _npz_has_labels(path: Path) -> bool:
+    import numpy as np
+
+    if path.suffix.lower() != ".npz" or not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return "labels" in z.files
+    except (OSError, ValueError):
+        return False
+
+
+def _student(spec: str, teacher: Path, output: str | None) -> Any:
+    """``mlp:128,64`` (an MLP sized from the teacher's signature) or ``module:factory``."""
+    from edgeinfer.optimize.passes.distill import mlp_student
+    from edgeinfer.runtime.model import load
+
+    kind, _, arg = spec.partition(":")
+    if kind == "mlp":
+        try:
+            hidden = tuple(int(h) for h in arg.split(",") if h.strip()) or (64,)
+        except ValueError:
+            raise InputError(f"--student {spec!r}: expected mlp:H1,H2,... (integers)") from None
+        with load(teacher, providers=["cpu"]) as m:
+            if len(m.inputs) != 1:
+                raise InputError("an mlp student needs a one-input teacher; use module:factory")
+            sample = m.sample_inputs()
+            outs = m.predict(sample)
+        name = output or next(iter(outs))
+        n_in = int(next(iter(sample.values()))[0].size)
+        n_out = int(outs[name][0].size)
+        return mlp_student(n_in, n_out, hidden)
+    if not arg:
+        raise InputError(f"--student {spec!r}: expected mlp:H1,H2 or an import path module:factory")
+    try:
+        factory = getattr(importlib.import_module(kind), arg)
+    except (ImportError, AttributeError) as exc:
+        raise InputError(f"--student {spec!r}: cannot import {arg} from {kind} ({exc})") from None
+    return factory
+
+
+def distill(
+    teacher: Path = typer.Argument(..., help="Teacher: bundle directory, .tar, or .onnx file."),
+    data: Path = typer.Option(..., "--data", help="Unlabeled training inputs (.npz/.npy)."),
+    student: str = typer.Option(
+        "mlp:128,64", help="mlp:H1,H2,... or module:factory (returns a torch.nn.Module)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output bundle directory."),
+    eval_data: Path | None = typer.Option(None, "--eval", help="Eval inputs (default: --data)."),
+    labels: Path | None = typer.Option(None, help="Eval labels (.npy / .npz)."),
+    metric: str | None = typer.Option(
+        None, help="Metric (default: accuracy with labels, else agreement)."
+    ),
+    max_drop: str = typer.Option("0.01", help="Allowed metric drop: absolute or relative (1%)."),
+    objective: str = typer.Option("latency", help="latency or size."),
+    output: str | None = typer.Option(
+        None, help="Teacher output to imitate (default: first float)."
+    ),
+    epochs: int = typer.Option(30, min=1, help="Training epochs."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(64, min=1, help="Training batch size."),
+    loss: str = typer.Option("auto", help="auto, kl, mse or cosine."),
+    temperature: float = typer.Option(2.0, help="Softening for the kl loss."),
+    threads: int | None = typer.Option(None, help="Threads for training and timing (default 2)."),
+    name: str | None = typer.Option(None, help="Bundle name (default: the teacher's)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+) -> None:
+    """Train a smaller student on a teacher's outputs (no labels needed); bundle it."""
+    from edgeinfer.optimize.pipeline import distill as run_distill
+
+    has_labels = labels is not None or _npz_has_labels(eval_data or data)
+    config = _search_config(
+        metric or ("accuracy" if has_labels else "agreement"),
+        max_drop,
+        objective,
+        None,
+        output,
+        threads,
+        30,
+        False,
+        has_labels,
+    )
+    console = Console()
+    net = _student(student, teacher, output)
+    options = {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "loss": loss,
+        "temperature": temperature,
+        "threads": threads or 2,
+    }
+    with _Bars(console) as bars:
+        outcome = run_distill(
+            teacher,
+            data,
+            net,
+            out,
+            eval_data=eval_data,
+            labels=labels,
+            config=config,
+            distill_options=options,
+            name=name,
+            overwrite=overwrite,
+            progress=bars,
+        )
+    _finish(console, outcome)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("optimize")(optimize)
+    app.command("distill")(distill)

@@ -1,0 +1,21 @@
+"""Errors of the optimization step.
+
+``OptimizeError`` hangs under the root of edgeinfer's error tree::
+
+    EdgeInferError
+    └── OptimizeError   a pass could not transform a model (the tool's own exception is
+                        kept as ``__cause__``), or a search could not run
+
+Bad user input (data that does not fit the model, unknown metrics or pass options) is an
+``InputError``, as everywhere in edgeinfer.
+"""
+
+from __future__ import annotations
+
+from edgeinfer.errors import EdgeInferError
+
+__all__ = ["OptimizeError"]
+
+
+class OptimizeError(EdgeInferError):
+    """An optimization pass or search failed; the underlying exception is the cause."""

@@ -1,0 +1,254 @@
+"""The search: build candidate recipes, measure each, keep the best one within budget.
+
+Candidates (each applies where it can; the table says why one was skipped):
+
+* ``graph``: graph optimization only (:mod:`.passes.graph`);
+* ``dynamic-int8``, ``dynamic-int8-per-channel`` (and ``dynamic-int8-reduce-range`` when
+  asked for): dynamic INT8 on top of the graph-optimized model; for transformers also
+  ``dynamic-int8-per-channel-unfused``, without the attention fusions (ONNX Runtime's
+  integer attention is not always faster than its separate MatMulInteger kernels);
+* ``static-int8-minmax``, ``-entropy``, ``-percentile``: QDQ INT8 calibrated on the
+  calibration data (skipped without it);
+* ``<best dynamic>+exclude-sensitive``, ``<best static>+exclude-sensitive``: the same with
+  the nodes that add the most quantization error kept in float;
+* ``fp16``: only where a GPU/NPU execution provider is available.
+
+The original model is measured first; its outputs are the reference for fidelity metrics.
+A candidate is *within budget* when its metric is no more than ``max_drop`` worse than the
+original's. Among those, the best for the objective wins: ``latency`` (median single-sample
+latency; all measured candidates are re-timed side by side, round-robin, so that load from
+other work on the machine does not decide; within 3% of the fastest, the smaller file wins)
+or ``size`` (file bytes; within 1% of the smallest, the faster wins). If no candidate beats
+the original within budget, the original is kept and the result says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from edgeinfer.convert.onnx_io import load_onnx
+from edgeinfer.errors import EdgeInferError, InputError
+from edgeinfer.optimize.budget import Budget
+from edgeinfer.optimize.candidate import Candidate, SearchResult
+from edgeinfer.optimize.data import Dataset
+from edgeinfer.optimize.evaluate import Evaluation, compare_latency, evaluate, peak_memory
+from edgeinfer.optimize.metrics import Metric, parse_metric
+from edgeinfer.optimize.passes.graph import looks_like_transformer
+from edgeinfer.optimize.plan import (
+    CANDIDATES,
+    DEFAULT_CANDIDATES,
+    SENSITIVE,
+    SearchConfig,
+    fp16_provider,
+    plan,
+    sensitive_recipe,
+)
+from edgeinfer.optimize.recipe import Applied, apply
+
+__all__ = [
+    "CANDIDATES",
+    "DEFAULT_CANDIDATES",
+    "Candidate",
+    "SearchConfig",
+    "SearchResult",
+    "choose",
+    "search",
+]
+
+log = logging.getLogger(__name__)
+
+ORIGINAL = "original"
+_SCREEN = 3.0  # a screened candidate dropping over 3x the budget is not measured further
+_COUNTING = frozenset({"accuracy", "topk", "f1", "agreement"})  # metrics that count samples
+_LATENCY_TIE = 1.03  # latencies within 3% of the fastest count as equal
+_SIZE_TIE = 1.01  # sizes within 1% of the smallest count as equal
+Progress = Callable[[str, Candidate, int, int], None]  # (event, candidate, index, total)
+
+
+def search(
+    model: Path,
+    data: Dataset,
+    workdir: Path,
+    config: SearchConfig,
+    *,
+    calibration: Dataset | None = None,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Measure the original and every candidate on ``data``; choose (see module docs)."""
+    start = time.perf_counter()
+    metric = parse_metric(config.metric)
+    budget = Budget.parse(config.max_drop)
+    if metric.needs_labels and data.labels is None:
+        raise InputError(f"metric {metric.name!r} needs labels; give --labels (labels=...)")
+    report = progress or (lambda *a: None)
+    planned = plan(config, calibration, looks_like_transformer(load_onnx(model)))
+    total = len(planned) + 1
+    baseline = Candidate(ORIGINAL, status="pending", path=Path(model))
+    report("start", baseline, 0, total)
+
+    def measure(
+        path: Path, subset: Dataset, ref: Any, providers: list[str], **kw: Any
+    ) -> tuple[Evaluation, Any]:
+        return evaluate(
+            path,
+            subset,
+            metric,
+            reference=ref,
+            providers=providers,
+            output=config.output,
+            threads=config.threads,
+            repeats=config.repeats,
+            batch_size=config.batch_size,
+            **kw,
+        )
+
+    base_eval, reference = measure(
+        Path(model), data, None, ["cpu"], self_reference=True, memory=config.memory
+    )
+    baseline.evaluation, baseline.status = base_eval, "ok"
+    baseline.within_budget, baseline.drop = True, 0.0
+    report("done", baseline, 0, total)
+    base_value = base_eval.metrics[metric.name]
+    cache: dict[str, Applied] = {}
+    sens_data = calibration if calibration is not None else data
+    screen = data.head(config.screen_samples) if len(data) >= 2 * config.screen_samples else None
+    # Counting metrics move in steps of 1/n on n samples: the screen allows three steps.
+    screen_limit = _SCREEN * budget.allowed(base_value)
+    if screen is not None and metric.kind in _COUNTING:
+        screen_limit += 3.0 / len(screen)
+    for index, cand in enumerate(planned, start=1):
+        if cand.status == "skipped":
+            report("skipped", cand, index, total)
+            continue
+        if cand.name.endswith(SENSITIVE):
+            cand.recipe, why = sensitive_recipe(
+                cand.name, planned[: index - 1], metric, budget, base_value, sens_data, config
+            )
+            if cand.recipe is None:
+                cand.status, cand.reason = "skipped", why
+                report("skipped", cand, index, total)
+                continue
+            cand.name = cand.recipe.name
+        assert cand.recipe is not None
+        report("build", cand, index, total)
+        providers = [fp16_provider() or "cpu", "cpu"] if cand.name == "fp16" else ["cpu"]
+        try:
+            applied = apply(cand.recipe, Path(model), workdir, cache)
+            cand.path, cand.infos, cand.build_seconds = applied.path, applied.infos, applied.seconds
+            report("evaluate", cand, index, total)
+            ev: Evaluation | None = None
+            if screen is not None:
+                ev, _ = measure(applied.path, screen, reference[: len(screen)], providers)
+                if budget.drop(metric, base_value, ev.metrics[metric.name]) <= screen_limit:
+                    ev = None  # promising: measure on everything
+                else:
+                    cand.reason = f"screened out on {len(screen)} samples (far outside budget)"
+            if ev is None:
+                ev, _ = measure(applied.path, data, reference, providers)
+        except Exception as exc:  # one broken candidate must not end the whole search
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            prefix = "" if isinstance(exc, EdgeInferError) else f"{type(exc).__name__}: "
+            cand.status, cand.reason = "failed", prefix + first
+            log.debug("candidate %s failed:\n%s", cand.name, traceback.format_exc())
+            report("failed", cand, index, total)
+            continue
+        value = ev.metrics[metric.name]
+        cand.evaluation, cand.status = ev, "ok"
+        cand.drop = budget.drop(metric, base_value, value)
+        cand.within_budget = budget.within(metric, base_value, value) and not cand.reason
+        report("done", cand, index, total)
+    chosen, message, notes = choose(baseline, planned, metric, budget, config, data)
+    if config.memory and chosen is not baseline and chosen.evaluation and chosen.path:
+        mem = peak_memory(chosen.path, data.sample(0), config.threads)
+        chosen.evaluation = replace(chosen.evaluation, memory_bytes=mem)
+        notes.append("peak memory measured for the original and the chosen model")
+    return SearchResult(
+        metric,
+        budget,
+        config.objective,
+        baseline,
+        planned,
+        chosen,
+        message,
+        time.perf_counter() - start,
+        notes,
+    )
+
+
+def choose(
+    baseline: Candidate,
+    planned: list[Candidate],
+    metric: Metric,
+    budget: Budget,
+    config: SearchConfig,
+    data: Dataset,
+) -> tuple[Candidate, str, list[str]]:
+    notes: list[str] = []
+    assert baseline.evaluation is not None
+    timed = [c for c in planned if c.status == "ok" and c.path is not None]
+    if config.final_rounds > 0 and timed:
+        # One round-robin timing of everything measured: load from other work on a shared
+        # machine then hits all candidates alike instead of deciding the winner.
+        lat = compare_latency(
+            [baseline.path, *(c.path for c in timed)],  # type: ignore[list-item]
+            data.sample(0),
+            threads=config.threads,
+            rounds=config.final_rounds,
+        )
+        for cand, ms in zip([baseline, *timed], lat, strict=True):
+            cand.side_by_side_ms = ms
+        notes.append(
+            f"latencies re-timed side by side: {config.final_rounds} round-robin single-sample "
+            f"calls of the original and the {len(timed)} measured candidates"
+        )
+    base_value = baseline.evaluation.metrics[metric.name]
+    measured = [c for c in planned if c.status == "ok"]
+    within = [c for c in measured if c.within_budget]
+    limit = f"{metric.name} drop <= {budget.allowed(base_value):.4g} ({budget.describe()})"
+    if not within:
+        return (
+            baseline,
+            (
+                f"none of the {len(measured)} measured candidates met the budget ({limit}); "
+                "keeping the original model"
+            ),
+            notes,
+        )
+
+    def size(c: Candidate) -> float:
+        return float(c.evaluation.size_bytes) if c.evaluation else float("inf")
+
+    if config.objective == "size":
+        # Sizes within 1% are a tie: the faster one wins.
+        smallest = min(size(c) for c in within)
+        best = min((c for c in within if size(c) <= smallest * _SIZE_TIE), key=_latency)
+        if size(best) >= size(baseline):
+            return baseline, "no candidate within budget is smaller than the original", notes
+    else:
+        # Latencies within 3% are a tie on a shared machine: the smaller file wins.
+        fastest = min(_latency(c) for c in within)
+        best = min((c for c in within if _latency(c) <= fastest * _LATENCY_TIE), key=size)
+        if _latency(best) >= _latency(baseline):
+            return baseline, "no candidate within budget is faster than the original", notes
+    ev, base = best.evaluation, baseline.evaluation
+    assert ev is not None
+    speed = baseline.latency_ms / best.latency_ms if best.latency_ms > 0 else float("nan")
+    ratio = ev.size_bytes / base.size_bytes if base.size_bytes else float("nan")
+    return (
+        best,
+        (
+            f"chose {best.name}: {speed:.2f}x the original's speed, {ratio:.2f}x its size, "
+            f"{metric.name} {ev.metrics[metric.name]:.4f} vs {base_value:.4f} ({limit})"
+        ),
+        notes,
+    )
+
+
+def _latency(c: Candidate) -> float:
+    return c.latency_ms

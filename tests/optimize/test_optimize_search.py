@@ -1,0 +1,147 @@
+"""The search and the optimize pipeline end to end on the digits CNN."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgeinfer
+from edgeinfer.errors import BundleError, InputError
+from edgeinfer.optimize import SearchConfig, optimize
+from edgeinfer.optimize.report import report_dir_for
+
+FAST = {"threads": 1, "repeats": 5, "final_rounds": 5, "memory": False}
+
+
+@pytest.mark.slow
+def test_optimize_picks_a_static_int8_model_within_budget(
+    digits_bundle: Path, digits: tuple, tmp_path: Path
+) -> None:
+    x_train, _, x_test, y_test = digits
+    config = SearchConfig(
+        metric="accuracy",
+        max_drop=0.005,
+        objective="size",
+        candidates=(
+            "graph",
+            "dynamic-int8-per-channel",
+            "static-int8-minmax",
+            "static-int8-entropy",
+            "static+exclude-sensitive",
+            "fp16",
+        ),
+        **FAST,  # type: ignore[arg-type]
+    )
+    events: list[tuple[str, str]] = []
+    out = tmp_path / "digits-int8"
+    outcome = optimize(
+        digits_bundle,
+        {"pixels": x_test},
+        out,
+        labels=y_test,
+        calibration={"pixels": x_train[:128]},
+        config=config,
+        progress=lambda ev, cand, i, n: events.append((ev, cand.name)),
+    )
+    result = outcome.result
+    assert not result.kept_original and result.chosen.within_budget
+    assert "int8" in result.chosen.name
+    static = next(c for c in result.candidates if c.name == "static-int8-minmax")
+    assert static.status == "ok" and static.within_budget
+    assert ("done", "original") in events and any(e == "skipped" for e, _ in events)
+    fp16 = next(c for c in result.candidates if c.name == "fp16")
+    assert fp16.status == "skipped" and "GPU/NPU" in fp16.reason
+    # the bundle carries the recipe and the metrics, and reproduces its golden sample
+    bundle = edgeinfer.Bundle.open(out)
+    recipe = bundle.manifest.provenance["recipe"]
+    assert recipe["candidate"] == result.chosen.name
+    assert recipe["steps"][0]["pass"] == "graph"
+    assert recipe["steps"][-1]["pass"] == "compact"
+    metrics = bundle.manifest.metrics
+    assert metrics["optimize"]["size_ratio"] <= 0.35
+    assert metrics["accuracy"] >= metrics["optimize"]["baseline"] - 0.005
+    assert bundle.version == 2 and bundle.manifest.provenance["source_sha256"]
+    with edgeinfer.load(out) as model:
+        assert bundle.check_golden(model) == []
+    # the report sits next to the bundle
+    report = report_dir_for(out)
+    data = json.loads((report / "report.json").read_text())
+    assert data["chosen"] == result.chosen.name
+    assert {c["name"] for c in data["candidates"]} >= {"original", "graph", "fp16"}
+    assert (report / "report.png").stat().st_size > 1000
+    assert "| candidate |" in (report / "report.md").read_text()
+
+
+def test_no_candidate_within_budget_keeps_the_original(
+    digits_onnx: Path, digits: tuple, tmp_path: Path
+) -> None:
+    _, _, x_test, _ = digits
+    config = SearchConfig(
+        metric="max_abs_error",
+        max_drop=0.0,
+        candidates=("dynamic-int8",),
+        **FAST,  # type: ignore[arg-type]
+    )
+    outcome = optimize(digits_onnx, {"pixels": x_test[:64]}, tmp_path / "out", config=config)
+    assert outcome.result.kept_original
+    assert "none of the 1 measured candidates met the budget" in outcome.result.message
+    assert (
+        outcome.bundle.manifest.model.sha256
+        == edgeinfer.Bundle.open(digits_onnx).manifest.model.sha256
+    )
+    assert outcome.bundle.manifest.metrics["optimize"]["kept_original"] is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"eval_data": {"image": np.zeros((4, 1, 8, 8), np.float32)}},
+            InputError,
+            r"eval data: missing input\(s\) 'pixels'",
+        ),
+        (
+            {"eval_data": np.zeros((4, 1, 8, 8), np.float64), "labels": np.arange(3)},
+            InputError,
+            "labels: 3 labels for 4",
+        ),
+        (
+            {"calibration": {"pixels": np.zeros((4, 8, 8), np.float32)}},
+            InputError,
+            "calibration data: input 'pixels'.*rank 3",
+        ),
+        ({"eval_data": np.zeros((0, 1, 8, 8), np.float32)}, InputError, "empty"),
+        ({"config": {"metric": "precision"}}, InputError, "unknown metric 'precision'"),
+        ({"config": {"metric": "accuracy"}}, InputError, "needs labels"),
+        ({"config": {"candidates": ("int4",)}}, InputError, "unknown candidate"),
+        ({"config": {"objective": "energy"}}, InputError, "objective 'energy'"),
+        ({"config": {"max_drop": "lots"}}, InputError, "max drop"),
+        ({"config": {"output": "probs"}}, InputError, "output 'probs' not found"),
+    ],
+)
+def test_bad_input_fails_before_any_work(
+    digits_onnx: Path, tmp_path: Path, kwargs: dict, error: type, match: str
+) -> None:
+    args = {"eval_data": np.zeros((4, 1, 8, 8), np.float32), **kwargs}
+    with pytest.raises(error, match=match):
+        cfg = args.pop("config", {"metric": "cosine"})
+        config = SearchConfig(**{"metric": "cosine", **cfg})
+        optimize(digits_onnx, args.pop("eval_data"), tmp_path / "out", config=config, **args)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_output_in_the_way(digits_onnx: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(BundleError, match="not empty"):
+        optimize(
+            digits_onnx,
+            np.zeros((4, 1, 8, 8), np.float32),
+            out,
+            config=SearchConfig(metric="cosine"),
+        )
+    assert (out / "keep.txt").read_text() == "mine"
