@@ -29,6 +29,8 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.publish",
     "edgeinfer.cli.agent",
     "edgeinfer.cli.optimize",
+    "edgeinfer.cli.netem",
+    "edgeinfer.cli.offload_bench",
 ]
 
 

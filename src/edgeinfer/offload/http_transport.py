@@ -1,0 +1,219 @@
+"""Open Inference Protocol over HTTP/REST with httpx: JSON or binary tensor data.
+
+``binary=True`` sends inputs and asks for outputs in the binary tensor data extension
+(edgeinfer serve, Triton, KServe); ``binary=False`` uses plain JSON, which every OIP server
+reads (MLServer rejects binary tensors). httpx exceptions are mapped to the
+:class:`~edgeinfer.offload.errors.RemoteError` tree in :func:`map_httpx_error`, the one
+place that knows them.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import time
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from edgeinfer.offload.errors import (
+    RemoteConnectTimeout,
+    RemoteError,
+    RemoteProtocolError,
+    RemoteRefused,
+    RemoteTimeout,
+    RemoteUnavailable,
+)
+from edgeinfer.offload.transport import CallStats, parse_server_timing, status_error
+from edgeinfer.protocol import rest
+from edgeinfer.protocol.errors import ProtocolError
+from edgeinfer.protocol.types import (
+    BINARY_DATA_OUTPUT,
+    InferenceRequest,
+    InferenceResponse,
+    ModelMetadata,
+)
+
+__all__ = ["HttpTransport", "map_httpx_error"]
+
+_MIN_STREAMED = 8192  # bytes: a download shorter than this is too short to time alone
+
+# Most specific first: the first class an exception is an instance of decides.
+_HTTPX_ERRORS: tuple[tuple[type[Exception], type[RemoteError], str], ...] = (
+    (httpx.ConnectTimeout, RemoteConnectTimeout, "could not connect in time"),
+    (httpx.PoolTimeout, RemoteConnectTimeout, "no connection free in time"),
+    (httpx.ReadTimeout, RemoteTimeout, "no answer in time"),
+    (httpx.WriteTimeout, RemoteTimeout, "could not send the request in time"),
+    (httpx.TimeoutException, RemoteTimeout, "timed out"),
+    (httpx.ConnectError, RemoteUnavailable, "cannot connect"),
+    (httpx.ReadError, RemoteUnavailable, "connection broken while reading"),
+    (httpx.WriteError, RemoteUnavailable, "connection broken while sending"),
+    (httpx.CloseError, RemoteUnavailable, "connection broken while closing"),
+    (httpx.NetworkError, RemoteUnavailable, "network error"),
+    (httpx.ProxyError, RemoteUnavailable, "proxy error"),
+    (httpx.RemoteProtocolError, RemoteProtocolError, "invalid HTTP from the server"),
+    (httpx.LocalProtocolError, RemoteProtocolError, "invalid HTTP request"),
+    (httpx.UnsupportedProtocol, RemoteProtocolError, "unsupported URL scheme"),
+    (httpx.ProtocolError, RemoteProtocolError, "HTTP protocol error"),
+    (httpx.TransportError, RemoteUnavailable, "transport error"),
+    (httpx.DecodingError, RemoteProtocolError, "cannot decode the response"),
+    (httpx.TooManyRedirects, RemoteProtocolError, "too many redirects"),
+    (httpx.StreamError, RemoteProtocolError, "HTTP stream misuse"),
+    (httpx.InvalidURL, RemoteProtocolError, "invalid URL"),
+    (httpx.CookieConflict, RemoteProtocolError, "conflicting cookies"),
+    (httpx.RequestError, RemoteUnavailable, "request failed"),
+    (httpx.HTTPError, RemoteUnavailable, "HTTP error"),
+)
+
+
+def map_httpx_error(exc: Exception, url: str) -> RemoteError:
+    """The :class:`RemoteError` for an httpx exception (raise it ``from exc``)."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return status_error(exc.response.status_code, exc.response.reason_phrase, url)
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, httpx.ConnectError) and _refused(exc):
+        return RemoteRefused(f"connection refused: {text}", url=url)
+    if isinstance(exc, httpx.RemoteProtocolError) and "disconnected" in text.lower():
+        # The connection closed before an answer: the network or server went away.
+        return RemoteUnavailable(f"connection dropped: {text}", url=url)
+    for cls, ours, what in _HTTPX_ERRORS:
+        if isinstance(exc, cls):
+            return ours(f"{what}: {text}", url=url)
+    return RemoteError(f"{type(exc).__name__}: {text}", url=url)
+
+
+def _refused(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionRefusedError) or (
+            isinstance(seen, OSError) and seen.errno == errno.ECONNREFUSED
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return "refused" in str(exc).lower()
+
+
+def _error_message(body: bytes) -> str:
+    """The ``{"error": ...}`` message of an error body, or the start of the body."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body[:200].decode("utf-8", "replace")
+    if isinstance(doc, dict) and "error" in doc:
+        return str(doc["error"])[:500]
+    return body[:200].decode("utf-8", "replace")
+
+
+def _header_bytes(headers: Any) -> int:
+    return sum(len(k) + len(v) + 4 for k, v in headers.raw) + 32  # + request/status line
+
+
+class HttpTransport:
+    """OIP REST client for one server (thread-safe; keeps connections alive)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        binary: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.binary = binary
+        base = dict(headers or {})
+        if token:
+            base["Authorization"] = f"Bearer {token}"
+        self._client = httpx.Client(base_url=self.url, headers=base, timeout=10.0)
+
+    def _path(self, model: str, version: str | None, tail: str = "") -> str:
+        path = f"/v2/models/{quote(model, safe='')}"
+        if version:
+            path += f"/versions/{quote(version, safe='')}"
+        return path + tail
+
+    def _get(self, path: str, timeout: float) -> httpx.Response:
+        try:
+            response = self._client.get(path, timeout=timeout)
+        except httpx.HTTPError as exc:
+            raise map_httpx_error(exc, self.url) from exc
+        except httpx.StreamError as exc:
+            raise map_httpx_error(exc, self.url) from exc
+        if response.status_code != 200:
+            raise status_error(response.status_code, _error_message(response.content), self.url)
+        return response
+
+    def metadata(self, model: str, version: str | None, timeout: float) -> ModelMetadata:
+        response = self._get(self._path(model, version), timeout)
+        try:
+            return ModelMetadata.from_json(response.json())
+        except (ValueError, ProtocolError) as exc:
+            raise RemoteProtocolError(f"bad model metadata: {exc}", url=self.url) from exc
+
+    def ready(self, model: str, version: str | None, timeout: float) -> None:
+        response = self._get(self._path(model, version, "/ready"), timeout)
+        try:
+            ready = response.json().get("ready", True)
+        except (ValueError, AttributeError):
+            ready = True  # a 200 without a JSON object: the status is the answer
+        if ready is False:
+            raise RemoteUnavailable(f"model {model!r} is not ready", url=self.url, status=503)
+
+    def infer(
+        self, request: InferenceRequest, version: str | None, timeout: float
+    ) -> tuple[InferenceResponse, CallStats]:
+        if self.binary:
+            request.parameters[BINARY_DATA_OUTPUT] = True
+        try:
+            encoded = rest.encode_request(request, binary=self.binary)
+        except ProtocolError as exc:  # e.g. bytes that are not text, in JSON
+            raise RemoteProtocolError(f"cannot encode the request: {exc}", url=self.url) from exc
+        path = self._path(request.model_name, version, "/infer")
+        start = time.perf_counter()
+        deadline = start + timeout
+        chunks: list[bytes] = []
+        first_at = end = start
+        try:
+            req = self._client.build_request(
+                "POST", path, content=encoded.body, headers=encoded.headers, timeout=timeout
+            )
+            response = self._client.send(req, stream=True)
+            try:
+                for chunk in response.iter_bytes():
+                    end = time.perf_counter()
+                    if not chunks:
+                        first_at = end
+                    chunks.append(chunk)
+                    if end > deadline:  # a trickle of bytes must not outlive the timeout
+                        raise RemoteTimeout(
+                            f"the answer was still arriving after {timeout:.3g} s", url=self.url
+                        )
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            raise map_httpx_error(exc, self.url) from exc
+        except httpx.StreamError as exc:
+            raise map_httpx_error(exc, self.url) from exc
+        body = b"".join(chunks)
+        if response.status_code != 200:
+            raise status_error(response.status_code, _error_message(body), self.url)
+        try:
+            decoded = rest.decode_response(
+                body, rest.parse_header_length(response.headers.get(rest.HEADER_LENGTH))
+            )
+        except ProtocolError as exc:
+            raise RemoteProtocolError(f"bad inference response: {exc}", url=self.url) from exc
+        streamed = len(body) - len(chunks[0]) if chunks else 0
+        stats = CallStats(
+            seconds=time.perf_counter() - start,
+            up_bytes=len(encoded.body) + _header_bytes(req.headers) + len(path),
+            down_bytes=response.num_bytes_downloaded + _header_bytes(response.headers),
+            server_s=parse_server_timing(response.headers.get("server-timing")),
+            download_s=end - first_at if streamed >= _MIN_STREAMED else None,
+            streamed_bytes=streamed if streamed >= _MIN_STREAMED else 0,
+        )
+        return decoded, stats
+
+    def close(self) -> None:
+        self._client.close()

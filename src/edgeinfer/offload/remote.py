@@ -1,0 +1,220 @@
+"""``RemoteModel``: a model on an Open Inference Protocol server, used like a local ``Model``.
+
+It works against ``edgeinfer serve`` and any OIP server (Triton, KServe, MLServer)::
+
+    remote = RemoteModel("http://edge:8000", "digits")             # REST, binary tensors
+    remote = RemoteModel("http://mlserver:8080", "m", binary=False)  # MLServer: JSON only
+    remote = RemoteModel("grpc://edge:8001", "digits", transport="grpc")
+    remote.predict(x)["logits"]
+
+Inputs are validated against the server's model metadata (fetched once, on first use)
+exactly as :class:`~edgeinfer.runtime.Model` validates them, so a bad input is an
+``InputError`` raised here, not a round trip. Transport failures are
+:class:`~edgeinfer.offload.errors.RemoteError` s; :meth:`RemoteModel.infer` also returns the
+call's sizes and timings, which the :class:`~edgeinfer.offload.Offloader` learns from.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from edgeinfer.errors import InputError, MissingDependencyError
+from edgeinfer.offload.transport import CallStats, Transport
+from edgeinfer.protocol.types import (
+    InferenceRequest,
+    InferTensor,
+    ModelMetadata,
+    RequestedOutput,
+)
+from edgeinfer.tensors import InputValidator, TensorSpec, dtype_from_oip
+
+__all__ = ["RemoteModel", "RemoteResult", "specs_from_metadata"]
+
+TransportName = Literal["http", "grpc"]
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    """What one remote call returned: the outputs and how the call went."""
+
+    outputs: dict[str, np.ndarray]
+    stats: CallStats
+
+
+Signature = tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]  # inputs, outputs
+
+
+def specs_from_metadata(meta: ModelMetadata) -> Signature:
+    """Input and output :class:`TensorSpec` s from OIP model metadata (-1 -> dynamic)."""
+
+    def specs(items: Sequence[Any]) -> tuple[TensorSpec, ...]:
+        return tuple(
+            TensorSpec(
+                t.name,
+                dtype_from_oip(t.datatype).name,
+                tuple(None if d < 0 else d for d in t.shape),
+            )
+            for t in items
+        )
+
+    return specs(meta.inputs), specs(meta.outputs)
+
+
+def _make_transport(
+    url: str, transport: str, token: str | None, binary: bool, headers: dict[str, str] | None
+) -> Transport:
+    if transport == "http":
+        if not url.startswith(("http://", "https://")):
+            raise InputError(f"remote URL {url!r}: expected http://HOST:PORT or https://...")
+        from edgeinfer.offload.http_transport import HttpTransport
+
+        return HttpTransport(url, token=token, binary=binary, headers=headers)
+    if transport == "grpc":
+        try:
+            from edgeinfer.offload.grpc_transport import GrpcTransport
+        except ImportError as exc:  # grpcio is part of the serve extra
+            raise MissingDependencyError("grpcio", "serve", "the gRPC transport") from exc
+        return GrpcTransport(url, token=token, binary=binary, headers=headers)
+    raise InputError(f"unknown transport {transport!r}; expected 'http' or 'grpc'")
+
+
+class RemoteModel:
+    """A model served over the Open Inference Protocol, with ``Model``'s ``predict``.
+
+    ``url``: ``http://HOST:PORT`` (REST) or ``grpc://HOST:PORT`` / ``HOST:PORT`` (gRPC).
+    ``model``/``version``: what to run (``version=None``: the server's choice).
+    ``token``: a bearer token. ``binary``: binary tensor data (REST extension, raw gRPC
+    contents); ``False`` for plain JSON. ``timeout``: seconds per call unless a call gives
+    its own.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        version: str | int | None = None,
+        token: str | None = None,
+        transport: TransportName = "http",
+        binary: bool = True,
+        timeout: float = 10.0,  # seconds per call
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if not model:
+            raise InputError("a remote model needs a model name")
+        if timeout <= 0:
+            raise InputError(f"timeout {timeout!r} must be > 0 seconds")
+        self.url = url.rstrip("/")
+        self.name = model
+        self.version = None if version is None else str(version)
+        self.transport_name = transport
+        self.binary = binary
+        self.timeout = float(timeout)
+        self.transport = _make_transport(self.url, transport, token, binary, headers)
+        self._meta: ModelMetadata | None = None
+        self._validate: InputValidator | None = None
+        self._specs: Signature | None = None
+        self._lock = threading.Lock()
+        self.last_metadata_s: float | None = None  # round trip of the metadata fetch
+
+    def __repr__(self) -> str:
+        v = "" if self.version is None else f", version={self.version!r}"
+        return f"RemoteModel({self.url!r}, {self.name!r}{v}, transport={self.transport_name!r})"
+
+    def __enter__(self) -> RemoteModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ metadata
+    def metadata(self, *, refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
+        """The server's metadata for this model (cached after the first fetch)."""
+        if self._meta is None or refresh:
+            start = time.perf_counter()
+            meta = self.transport.metadata(self.name, self.version, timeout or self.timeout)
+            self.last_metadata_s = time.perf_counter() - start
+            specs = specs_from_metadata(meta)
+            with self._lock:
+                self._meta, self._specs = meta, specs
+                self._validate = InputValidator(specs[0])
+        return self._meta
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        self.metadata()
+        assert self._specs is not None
+        return self._specs[0]
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        self.metadata()
+        assert self._specs is not None
+        return self._specs[1]
+
+    def validate(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Check and convert inputs against the server's metadata, as ``predict`` does."""
+        if self._validate is None:
+            self.metadata()
+        assert self._validate is not None
+        return self._validate(inputs)
+
+    def ready(self, timeout: float | None = None) -> float:
+        """Probe the model's ready endpoint; return the round trip in seconds.
+
+        Raises a :class:`~edgeinfer.offload.errors.RemoteError` if the model is not ready
+        or the server cannot be reached. Carries no tensors: a cheap RTT measurement.
+        """
+        start = time.perf_counter()
+        self.transport.ready(self.name, self.version, timeout or self.timeout)
+        return time.perf_counter() - start
+
+    # ------------------------------------------------------------ inference
+    def infer(
+        self,
+        inputs: Any,
+        outputs: Sequence[str] | None = None,
+        *,
+        timeout: float | None = None,
+        validated: bool = False,
+    ) -> RemoteResult:
+        """Run the model remotely; return outputs and the call's sizes and timings.
+
+        ``validated=True``: ``inputs`` is already a dict of arrays that fit the model
+        (the offloader validates once, locally), so the metadata is not needed.
+        """
+        if validated:
+            if not isinstance(inputs, Mapping):
+                raise InputError("validated inputs must be a dict name -> array")
+            feeds: Mapping[str, np.ndarray] = inputs
+        else:
+            feeds = self.validate(inputs)
+        if outputs is not None:
+            names = list(outputs)
+            if self._specs is not None:
+                known = {s.name for s in self._specs[1]}
+                unknown = [n for n in names if n not in known]
+                if unknown:
+                    raise InputError(
+                        f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
+                        f"{', '.join(map(repr, sorted(known)))}"
+                    )
+        request = InferenceRequest(
+            inputs=[InferTensor.from_array(n, a) for n, a in feeds.items()],
+            outputs=None if outputs is None else [RequestedOutput(n) for n in outputs],
+            model_name=self.name,
+        )
+        response, stats = self.transport.infer(request, self.version, timeout or self.timeout)
+        return RemoteResult(response.arrays(), stats)
+
+    def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the model on the server; same contract as :meth:`Model.predict`."""
+        return self.infer(inputs, outputs).outputs
+
+    def close(self) -> None:
+        self.transport.close()
