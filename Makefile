@@ -15,6 +15,9 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(PIP_INSTALL) -e ".[all,ray,test]"
+	# Only nudenet's detector graph (320n.onnx) is used, as a real graph for split tests;
+	# --no-deps keeps its OpenCV dependency out.
+	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
 	touch $@
 
 demo: $(VENV)/.demo-installed

@@ -24,13 +24,14 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.bench",
     "edgeinfer.cli.bundle",
     "edgeinfer.cli.demo",
-    "edgeinfer.cli.serve",
+    "edgeinfer.cli.split",
     "edgeinfer.cli.keys",
     "edgeinfer.cli.publish",
     "edgeinfer.cli.agent",
-    "edgeinfer.cli.optimize",
+    "edgeinfer.cli.serve",
     "edgeinfer.cli.netem",
     "edgeinfer.cli.offload_bench",
+    "edgeinfer.cli.optimize",
 ]
 
 

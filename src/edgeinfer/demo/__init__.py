@@ -24,6 +24,7 @@ STAGES: list[str] = [
     "edgeinfer.demo.optimize",
     "edgeinfer.demo.serve",
     "edgeinfer.demo.deliver",
+    "edgeinfer.demo.split",
     "edgeinfer.demo.offload",
 ]
 

@@ -1,0 +1,103 @@
+"""Profiling cuts on real inputs, the profile file format, and the split bundles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeinfer.bundle import Bundle
+from edgeinfer.errors import BundleError, InputError
+from edgeinfer.runtime import load
+from edgeinfer.split import SplitProfile, cut_points, profile_cuts, select_cuts
+from edgeinfer.split.package import read_cut_record, write_split
+from edgeinfer.split.profile import PROFILE_FILE
+
+
+@pytest.fixture(scope="module")
+def profiled(
+    res_cnn: Path, digits_x: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> SplitProfile:
+    cuts = select_cuts(cut_points(res_cnn), 5)
+    work = tmp_path_factory.mktemp("profile")
+    profile, files = profile_cuts(res_cnn, cuts, work, inputs={"pixels": digits_x[:4]}, repeats=3)
+    assert sorted(files) == [c.index for c in cuts]
+    return profile
+
+
+def test_profile_measures_each_cut(profiled: SplitProfile) -> None:
+    p = profiled
+    assert p.batch == 4 and p.input_bytes == 4 * 256 and p.output_bytes == 4 * 40
+    remote, local = p.cuts[0], p.cuts[-1]
+    assert remote.kind == "remote" and remote.head_ms == 0 and remote.tail_ms > 0
+    assert remote.bytes_up == p.input_bytes and remote.raw_inputs == ("pixels",)
+    assert local.kind == "local" and local.tail_ms == 0 and local.head_ms > 0
+    assert local.bytes_up == local.bytes_down == 0
+    for c in p.cuts[1:-1]:
+        assert c.kind == "split" and c.head_ms > 0 and c.tail_ms > 0
+        assert c.bytes_up > 0 and c.bytes_down == p.output_bytes and c.raw_inputs == ()
+    assert all(c.max_abs_error <= 1e-5 for c in p.cuts)
+    assert len(p.model_sha256) == 64 and p.host["threads"] == 1
+
+
+def test_profile_round_trip(profiled: SplitProfile, tmp_path: Path) -> None:
+    path = profiled.save(tmp_path / "p.json")
+    assert SplitProfile.load(path) == profiled
+    assert SplitProfile.load(tmp_path) != profiled if (tmp_path / PROFILE_FILE).exists() else True
+    profiled.save(tmp_path / PROFILE_FILE)
+    assert SplitProfile.load(tmp_path) == profiled  # a bundle directory works too
+    assert profiled.cut(profiled.cuts[1].index) == profiled.cuts[1]
+    with pytest.raises(InputError, match="not in the profile"):
+        profiled.cut(999)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(version=99), "unsupported split profile version 99"),
+        (lambda d: d.pop("cuts"), "missing field 'cuts'"),
+        (lambda d: d["cuts"][0].update(bytes_up=-5), "bytes_up -5 must be a number >= 0"),
+        (lambda d: d["cuts"][0].update(kind="sideways"), "kind 'sideways'"),
+    ],
+)
+def test_bad_profile_files(profiled: SplitProfile, tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
+    data = profiled.to_dict()
+    edit(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=message):
+        SplitProfile.load(path)
+
+
+def test_unreadable_profile(tmp_path: Path) -> None:
+    (tmp_path / "x.json").write_text("{not json")
+    with pytest.raises(BundleError, match="unreadable split profile"):
+        SplitProfile.load(tmp_path / "x.json")
+    with pytest.raises(BundleError, match="no split profile"):
+        SplitProfile.load(tmp_path / "missing.json")
+
+
+def test_write_split_bundles(res_cnn: Path, digits_x: np.ndarray, tmp_path: Path) -> None:
+    source = Bundle.create(res_cnn, tmp_path / "src", name="res-cnn", version=3,
+                           golden_inputs=digits_x[:2])  # fmt: skip
+    cuts = select_cuts(cut_points(res_cnn), 4)
+    pkg = write_split(source, cuts, tmp_path / "out", compress="uint8", repeats=2)
+    assert sorted(pkg.heads) == [c.index for c in cuts[1:]]
+    assert sorted(pkg.tails) == [c.index for c in cuts[:-1]]
+    assert pkg.tails[0] == tmp_path / "out" / "tails" / "res-cnn-tail-0" / "3"
+    mid = cuts[1].index
+    head, tail = Bundle.open(pkg.heads[mid]), Bundle.open(pkg.tails[mid])  # verified
+    assert SplitProfile.load(head.path) == pkg.profile == SplitProfile.load(tail.path)
+    record = read_cut_record(head.path)
+    assert record["compress"] == "uint8" and record["tail"] == f"res-cnn-tail-{mid}"
+    assert read_cut_record(tail.path)["head"] == f"res-cnn-head-{mid}"
+    with load(head.path) as h, load(tail.path) as t:  # golden samples check out
+        assert head.check_golden(h) == [] and tail.check_golden(t) == []
+        got = t.predict(h.predict({"pixels": digits_x}))["logits"]
+    with load(res_cnn) as full:
+        want = full.predict({"pixels": digits_x})["logits"]
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
+    with pytest.raises(BundleError, match="not a split bundle"):
+        read_cut_record(tmp_path / "src")
