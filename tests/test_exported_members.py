@@ -24,3 +24,17 @@ def test_error_tree() -> None:
     assert issubclass(errors.MissingDependencyError, ImportError)
     err = errors.MissingDependencyError("torch", "torch", "Exporting PyTorch models")
     assert "pip install 'edgeinfer[torch]'" in str(err)
+
+
+def test_core_import_stays_light() -> None:
+    """`import edgeinfer` must work on the core install: no extras imported eagerly."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, edgeinfer; "
+        "heavy = [m for m in ('torch', 'httpx', 'grpc', 'tuf', 'sklearn', 'ai_edge_litert', "
+        "'starlette', 'ray', 'transformers') if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -22,6 +22,27 @@ from edgeinfer.tensors import TensorSpec
 
 __version__ = "0.1.0"
 
+# Names from optional parts, imported on first use so that `import edgeinfer` needs only
+# the core install (the offloading client needs the `serve` extra's httpx and grpcio).
+_LAZY = {
+    "Offloader": "edgeinfer.offload",
+    "Prediction": "edgeinfer.offload",
+    "RemoteError": "edgeinfer.offload",
+    "RemoteModel": "edgeinfer.offload",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgeinfer' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "BackendError",
     "Bundle",
@@ -32,7 +53,11 @@ __all__ = [
     "Manifest",
     "MissingDependencyError",
     "Model",
+    "Offloader",
+    "Prediction",
     "ProviderError",
+    "RemoteError",
+    "RemoteModel",
     "TensorSpec",
     "__version__",
     "available_providers",
