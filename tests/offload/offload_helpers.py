@@ -27,9 +27,9 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def mlp(path: Path) -> Path:
+def mlp(path: Path, seed: int = 1) -> Path:
     """x: float32 [N, 4] -> logits: float32 [N, 3] (a MatMul and a Relu)."""
-    w = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    w = np.random.default_rng(seed).standard_normal((4, 3)).astype(np.float32)
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w"], ["h"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,7 +118,15 @@ def test_split_set_options_for_the_offloader(
     from edgeinfer.offload.remote import RemoteModel
     from edgeinfer.split.placements import SplitSet, estimates_from, split_options
 
-    splits = SplitSet.open(package.profile_path.parent)
+    # a known local-only time: a measured one can fall under the planner's scaling floor
+    profile = dataclasses.replace(
+        package.profile,
+        cuts=tuple(
+            dataclasses.replace(c, head_ms=1.0) if c.kind == "local" else c
+            for c in package.profile.cuts
+        ),
+    )
+    splits = SplitSet(package.profile_path.parent, profile)
     assert [c.kind for c in splits.cuts] == ["split"] * (len(package.profile.cuts) - 2)
     est = RemoteEstimates()
     unmeasured = split_options(splits, 0, est, local_s=0.01)
@@ -126,8 +135,8 @@ def test_split_set_options_for_the_offloader(
     # a slow device on a fast link: splitting beats running it all locally
     est.observe_probe(0.001, 0.0)
     est.observe_call(((1,),), 1, 1000, 1000, 1000, 0.0012, 0.0)
-    local_ms = package.profile.cuts[-1].head_ms
-    planner_est = estimates_from(package.profile, est, local_s=local_ms * 50 / 1e3)
+    local_ms = profile.cuts[-1].head_ms
+    planner_est = estimates_from(profile, est, local_s=local_ms * 50 / 1e3)
     assert planner_est.device_slowdown == pytest.approx(50) and planner_est.up_mbps > 1
     options = split_options(splits, 0, est, local_s=local_ms * 50 / 1e3, label="edge")
     assert all(o.latency_s is not None and o.energy_j is not None for o in options)

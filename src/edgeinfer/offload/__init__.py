@@ -6,8 +6,10 @@
   server time and success rate; :mod:`.energy`: the device's energy model and battery;
 * :mod:`.policy`: placement policies, pure functions of the estimates;
 * :mod:`.breaker` and :mod:`.retry`: circuit breakers, retry budget, backoff;
+* :mod:`.splits`: split placements (head on the device, tail on a remote) as options;
 * :mod:`.offloader`: :class:`Offloader`, which ties them together and never fails because
-  the network did; :mod:`.errors`: the ``RemoteError`` tree.
+  the network did, and follows hot-swapped local models; :mod:`.errors`: the
+  ``RemoteError`` tree.
 """
 
 from __future__ import annotations

@@ -184,11 +184,16 @@ class RemoteEstimates:
         server_s: float | None = None,
         download_s: float | None = None,
         streamed_bytes: int = 0,
+        *,
+        shared: bool = True,
     ) -> None:
         """One answered inference call: wire sizes, total time and what the server reported.
 
         ``download_s``/``streamed_bytes``: time and size of the part of the response that
         arrived after its first bytes, when it streamed over several reads.
+        ``shared=False``: a call of another model on this server (a split tail): it teaches
+        the link (RTT, bandwidth, success) and its own signature's entry, but not the
+        per-element server time and wire ratios used to extrapolate this model's calls.
         """
         entry = self._sigs.get(sig)
         if entry is None:
@@ -203,9 +208,10 @@ class RemoteEstimates:
         entry.total.add(seconds, now)
         server = max(server_s or 0.0, 0.0)
         entry.server.add(server, now)
-        self.server_per_element.add(server / max(elements, 1), now)
-        self.up_ratio.add(up_bytes / max(raw_bytes, 1), now)
-        self.down_ratio.add(down_bytes / max(up_bytes, 1), now)
+        if shared:
+            self.server_per_element.add(server / max(elements, 1), now)
+            self.up_ratio.add(up_bytes / max(raw_bytes, 1), now)
+            self.down_ratio.add(down_bytes / max(up_bytes, 1), now)
         if download_s is not None and streamed_bytes > 0 and download_s > _MIN_TRANSFER_S:
             self.down_spb.add(download_s / streamed_bytes, now)
         self._outcome(True)
@@ -251,6 +257,11 @@ class RemoteEstimates:
         else:
             server = (self.server_per_element.value or 0.0) * elements
         return (self.rtt.value or 0.0) + t_up + t_down + server
+
+    def server_s(self, sig: Signature) -> float | None:
+        """The server's recent queue + compute seconds for this signature (``None``: unseen)."""
+        entry = self._sigs.get(sig)
+        return None if entry is None else entry.server.value
 
     def observed(self, sig: Signature) -> float | None:
         """The recent observed end-to-end time for this signature (for reports)."""

@@ -19,6 +19,19 @@ at most ~10% to the requests, so they cannot amplify an outage); 4xx and timeout
 retried. A remote that keeps failing is ejected by its circuit breaker and probed in the
 background until it answers again. Whenever the remote cannot answer, the local model
 does; with no local model and no reachable server the error says so at once.
+
+Split placements (``split=``, a directory written by ``edgeinfer split``): the head of a cut
+runs here and its tail on a remote, so only features leave the device. Every cut through
+every healthy remote is one more option the policy weighs against local and remote, costed
+by the split planner from the same live estimates; private requests may use the cuts that
+send no raw input. A tail that cannot answer is retried and falls back to local like a
+remote call.
+
+Hot swap: ``local`` may be an :class:`~edgeinfer.deliver.ActiveBundleWatcher` (or use
+:meth:`Offloader.follow`): each request takes the watcher's current model once and uses
+it to the end, so a request in flight finishes on the model it started on. When the model
+changes, the local estimates start afresh (the new model's latency may differ) and are
+measured again by the next requests.
 """
 
 from __future__ import annotations
@@ -28,14 +41,14 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeinfer.errors import InputError
+from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.offload.breaker import BreakerConfig, CircuitBreaker
 from edgeinfer.offload.energy import Battery, DeviceProfile
 from edgeinfer.offload.errors import NoPlacementError, OffloadError, RemoteError
@@ -54,6 +67,10 @@ from edgeinfer.offload.policy import (
 from edgeinfer.offload.pool import RemotePool, RemoteSlot
 from edgeinfer.offload.remote import RemoteModel, RemoteResult
 from edgeinfer.offload.retry import RetryBudget, RetryConfig, full_jitter
+from edgeinfer.offload.splits import SplitAnswer, SplitPlacements, cut_signature
+
+if TYPE_CHECKING:
+    from edgeinfer.split.placements import SplitSet
 
 __all__ = ["OffloadStats", "Offloader", "OffloaderConfig", "Prediction"]
 
@@ -80,11 +97,11 @@ class Prediction:
     """The answer to one request, where it ran and why."""
 
     outputs: dict[str, np.ndarray]
-    placement: PlacementKind  # where it actually ran: "local", "remote" (later "split")
+    placement: PlacementKind  # where it actually ran: "local", "remote" or "split"
     latency_s: float  # seconds from predict() called to answer
     reason: str  # why it ran there (the policy's reason, and any fallback)
     where: Placement  # the full placement: which remote, which cut
-    remote: str | None = None  # URL of the remote that answered
+    remote: str | None = None  # URL of the remote that answered (a split's tail included)
     attempts: int = 0  # remote tries made for this request
     fallback: bool = False  # the chosen remote could not answer; the device did
     decision_s: float = 0.0  # seconds spent validating and deciding
@@ -97,10 +114,21 @@ class OffloadStats:
 
     requests: int = 0
     local: int = 0  # local runs (fallbacks and calibration included)
-    remote: int = 0  # requests answered remotely
+    remote: int = 0  # requests answered remotely (whole model)
+    split: int = 0  # requests answered by a split (head here, tail remote)
+    swaps: int = 0  # times the local model changed (hot swap)
     fallbacks: int = 0  # remote chosen, local answered
     remote_attempts: int = 0  # remote tries (retries included)
     retries: int = 0
+
+
+_CURRENT = object()  # "the local model now", where None would mean "no local model"
+
+
+def _is_model_source(local: Any) -> bool:
+    """A holder of the current model (``.model``, as a bundle watcher), not a model."""
+    kind = type(local)
+    return local is not None and not hasattr(kind, "predict") and hasattr(kind, "model")
 
 
 def _model_bytes(local: Any) -> int | None:
@@ -118,11 +146,16 @@ class Offloader:
     """Decides per request where a model runs: on the device, or on an edge server.
 
     ``local``: a :class:`~edgeinfer.runtime.Model` (or anything with its ``predict`` and
-    ``validate``), a path to load, or ``None``. ``remote``: :class:`RemoteModel` s, or URLs
-    (the model name is the local model's). ``policy``: a name in
-    :data:`~edgeinfer.offload.policy.POLICIES` or a callable ``Situation -> Decision``.
-    ``device``: the energy model; ``battery``: a callable returning the charge in [0, 1]
-    (default: the OS battery, where there is one).
+    ``validate``), a path to load, a holder of the current model such as an
+    :class:`~edgeinfer.deliver.ActiveBundleWatcher` (hot swap), or ``None``. ``remote``:
+    :class:`RemoteModel` s, or URLs (the model name is the local model's). ``policy``: a
+    name in :data:`~edgeinfer.offload.policy.POLICIES` or a callable
+    ``Situation -> Decision``. ``device``: the energy model; ``battery``: a callable
+    returning the charge in [0, 1] (default: the OS battery, where there is one).
+    ``split``: a :class:`~edgeinfer.split.SplitSet` or a directory written by ``edgeinfer
+    split``, whose tails the remotes serve: adds a split placement per cut and remote.
+    ``split_public_inputs``: model inputs that a split cut may send as they are even for a
+    private request (a transformer's attention mask, say).
     """
 
     def __init__(
@@ -135,6 +168,8 @@ class Offloader:
         battery: Battery | Callable[[], float | None] | None = None,
         config: OffloaderConfig | None = None,
         model_bytes: int | None = None,
+        split: SplitSet | str | os.PathLike[str] | None = None,
+        split_public_inputs: Collection[str] = (),
     ) -> None:
         if isinstance(local, (str, os.PathLike)):
             from edgeinfer.runtime import load
@@ -143,11 +178,21 @@ class Offloader:
         remotes_in = [remote] if isinstance(remote, (str, RemoteModel)) else list(remote)
         if local is None and not remotes_in:
             raise InputError("an Offloader needs a local model, at least one remote, or both")
-        self.local = local
+        if split is not None and not remotes_in:
+            raise InputError("split placements need a remote to run their tails on")
+        self._source: Any = local if _is_model_source(local) else None
+        self._model: Any = None if self._source is not None else local
+        self._seen: Any = None  # the model the local estimates are of
+        self._owned_source = False  # made by follow(): stopped by close()
         self.config = cfg = config or OffloaderConfig()
         self.policy = get_policy(policy)
         self.device = device or DeviceProfile()
         self.battery = battery if isinstance(battery, Battery) else Battery(battery)
+        self._model_bytes_given = model_bytes is not None
+        self._lock = threading.Lock()  # guards estimates and stats
+        self.stats = OffloadStats()
+        self.local_est = LocalEstimates(cfg.window, cfg.alpha)
+        local = self._current()
         self.model_bytes = model_bytes if model_bytes is not None else _model_bytes(local)
         remotes: list[RemoteModel] = []
         for r in remotes_in:
@@ -160,7 +205,6 @@ class Offloader:
                 r = RemoteModel(r, str(local.name))
             remotes.append(r)
         self.remotes = tuple(remotes)
-        self._lock = threading.Lock()  # guards estimates and stats
         self.pool = RemotePool(
             remotes,
             breaker=cfg.breaker,
@@ -169,15 +213,77 @@ class Offloader:
             alpha=cfg.alpha,
             lock=self._lock,
         )
-        self.local_est = LocalEstimates(cfg.window, cfg.alpha)
         self.budget = RetryBudget(cfg.retry.budget_ratio, cfg.retry.budget_reserve)
-        self.stats = OffloadStats()
+        self.split = None if split is None else SplitPlacements(split, split_public_inputs)
         self._rng = random.Random()
         self._closed = False
 
+    @classmethod
+    def follow(
+        cls,
+        state_dir: str | os.PathLike[str],
+        remote: Sequence[RemoteModel | str] | RemoteModel | str = (),
+        policy: str | Policy = "latency",
+        *,
+        interval: float = 1.0,  # seconds between checks for a newly committed bundle
+        loader: Callable[[Path], Any] | None = None,
+        **kwargs: Any,
+    ) -> Offloader:
+        """An Offloader whose local model is the bundle the update agent committed in
+        ``state_dir``, switching to each newly committed one without failing a request.
+
+        ``loader``: how a bundle directory becomes a model (default ``edgeinfer.load``).
+        Other keyword arguments are the constructor's. ``close()`` stops the watching.
+        """
+        from edgeinfer.deliver.watch import ActiveBundleWatcher
+
+        watcher = ActiveBundleWatcher(state_dir, loader=loader, interval=interval)
+        off = cls(watcher, remote, policy, **kwargs)
+        off._owned_source = True
+        watcher.start()
+        return off
+
+    # ------------------------------------------------------------ the local model
+    @property
+    def local(self) -> Any:
+        """The local model now (``None``: none; with a watcher, the committed bundle's)."""
+        return self._current()
+
+    @property
+    def watcher(self) -> Any:
+        """What the local model is taken from per request, when it can change (or ``None``)."""
+        return self._source
+
+    def _current(self) -> Any:
+        """The local model for one request, taken once; a new one resets its estimates."""
+        if self._source is None:
+            return self._model
+        try:
+            model = self._source.model
+        except EdgeInferError:  # nothing committed yet: no local model for now
+            return None
+        if model is not self._seen:
+            self._swapped(model)
+        return model
+
+    def _swapped(self, model: Any) -> None:
+        with self._lock:
+            if model is self._seen:
+                return
+            if self._seen is not None:
+                self.stats.swaps += 1
+            self._seen = model
+            # the new model's latency is unknown: measure it again rather than assume
+            self.local_est = LocalEstimates(self.config.window, self.config.alpha)
+            if not self._model_bytes_given:
+                self.model_bytes = _model_bytes(model)
+
     def __repr__(self) -> str:
         name = getattr(self.policy, "__name__", "policy")
-        return f"Offloader(local={self.local!r}, remote={list(self.remotes)!r}, policy={name})"
+        split = "" if self.split is None else f", split={self.split.set.root}"
+        return (
+            f"Offloader(local={self.local!r}, remote={list(self.remotes)!r}, policy={name}{split})"
+        )
 
     def __enter__(self) -> Offloader:
         return self
@@ -194,9 +300,11 @@ class Offloader:
         return self.pool.slots[index].breaker
 
     # ------------------------------------------------------------ deciding
-    def _validate(self, inputs: Any) -> dict[str, np.ndarray]:
-        if self.local is not None:
-            return self.local.validate(inputs)  # type: ignore[no-any-return]
+    def _validate(self, inputs: Any, model: Any = _CURRENT) -> dict[str, np.ndarray]:
+        if model is _CURRENT:
+            model = self._current()
+        if model is not None:
+            return model.validate(inputs)  # type: ignore[no-any-return]
         last: RemoteError | None = None
         for slot in self.pool.slots:
             if not slot.breaker.closed:
@@ -217,15 +325,16 @@ class Offloader:
         self, arrays: dict[str, np.ndarray], deadline: float | None = None, private: bool = False
     ) -> Situation:
         """The placements open to these (validated) inputs now, with their expected costs."""
-        return self._situation(_Run(arrays, None, 0.0, deadline), private)
+        return self._situation(_Run(arrays, None, 0.0, deadline, self._current(), private))
 
-    def _situation(self, run: _Run, private: bool) -> Situation:
+    def _situation(self, run: _Run) -> Situation:
         sig, elements, raw = run.sig, run.elements, run.raw
         now = time.perf_counter()
         explore = self.config.explore_after_s
         options: list[Option] = []
-        if self.local is not None:
-            lat = self.local_est.predict(sig, elements)
+        local_s = self.local_est.predict(sig, elements) if run.model is not None else None
+        if run.model is not None:
+            lat = local_s
             if explore is not None and now - self.local_est.updated(sig) > explore:
                 lat = None  # old or never measured: measure (again)
             energy = None if lat is None else self.device.local_joules(lat)
@@ -250,15 +359,21 @@ class Offloader:
                     slot.placement, lat, energy, est.success, True, slot.label, now - est.last_call
                 )
             )
+            if self.split is not None:
+                options += self.split.options(
+                    slot, sig, local_s=local_s, device=self.device, now=now
+                )
         return Situation(
-            tuple(options), run.deadline, private, self.battery.level(), self.model_bytes
+            tuple(options), run.deadline, run.private, self.battery.level(), self.model_bytes
         )
 
     def decide(self, inputs: Any, deadline: float | None = None, private: bool = False) -> Decision:
         """What ``predict`` would do with these inputs now, without running anything."""
-        return decide(self.policy, self.situation(self._validate(inputs), deadline, private))
+        model = self._current()
+        run = _Run(self._validate(inputs, model), None, 0.0, deadline, model, private)
+        return decide(self.policy, self._situation(run))
 
-    def _arrays(self, inputs: Any) -> tuple[dict[str, np.ndarray], bool]:
+    def _arrays(self, inputs: Any, model: Any) -> tuple[dict[str, np.ndarray], bool]:
         """The inputs as arrays, and whether they were validated here.
 
         A dict of numpy arrays with a local model is taken as it is: deciding needs only
@@ -266,12 +381,12 @@ class Offloader:
         before anything leaves the device. That keeps the local path to one validation.
         """
         if (
-            self.local is not None
+            model is not None
             and type(inputs) is dict
             and all(type(v) is np.ndarray for v in inputs.values())
         ):
             return inputs, False
-        return self._validate(inputs), True
+        return self._validate(inputs, model), True
 
     # ------------------------------------------------------------ running
     def predict(
@@ -292,16 +407,17 @@ class Offloader:
         if self._closed:
             raise OffloadError("this Offloader is closed")
         start = time.perf_counter()
-        if self.local is None and not self.pool.any_closed():
+        model = self._current()  # this request's local model, used to its end
+        if model is None and not self.pool.any_closed():
             for slot in self.pool.slots:
                 self.pool.maybe_probe(slot)
             raise NoPlacementError(
                 "nowhere to run this request: no local model, and every server failed "
                 "recently (their circuit breakers are open; they are probed in the background)"
             )
-        arrays, checked = self._arrays(inputs)
-        run = _Run(arrays, outputs, start, deadline)
-        situation = self._situation(run, private)
+        arrays, checked = self._arrays(inputs, model)
+        run = _Run(arrays, outputs, start, deadline, model, private)
+        situation = self._situation(run)
         decision = decide(self.policy, situation)
         run.decided = decided = time.perf_counter()
         self.budget.deposit()
@@ -319,23 +435,25 @@ class Offloader:
                 decision_s=decided - start,
                 energy_j=energy,
             )
-        if kind == "remote":
+        if kind == "remote" or (kind == "split" and self.split is not None):
             if not checked:  # nothing leaves the device unvalidated
-                run.arrays = self._validate(run.arrays)
+                run.arrays = self._validate(run.arrays, model)
             local_option = situation.local
             reserve = 0.0 if local_option is None else local_option.latency_s or 0.0
             chosen = next(o for o in situation.options if o.placement == decision.placement)
-            return self._run_remote(decision, run, reserve, chosen.latency_s)
+            return self._offload(decision, run, reserve, chosen.latency_s)
         raise OffloadError(f"placement {decision.placement} is not supported by this Offloader")
 
     def _run_local(self, run: _Run) -> tuple[dict[str, np.ndarray], float]:
-        if self.local is None:
+        model = run.model
+        if model is None:
             raise NoPlacementError("no local model to run this request on")
         t0 = time.perf_counter()
-        out: dict[str, np.ndarray] = self.local.predict(run.arrays, run.outputs)
+        out: dict[str, np.ndarray] = model.predict(run.arrays, run.outputs)
         t1 = time.perf_counter()
         with self._lock:
-            self.local_est.observe(run.sig, run.elements, t1 - t0, t1)
+            if model is self._seen or self._source is None:  # not a swapped-out model's time
+                self.local_est.observe(run.sig, run.elements, t1 - t0, t1)
             self.stats.local += 1
         return out, self.device.local_joules(t1 - t0)
 
@@ -369,13 +487,59 @@ class Offloader:
         slot.breaker.record_success()
         return result
 
-    def _run_remote(
+    def _try_split(
+        self, slot: RemoteSlot, cut: int, run: _Run, timeout: float, expected: float | None = None
+    ) -> SplitAnswer:
+        """One split try (head here, tail on ``slot``), learnt from like a remote try."""
+        assert self.split is not None
+        with self._lock:
+            self.stats.remote_attempts += 1
+        try:
+            answer = self.split.run(
+                slot, cut, run.arrays, run.outputs, private=run.private, timeout=timeout
+            )
+        except RemoteError as exc:
+            self.pool.failed(slot, exc)
+            raise
+        s = answer.stats
+        if s is not None:
+            if expected is not None and answer.head_s + s.seconds > 2.0 * expected + 0.005:
+                self.pool.maybe_probe(slot)
+            with self._lock:
+                slot.est.observe_call(
+                    cut_signature(run.sig, cut), run.elements, run.raw, s.up_bytes,
+                    s.down_bytes, s.seconds, time.perf_counter(), s.server_s, s.download_s,
+                    s.streamed_bytes, shared=False,
+                )  # fmt: skip
+        slot.breaker.record_success()
+        return answer
+
+    def _attempt(
+        self, placement: Placement, slot: RemoteSlot, run: _Run, timeout: float,
+        expected: float | None,
+    ) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
+        """One try of ``placement`` through ``slot``: the outputs and the device joules."""
+        if placement.kind == "split":
+            assert placement.cut is not None
+            a = self._try_split(slot, placement.cut, run, timeout, expected)
+            return a.outputs, self.device.local_joules(a.head_s) + self.device.remote_joules(
+                a.remote_s, a.up_bytes, a.down_bytes
+            )
+        result = self._try_remote(slot, run, timeout, expected)
+        s = result.stats
+        return result.outputs, self.device.remote_joules(s.seconds, s.up_bytes, s.down_bytes)
+
+    def _offload(
         self, decision: Decision, run: _Run, reserve: float, decision_latency: float | None
     ) -> Prediction:
-        """Remote tries within the timeouts, deadline and retry budget; else local."""
+        """Remote or split tries within the timeouts, deadline and retry budget; else local.
+
+        A retry may go to another remote: a split keeps its cut, with that remote's tail.
+        """
         cfg = self.config
-        assert decision.placement.remote is not None
-        slot = self.pool.slots[decision.placement.remote]
+        placement = decision.placement
+        assert placement.remote is not None
+        slot = self.pool.slots[placement.remote]
         end = None if run.deadline is None else run.start + run.deadline
         attempts, energy = 0, 0.0
         tried: list[RemoteSlot] = []
@@ -385,7 +549,7 @@ class Offloader:
             timeout = cfg.per_try_timeout_s
             if end is not None:
                 room = end - now
-                if self.local is not None and room - reserve >= cfg.min_try_s:
+                if run.model is not None and room - reserve >= cfg.min_try_s:
                     room -= reserve  # keep time to answer locally if this try fails
                 if room < cfg.min_try_s:
                     why = "no time left in the deadline for a remote try"
@@ -395,7 +559,7 @@ class Offloader:
             tried.append(slot)
             try:
                 expected = decision_latency if slot is tried[0] else None
-                result = self._try_remote(slot, run, timeout, expected)
+                outputs, joules = self._attempt(placement, slot, run, timeout, expected)
             except RemoteError as exc:
                 error = exc
                 energy += self.device.remote_joules(time.perf_counter() - now, run.raw, 0)
@@ -413,26 +577,32 @@ class Offloader:
                 continue
             done = time.perf_counter()
             with self._lock:
-                self.stats.remote += 1
-            s = result.stats
-            energy += self.device.remote_joules(s.seconds, s.up_bytes, s.down_bytes)
+                if placement.kind == "split":
+                    self.stats.split += 1
+                else:
+                    self.stats.remote += 1
             reason = decision.reason
             if slot is not tried[0]:
                 reason += f"; {tried[0].label} failed ({error}): answered by {slot.label}"
+            where = (
+                slot.placement
+                if placement.kind == "remote"
+                else Placement("split", slot.index, placement.cut)
+            )
             return Prediction(
-                result.outputs,
-                "remote",
+                outputs,
+                placement.kind,
                 done - run.start,
                 reason,
-                slot.placement,
+                where,
                 remote=slot.label,
                 attempts=attempts,
                 decision_s=run.decided - run.start,
-                energy_j=energy,
+                energy_j=energy + joules,
             )
         # The remote cannot answer within the limits: the device does.
         failure = f"{error}; {why}" if error is not None else why
-        if self.local is None:
+        if run.model is None:
             raise NoPlacementError(
                 f"no local model, and the server could not answer ({failure})"
             ) from error
@@ -443,7 +613,7 @@ class Offloader:
             out,
             "local",
             time.perf_counter() - run.start,
-            f"{decision.reason}; remote failed ({failure}): answered locally",
+            f"{decision.reason}; {placement.kind} failed ({failure}): answered locally",
             LOCAL,
             attempts=attempts,
             fallback=True,
@@ -475,40 +645,57 @@ class Offloader:
 
     def calibrate(self, inputs: Any, runs: int = 3) -> None:
         """Measure every placement ``runs`` times (after one uncounted warm-up run each) so
-        the first decisions are informed."""
-        run = _Run(self._validate(inputs), None, time.perf_counter(), None)
+        the first decisions are informed. With split placements, every cut through every
+        remote runs too (its tail's first call, like the others', is not counted)."""
+        model = self._current()
+        run = _Run(self._validate(inputs, model), None, time.perf_counter(), None, model)
+        timeout = self.config.per_try_timeout_s
+        cuts = () if self.split is None else self.split.cuts
         for _ in range(runs):
             self.probe()
-        if self.local is not None:  # a first run is slower (caches, allocations): not counted
-            self.local.predict(run.arrays)
+        if model is not None:  # a first run is slower (caches, allocations): not counted
+            model.predict(run.arrays)
         for slot in self.pool.slots:
             if slot.breaker.closed:
                 with contextlib.suppress(RemoteError):
-                    slot.remote.infer(
-                        run.arrays, timeout=self.config.per_try_timeout_s, validated=True
-                    )
+                    slot.remote.infer(run.arrays, timeout=timeout, validated=True)
+                for cut in cuts:
+                    with contextlib.suppress(RemoteError):
+                        assert self.split is not None
+                        self.split.run(slot, cut, run.arrays, None, private=False, timeout=timeout)
         for _ in range(runs):
-            if self.local is not None:
+            if model is not None:
                 self._run_local(run)
             for slot in self.pool.slots:
-                if slot.breaker.closed:
-                    try:
-                        self._try_remote(slot, run, self.config.per_try_timeout_s)
-                    except RemoteError:
-                        continue
+                if not slot.breaker.closed:
+                    continue
+                with contextlib.suppress(RemoteError):
+                    self._try_remote(slot, run, timeout)
+                for cut in cuts:
+                    if slot.breaker.closed:
+                        with contextlib.suppress(RemoteError):
+                            self._try_split(slot, cut, run, timeout)
 
     def close(self) -> None:
-        """Stop background probes and close the remotes (the local model stays open)."""
+        """Stop background probes and close the remotes and split tails (the local model
+        stays open; a watcher made by :meth:`follow` stops)."""
         self._closed = True
         self.pool.close()
         for r in self.remotes:
             r.close()
+        if self.split is not None:
+            self.split.close()
+        if self._owned_source:
+            self._source.stop()
 
 
 class _Run:
     """One request's inputs, their signature and sizes, and its clock."""
 
-    __slots__ = ("arrays", "deadline", "decided", "elements", "outputs", "raw", "sig", "start")
+    __slots__ = (
+        "arrays", "deadline", "decided", "elements", "model", "outputs", "private", "raw",
+        "sig", "start",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -516,8 +703,12 @@ class _Run:
         outputs: Sequence[str] | None,
         start: float,
         deadline: float | None,
+        model: Any = None,  # the local model this request uses to its end (None: none)
+        private: bool = False,
     ) -> None:
         self.arrays = arrays
+        self.model = model
+        self.private = private
         self.outputs = outputs
         self.start = start
         self.decided = start

@@ -115,6 +115,8 @@ class RemoteModel:
         self.transport_name = transport
         self.binary = binary
         self.timeout = float(timeout)
+        self._token = token
+        self._headers = None if headers is None else dict(headers)
         self.transport = _make_transport(self.url, transport, token, binary, headers)
         self._meta: ModelMetadata | None = None
         self._validate: InputValidator | None = None
@@ -131,6 +133,14 @@ class RemoteModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def with_model(self, model: str, version: str | int | None = None) -> RemoteModel:
+        """Another model on the same server: same URL, transport, token, headers, encoding
+        and timeout (a split tail beside the whole model, say). Its own connection."""
+        return RemoteModel(
+            self.url, model, version, token=self._token, transport=self.transport_name,
+            binary=self.binary, timeout=self.timeout, headers=self._headers,
+        )  # fmt: skip
 
     # ------------------------------------------------------------ metadata
     def metadata(self, *, refresh: bool = False, timeout: float | None = None) -> ModelMetadata:
