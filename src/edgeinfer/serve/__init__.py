@@ -2,8 +2,10 @@
 
 Layers, outside in: :mod:`.app` (REST routes) and :mod:`.grpc` (gRPC servicer) decode with
 :mod:`edgeinfer.protocol` and call :mod:`.dataplane`, which finds the model in
-:mod:`.repository` and queues the request on its :mod:`.batching` batcher; :mod:`.auth`,
-:mod:`.metrics` and :mod:`.errors` serve all layers. :mod:`.server` runs it (foreground or
+:mod:`.repository` and queues the request on its :mod:`.batching` batcher, whose
+:mod:`.admission` control refuses an overload early (both transports ask it before they read
+the request, and every 503 says when to retry); :mod:`.auth`, :mod:`.metrics` and
+:mod:`.errors` serve all layers. :mod:`.server` runs it (foreground or
 background thread); :mod:`.ray` runs it as a Ray Serve deployment.
 
 >>> from edgeinfer.serve import BackgroundServer, ServeConfig

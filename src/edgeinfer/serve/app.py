@@ -12,7 +12,13 @@ Routes (``open_inference_rest.yaml``; ``[/versions/V]`` is optional everywhere):
     GET  /metrics                                      Prometheus text format
 
 Every error is ``{"error": "..."}`` with the status :func:`error_status` gives it, written by
-one exception handler. Bodies are read up to ``limits.max_body_bytes`` and no further.
+one exception handler; a 503 also carries ``Retry-After`` (whole seconds, at least 1, as
+RFC 9110 has it) and ``Retry-After-Ms`` (the server's estimate of when the queue has drained,
+for clients that read it). Bodies are read up to ``limits.max_body_bytes`` and no further.
+
+Overload is refused before anything else runs: :class:`_RefuseOverload` sits in front of
+the routes and answers an inference request for an overloaded model from a few bytes, with no
+body read, no routing and no ``Request`` object, so a refusal costs a fraction of an answer.
 TLS: pass ``ssl_keyfile``/``ssl_certfile`` in :class:`ServeConfig`; uvicorn terminates it.
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,12 +44,21 @@ from edgeinfer.protocol import rest
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
-from edgeinfer.serve.errors import BadRequest, error_status
+from edgeinfer.serve.errors import BadRequest, QueueFull, error_status, retry_after
 
-__all__ = ["REPLICA_HEADER", "create_app"]
+__all__ = ["REPLICA_HEADER", "RETRY_AFTER_MS_HEADER", "create_app", "retry_headers"]
 
 log = logging.getLogger(__name__)
 REPLICA_HEADER = "x-edgeinfer-replica"
+RETRY_AFTER_MS_HEADER = "retry-after-ms"
+
+
+def retry_headers(seconds: float) -> dict[str, str]:
+    """``Retry-After`` (whole seconds, >= 1) and ``Retry-After-Ms`` for a ``seconds`` back-off."""
+    return {
+        "retry-after": str(max(1, math.ceil(seconds))),
+        RETRY_AFTER_MS_HEADER: str(max(1, math.ceil(seconds * 1e3))),
+    }
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -50,7 +66,9 @@ def error_response(exc: BaseException) -> JSONResponse:
     status = error_status(exc)
     if status.status >= 500 and not isinstance(exc, EdgeInferError):
         log.error("unexpected error", exc_info=exc)
-    return JSONResponse({"error": status.message}, status_code=status.status)
+    retry = retry_after(exc)
+    headers = None if retry is None else retry_headers(retry)
+    return JSONResponse({"error": status.message}, status_code=status.status, headers=headers)
 
 
 async def _on_error(request: Request, exc: Exception) -> Response:
@@ -99,7 +117,9 @@ class _Routes:
         await self.dp.start()
         if self.dp.ready():
             return JSONResponse({"ready": True})
-        return JSONResponse({"error": "not every model is loaded yet"}, status_code=503)
+        return JSONResponse(
+            {"error": "not every model is loaded yet"}, status_code=503, headers=retry_headers(1.0)
+        )
 
     async def server_metadata(self, request: Request) -> Response:
         self._check(request)
@@ -178,6 +198,78 @@ class _Routes:
         return Response(body, media_type=content_type)
 
 
+_INFER_PREFIX = "/v2/models/"
+_INFER_SUFFIX = "/infer"
+
+
+def _infer_target(path: str) -> tuple[str, str | None] | None:
+    """(model, version) of an inference path, ``None`` for any other path."""
+    if not (path.startswith(_INFER_PREFIX) and path.endswith(_INFER_SUFFIX)):
+        return None
+    parts = path[len(_INFER_PREFIX) : -len(_INFER_SUFFIX)].split("/")
+    if len(parts) == 1 and parts[0]:
+        return parts[0], None
+    if len(parts) == 3 and parts[1] == "versions" and parts[0] and parts[2]:
+        return parts[0], parts[2]
+    return None
+
+
+class _RefuseOverload:
+    """Answers 503 to an inference request for an overloaded model before the routes run.
+
+    Checks the token and the model's admission (:meth:`DataPlane.admit`) from the request line
+    and headers alone; a refusal is written from preformatted bytes and counted in the
+    metrics. Any other outcome -- admitted, a bad token, an unknown model -- goes on to the
+    routes, which give every other answer (and check admission again after the body is read).
+    """
+
+    def __init__(self, app: ASGIApp, dataplane: DataPlane, auth: Auth) -> None:
+        self.app = app
+        self.dp = dataplane
+        self.auth = auth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            target = _infer_target(scope["path"])
+            if target is not None:
+                started = time.perf_counter()
+                refusal = self._refusal(scope, *target)
+                if refusal is not None:
+                    await self._refuse(send, refusal)
+                    self.dp.metrics.observe_request(
+                        target[0], "rest", 503, time.perf_counter() - started
+                    )
+                    return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope, name: str, version: str | None) -> QueueFull | None:
+        try:
+            if not self.auth.open:
+                header = None
+                for key, value in scope["headers"]:
+                    if key == b"authorization":
+                        header = value.decode("latin-1")
+                        break
+                self.auth.check(header)
+            self.dp.admit(name, version)
+        except QueueFull as exc:
+            return exc
+        except Exception:  # not ours to answer: the route gives the right error
+            return None
+        return None
+
+    @staticmethod
+    async def _refuse(send: Send, exc: QueueFull) -> None:
+        body = b'{"error":%s}' % json.dumps(str(exc)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+            *((k.encode(), v.encode()) for k, v in retry_headers(exc.retry_after_s or 0).items()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 class _ReplicaHeader:
     """Adds ``x-edgeinfer-replica`` to every response (scale-out: who answered)."""
 
@@ -250,6 +342,7 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
     )
     app.state.dataplane = dp
     app.state.grpc_port = None
+    app.add_middleware(_RefuseOverload, dataplane=dp, auth=routes.auth)
     if config.replica_id:
         app.add_middleware(_ReplicaHeader, replica_id=config.replica_id)
     return app

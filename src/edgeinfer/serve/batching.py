@@ -6,16 +6,19 @@ requested outputs) up to ``max_batch_size`` rows, optionally waiting ``max_queue
 for more; they concatenate along the first axis, run the model on a thread of the model's
 own pool (never on the event loop) and split the outputs back by rows.
 
-Backpressure: a request that finds the queue full is refused at once (:class:`QueueFull`);
-one that waits longer than its queue timeout is taken out of the queue and refused
-(:class:`QueueTimeout`). A request that has started running is never abandoned. Memory is
-bounded by ``max_queue_size`` requests plus the batches in flight.
+Backpressure: a request that finds the queue full, or that could not start within its queue
+timeout at the rate the queue drains now, is refused at once (:class:`QueueFull`, see
+:mod:`.admission`, with a suggested back-off); one that waits longer than its queue timeout
+all the same is taken out of the queue and refused (:class:`QueueTimeout`). A request that
+has started running is never abandoned. Memory is bounded by ``max_queue_size`` requests plus
+the batches in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Hashable, Sequence
@@ -26,11 +29,14 @@ from typing import NamedTuple
 import numpy as np
 
 from edgeinfer.runtime.model import Model
+from edgeinfer.serve.admission import Admission
 from edgeinfer.serve.config import BatchConfig
-from edgeinfer.serve.errors import ModelNotReady, QueueFull, QueueTimeout
+from edgeinfer.serve.errors import ModelNotReady, QueueTimeout
 from edgeinfer.serve.metrics import Metrics
 
 __all__ = ["Batcher", "Timing", "batchable"]
+
+log = logging.getLogger(__name__)
 
 
 class Timing(NamedTuple):
@@ -66,6 +72,16 @@ class Batcher:
         self.label = label  # model name for metrics
         self.config = config
         self.batching = config.max_batch_size > 1 and batchable(model)
+        if self.batching and config.max_queue_size < config.max_batch_size * config.instances:
+            log.warning(
+                "model %s: max_queue_size %d cannot hold a full batch for each instance, so "
+                "batches stay small under load; max_batch_size x instances x 2 = %d is a "
+                "better bound (deadline-aware admission keeps the wait within the queue "
+                "timeout either way)",
+                label,
+                config.max_queue_size,
+                config.max_batch_size * config.instances * 2,
+            )
         self._queue: deque[_Item] = deque()
         self._arrived: asyncio.Event | None = None
         self._workers: list[asyncio.Task[None]] = []
@@ -76,24 +92,31 @@ class Batcher:
         self._queue_s = metrics.queue_seconds.labels(label)
         self._compute_s = metrics.compute_seconds.labels(label)
         self._batch = metrics.batch_size.labels(label)
-        self._full = metrics.rejections.labels(label, "queue_full")
+        self.admission = Admission(label, config)
+        self._refused = {
+            reason: metrics.rejections.labels(label, reason)
+            for reason in ("queue_full", "deadline")
+        }
         self._expired = metrics.rejections.labels(label, "queue_timeout")
+        self._drain_rate = metrics.drain_rate.labels(label)
 
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def admit(self) -> None:
-        """Raise :class:`QueueFull` now if a new request would not fit in the queue.
+    def admit(self, timeout_s: float | None = None) -> None:
+        """Raise :class:`QueueFull` now if a new request would not be admitted to the queue.
 
-        Lets a transport refuse an overload before it reads and decodes the request.
+        Refused: the queue is full, or the request could not start within its queue timeout
+        (``timeout_s`` when it asks for less than the model's) at the current drain rate. The
+        error carries ``retry_after_s``. Lets a transport refuse an overload before it reads
+        and decodes the request; :meth:`infer` checks again.
         """
-        if len(self._queue) >= self.config.max_queue_size:
-            self._full.inc()
-            raise QueueFull(
-                f"model {self.label!r} is overloaded: its queue holds "
-                f"{self.config.max_queue_size} requests already; retry later"
-            )
+        ahead = len(self._queue)
+        reason = self.admission.check(ahead, timeout_s)
+        if reason is not None:
+            self._refused[reason].inc()
+            raise self.admission.refusal(reason, ahead, timeout_s)
 
     def _start(self) -> None:
         self._arrived = asyncio.Event()
@@ -110,14 +133,18 @@ class Batcher:
     ) -> tuple[dict[str, np.ndarray], Timing]:
         """Queue validated ``feeds`` and wait for the model's outputs.
 
-        Raises :class:`QueueFull` at once when the queue is full and :class:`QueueTimeout`
-        when the request waited ``timeout_s`` (capped by the configured queue timeout).
+        Raises :class:`QueueFull` at once when the request is not admitted (see :meth:`admit`)
+        and :class:`QueueTimeout` when it waited ``timeout_s`` (capped by the configured queue
+        timeout).
         """
         if self._closing:
             raise ModelNotReady(f"model {self.label!r} is being unloaded; retry shortly")
         if not self._workers:
             self._start()
-        self.admit()
+        timeout = self.config.queue_timeout_s
+        if timeout_s is not None:  # a request may ask to wait less, never more
+            timeout = min(timeout, timeout_s)
+        self.admit(timeout)
         loop = asyncio.get_running_loop()
         out_key = None if outputs is None else tuple(outputs)
         rows, key = 1, None
@@ -126,9 +153,6 @@ class Batcher:
             rows = int(first.shape[0]) if first.ndim else 1
             key = (tuple((n, a.dtype.str, a.shape[1:]) for n, a in feeds.items()), out_key)
         item = _Item(feeds, out_key, rows, key, loop.create_future())
-        timeout = self.config.queue_timeout_s
-        if timeout_s is not None:  # a request may ask to wait less, never more
-            timeout = min(timeout, timeout_s)
         item.timer = loop.call_later(timeout, self._expire, item, timeout)
         self._queue.append(item)
         self._depth.set(len(self._queue))
@@ -147,7 +171,8 @@ class Batcher:
             item.future.set_exception(
                 QueueTimeout(
                     f"model {self.label!r}: the request waited {timeout * 1000:.0f} ms in the "
-                    "queue without being run (queue timeout); the server is overloaded"
+                    "queue without being run (queue timeout); the server is overloaded",
+                    retry_after_s=self.admission.retry_after_s(len(self._queue)),
                 )
             )
 
@@ -177,13 +202,20 @@ class Batcher:
         assert self._arrived is not None
         loop = asyncio.get_running_loop()
         delay = self.config.max_queue_delay_us / 1e6
+        taken_at: float | None = None  # when this worker took its last batch, while busy
+        served = 0  # requests in that batch
         while True:
             if not self._queue:
                 if self._closing:
                     return
+                taken_at = None  # idle: the next interval says nothing about the drain rate
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
+            now = time.perf_counter()
+            if taken_at is not None:  # requests waited all along: this is how fast they drain
+                self.admission.observe(now - taken_at, served)
+                self._drain_rate.set(self.admission.rate or 0.0)
             batch = self._take()
             rows = sum(i.rows for i in batch)
             if delay > 0 and self.batching and rows < self.config.max_batch_size:
@@ -198,6 +230,7 @@ class Batcher:
                     if self._queue:
                         rows = self._gather(batch, rows)
             self._depth.set(len(self._queue))
+            taken_at, served = now, len(batch)
             for item in batch:
                 if item.timer is not None:
                     item.timer.cancel()

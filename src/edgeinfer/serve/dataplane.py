@@ -140,12 +140,24 @@ class DataPlane:
         return name if self.repository.is_known(name) else UNKNOWN_MODEL
 
     # ------------------------------------------------------------ inference
-    def admit(self, name: str, version: str | None = None) -> None:
-        """Refuse at once (before the body is read) when the model's queue is full."""
-        self.resolve(name, version).batcher.admit()
+    def admit(self, name: str, version: str | None = None, timeout_s: float | None = None) -> None:
+        """Refuse at once, before the request is read, when its model is overloaded.
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
-        """Run one request through the model's queue; the request names model and version."""
+        Raises :class:`~edgeinfer.serve.errors.QueueFull` (with ``retry_after_s``) when the
+        model's queue is full or could not start the request within its queue timeout
+        (``timeout_s``: the caller's deadline, when it has one); the errors of
+        :meth:`resolve` for a bad or unknown model.
+        """
+        self.resolve(name, version).batcher.admit(timeout_s)
+
+    async def infer(
+        self, request: InferenceRequest, timeout_s: float | None = None
+    ) -> InferenceResponse:
+        """Run one request through the model's queue; the request names model and version.
+
+        ``timeout_s``: the transport's deadline (a gRPC client's), if any; the request's
+        ``timeout`` parameter and the model's queue timeout cap the wait too.
+        """
         loaded = self.resolve(request.model_name, request.model_version or None)
         model = loaded.model
         try:
@@ -161,7 +173,10 @@ class DataPlane:
                     f"model {loaded.name!r}: requested outputs {names} must be distinct "
                     f"names among {sorted(known)}"
                 )
-        outputs, _ = await loaded.batcher.infer(feeds, names, self._timeout(request))
+        timeout = self._timeout(request)
+        if timeout_s is not None:
+            timeout = timeout_s if timeout is None else min(timeout, timeout_s)
+        outputs, _ = await loaded.batcher.infer(feeds, names, timeout)
         return InferenceResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),

@@ -10,13 +10,16 @@
         ├── ModelNotFound        404 NOT_FOUND          no such model or version
         ├── ModelLoadError       400 INVALID_ARGUMENT   a model that cannot be loaded
         ├── ModelNotReady        503 UNAVAILABLE        known but not loaded (or unloading)
-        ├── QueueFull            503 UNAVAILABLE        backpressure: the model's queue is full
+        ├── QueueFull            503 UNAVAILABLE        backpressure: the queue is full, or the
+        │                                               request could not run within its timeout
         └── QueueTimeout         503 DEADLINE_EXCEEDED  waited longer than the queue timeout
 
 :func:`error_status` maps any exception: a ``ServeError`` by its own status, an
 ``InputError`` (including the protocol's ``ProtocolError``) to 400, a runtime failure that
 ONNX Runtime blames on the input (``InvalidArgument``) to 400, anything else to 500.
-REST and gRPC both call it, so an error reads the same on both.
+REST and gRPC both call it, so an error reads the same on both. A 503 also says when to
+come back: :func:`retry_after` (seconds), sent as ``Retry-After`` / ``Retry-After-Ms`` over REST
+and as ``retry-after-ms`` trailing metadata over gRPC.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ __all__ = [
     "ServeError",
     "Unauthorized",
     "error_status",
+    "retry_after",
 ]
+
+# A model that is loading or unloading is usually back within this many seconds.
+NOT_READY_RETRY_S = 1.0
 
 
 class ServeError(EdgeInferError):
@@ -45,6 +52,12 @@ class ServeError(EdgeInferError):
 
     status: int = 500
     grpc_code: str = "INTERNAL"  # a grpc.StatusCode member name
+    retry_after_s: float | None = None  # seconds a client should wait before retrying
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
 
 class BadRequest(ServeError):
@@ -69,6 +82,7 @@ class ModelLoadError(ServeError):
 
 class ModelNotReady(ServeError):
     status, grpc_code = 503, "UNAVAILABLE"
+    retry_after_s = NOT_READY_RETRY_S
 
 
 class QueueFull(ServeError):
@@ -99,3 +113,10 @@ def error_status(exc: BaseException) -> ErrorStatus:
     if isinstance(exc, EdgeInferError):
         return ErrorStatus(500, "INTERNAL", str(exc))
     return ErrorStatus(500, "INTERNAL", f"internal server error ({type(exc).__name__})")
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """Seconds a client should wait before sending the request again (503s), else ``None``."""
+    if isinstance(exc, ServeError) and exc.status == 503:
+        return exc.retry_after_s
+    return None

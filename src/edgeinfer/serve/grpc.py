@@ -6,10 +6,18 @@ KServe's gRPC clients work unchanged. Requests are parsed here rather than by gr
 message that is not valid protobuf is ``INVALID_ARGUMENT`` like any other bad input.
 Errors get their code from :func:`~edgeinfer.serve.errors.error_status`. Bearer tokens come
 in the ``authorization`` metadata. The server runs on the REST server's event loop.
+
+Overload is refused before the request is parsed: ModelInfer reads the model name and version
+from the first bytes of the message (:func:`peek_model`; serializers write fields in field
+order, so they come first), checks the token and the model's admission with the client's
+deadline, and answers ``UNAVAILABLE`` with ``retry-after-ms`` trailing metadata (and gRPC's
+own ``grpc-retry-pushback-ms``, which a client's retry policy obeys). The full parse and the
+authoritative admission check follow only for admitted requests.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,13 +31,69 @@ from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
-from edgeinfer.serve.errors import error_status
+from edgeinfer.serve.errors import QueueFull, error_status, retry_after
 
-__all__ = ["SERVICE", "start_grpc_server"]
+__all__ = ["RETRY_AFTER_MS_KEY", "SERVICE", "peek_model", "start_grpc_server"]
 
 SERVICE = "inference.GRPCInferenceService"
+RETRY_AFTER_MS_KEY = "retry-after-ms"
+_PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's retry pushback (gRFC A6)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
+
+# ModelInferRequest: model_name = 1, model_version = 2, both strings (wire type 2).
+_NAME_TAG, _VERSION_TAG = 0x0A, 0x12
+
+
+def peek_model(raw: bytes) -> tuple[str, str] | None:
+    """(model_name, model_version) of a serialized ``ModelInferRequest``, without parsing it.
+
+    Reads only the leading fields 1 and 2 (in either order); ``None`` when the message does
+    not start with them or they do not name a model (the full parse then decides). A later
+    duplicate field could name another model, so this only ever serves the early overload
+    check, never the request itself.
+    """
+    found: dict[int, str] = {}
+    pos, end = 0, len(raw)
+    while pos < end and len(found) < 2:
+        tag = raw[pos]
+        if tag not in (_NAME_TAG, _VERSION_TAG) or tag in found:
+            break
+        pos += 1
+        length = shift = 0
+        while True:  # varint length
+            if pos >= end or shift > 28:
+                return None
+            byte = raw[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > end:
+            return None
+        try:
+            found[tag] = raw[pos : pos + length].decode()
+        except UnicodeDecodeError:
+            return None
+        pos += length
+    if _NAME_TAG not in found:
+        return None
+    return found[_NAME_TAG], found.get(_VERSION_TAG, "")
+
+
+def _deadline(context: Any) -> float | None:
+    """Seconds left before the client's deadline, ``None`` when it set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, float(remaining))
+
+
+def _trailers(exc: BaseException) -> tuple[tuple[str, str], ...]:
+    seconds = retry_after(exc)
+    if seconds is None:
+        return ()
+    ms = str(max(1, math.ceil(seconds * 1e3)))
+    return ((RETRY_AFTER_MS_KEY, ms), (_PUSHBACK_KEY, ms))
 
 
 class _Servicer:
@@ -76,7 +140,7 @@ class _Servicer:
             self._check(context)
             await self.dp.start()
             req = grpc_codec.request_from_proto(request, self.dp.config.limits)
-            resp = await self.dp.infer(req)
+            resp = await self.dp.infer(req, _deadline(context))
             return grpc_codec.response_to_proto(resp, raw=True)
         except Exception as exc:
             status = error_status(exc).status
@@ -88,6 +152,32 @@ class _Servicer:
                 status,
                 time.perf_counter() - started,
             )
+
+
+def _infer_handler(servicer: _Servicer) -> Any:
+    """ModelInfer: the early overload check on the raw bytes, then the usual handling."""
+    dp, auth = servicer.dp, servicer.auth
+    normal = _unary(pb.ModelInferRequest, servicer.model_infer)
+    parse_and_infer = normal.unary_unary
+
+    async def handle(raw: bytes, context: Any) -> Any:
+        target = peek_model(raw)
+        if target is not None:
+            started = time.perf_counter()
+            try:
+                if not auth.open:
+                    auth.check(dict(context.invocation_metadata() or ()).get("authorization"))
+                dp.admit(target[0], target[1] or None, _deadline(context))
+            except QueueFull as exc:
+                dp.metrics.observe_request(target[0], "grpc", 503, time.perf_counter() - started)
+                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), _trailers(exc))
+            except Exception:  # not ours to answer: the full handling gives the right error
+                pass
+        return await parse_and_infer(raw, context)
+
+    return grpc.unary_unary_rpc_method_handler(
+        handle, request_deserializer=None, response_serializer=lambda m: m.SerializeToString()
+    )
 
 
 def _unary(message_type: Any, method: Handler) -> Any:
@@ -102,7 +192,7 @@ def _unary(message_type: Any, method: Handler) -> Any:
             return await method(request, context)
         except Exception as exc:
             err = error_status(exc)
-            failure = (getattr(grpc.StatusCode, err.grpc_code), err.message)
+            failure = (getattr(grpc.StatusCode, err.grpc_code), err.message, _trailers(exc))
         await context.abort(*failure)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -119,7 +209,7 @@ async def start_grpc_server(config: ServeConfig, dataplane: DataPlane) -> tuple[
         "ModelReady": _unary(pb.ModelReadyRequest, s.model_ready),
         "ServerMetadata": _unary(pb.ServerMetadataRequest, s.server_metadata),
         "ModelMetadata": _unary(pb.ModelMetadataRequest, s.model_metadata),
-        "ModelInfer": _unary(pb.ModelInferRequest, s.model_infer),
+        "ModelInfer": _infer_handler(s),
     }
     limit = config.limits.max_body_bytes
     server = grpc.aio.server(

@@ -6,14 +6,22 @@
 * ``edgeinfer_queue_duration_seconds{model}`` and ``edgeinfer_compute_duration_seconds{model}``:
   the same latency split into waiting in the model's queue and running the model;
 * ``edgeinfer_batch_size{model}``: rows per model run; ``edgeinfer_queue_depth{model}``:
-  requests waiting now; ``edgeinfer_rejections_total{model,reason}``: ``queue_full`` or
-  ``queue_timeout``; ``edgeinfer_model_ready{model,version}``: 1 while loaded.
+  requests waiting now; ``edgeinfer_drain_rate{model}``: requests per second the queue drains
+  at, as admission control estimates it (0 until measured);
+* ``edgeinfer_rejections_total{model,reason}``: requests refused by backpressure, each counted
+  once: ``queue_full`` (the queue held ``max_queue_size``), ``deadline`` (it could not have
+  started within its queue timeout at the current drain rate) -- both refused before the body
+  is read -- and ``queue_timeout`` (admitted, then waited too long). Every one of them is also
+  in ``edgeinfer_requests_total`` with status 503;
+* ``edgeinfer_model_ready{model,version}``: 1 while loaded.
 
 Model labels only ever hold names of models in the repository (unknown names from requests
 are counted as ``_unknown``), so a client cannot grow the label set.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -73,6 +81,12 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.drain_rate = Gauge(
+            "edgeinfer_drain_rate",
+            "Requests per second the model's queue drains at (estimate; 0 until measured)",
+            ["model"],
+            registry=r,
+        )
         self.rejections = Counter(
             "edgeinfer_rejections",
             "Requests refused by backpressure",
@@ -86,9 +100,20 @@ class Metrics:
             registry=r,
         )
 
+        # labelled children, looked up once: every request passes here, refusals included
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[tuple[str, str], Any] = {}
+
     def observe_request(self, model: str, protocol: str, status: int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(status)).inc()
-        self.request_seconds.labels(model, protocol).observe(seconds)
+        key = (model, protocol, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self.requests.labels(model, protocol, str(status))
+        counter.inc()
+        timer = self._timed.get(key[:2])
+        if timer is None:
+            timer = self._timed[key[:2]] = self.request_seconds.labels(model, protocol)
+        timer.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
