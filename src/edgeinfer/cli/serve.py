@@ -12,8 +12,14 @@ __all__ = ["register"]
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        repository: Path = typer.Argument(
-            ..., help="Model repository: REPOSITORY/<model>/<version>/{bundle | model.onnx}."
+        repository: Path | None = typer.Argument(
+            None, help="Model repository: REPOSITORY/<model>/<version>/{bundle | model.onnx}."
+        ),
+        follow: list[Path] = typer.Option(
+            [],
+            "--follow",
+            help="An update agent's --state-dir: serve the bundle it committed, switching to "
+            "each newly committed one without failing requests (repeatable).",
         ),
         host: str = typer.Option("127.0.0.1", help="Address to bind (REST and gRPC)."),
         port: int = typer.Option(8000, help="REST port."),
@@ -45,6 +51,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve every model in REPOSITORY over the Open Inference Protocol (KServe V2).
 
+        With --follow STATE_DIR, also serve the model an update agent committed there
+        (name and version from its manifest); a newly committed version is loaded, checked
+        and swapped in at the next scan (--poll) while requests keep being answered.
+
         TLS: pass --ssl-keyfile and --ssl-certfile (used by uvicorn for REST and by gRPC).
         """
         import logging
@@ -54,8 +64,20 @@ def register(app: typer.Typer) -> None:
         from edgeinfer.serve.config import BatchConfig, ServeConfig
         from edgeinfer.serve.server import is_loopback, run_server
 
-        if not repository.is_dir():
+        if repository is None and not follow:
+            raise InputError("pass a model REPOSITORY, --follow STATE_DIR, or both")
+        if repository is not None and not repository.is_dir():
             raise InputError(f"{repository}: no such model repository directory")
+        for state_dir in follow:
+            if not state_dir.is_dir():
+                raise InputError(
+                    f"--follow {state_dir}: no such directory (expected an update agent's "
+                    "--state-dir, e.g. the one given to `edgeinfer agent`)"
+                )
+        if follow:
+            if not poll:
+                raise InputError("--follow needs --poll > 0 to see what the agent commits")
+            import edgeinfer.deliver  # noqa: F401  (the deliver extra, or an install hint)
         if bool(ssl_keyfile) != bool(ssl_certfile):
             raise InputError("pass both --ssl-keyfile and --ssl-certfile, or neither")
         log = logging.getLogger("edgeinfer.serve")
@@ -90,6 +112,7 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             ssl_keyfile=ssl_keyfile,
             ssl_certfile=ssl_certfile,
+            follow=tuple(dict.fromkeys(p.resolve() for p in follow)),
         )
         if ray:
             from edgeinfer.serve.ray import run_ray

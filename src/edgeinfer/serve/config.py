@@ -41,7 +41,7 @@ class BatchConfig:
 class ServeConfig:
     """A server's whole configuration."""
 
-    repository: Path  # MODEL_REPOSITORY/<name>/<version>/{bundle | model.onnx}
+    repository: Path | None  # MODEL_REPOSITORY/<name>/<version>/{bundle | model.onnx}
     host: str = "127.0.0.1"
     port: int = 8000  # REST; 0 picks a free port
     grpc_port: int | None = 8001  # None: no gRPC; 0 picks a free port
@@ -56,3 +56,6 @@ class ServeConfig:
     ssl_certfile: str | None = None
     server_name: str = "edgeinfer"
     replica_id: str | None = None  # sent as the x-edgeinfer-replica header when set
+    # update agents' state dirs: each serves its committed bundle, swapped in on each commit
+    # (seen at the next repository scan, so it needs poll_interval_s)
+    follow: tuple[Path, ...] = ()

@@ -63,6 +63,7 @@ class DataPlane:
             threads=config.threads,
             providers=config.providers,
             on_change=self._on_change,
+            follow=config.follow,
         )
         self._started: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None

@@ -18,9 +18,17 @@ version gets the highest ready one.
 ``refresh()`` (called every ``poll_interval_s`` by the server) compares each version
 directory's file sizes and mtimes with what was loaded and loads what was added or changed,
 swapping it in only once it has loaded and passed its golden check: a broken update never
-replaces a working model. Versions whose directory disappeared are unloaded. ``load`` and
-``unload`` are the admin's explicit controls; a model unloaded by the admin stays unloaded
-until the admin loads it again.
+replaces a working model. Versions whose directory disappeared are unloaded, after the
+new ones have loaded. ``load`` and ``unload`` are the admin's explicit controls; a model
+unloaded by the admin stays unloaded until the admin loads it again.
+
+Followed state directories (``follow``, where an update agent keeps its A/B slots) add one
+model each: the bundle the agent *committed* (never one on trial), under the name and version
+of its manifest. When the agent commits a new version the next scan loads it, checks its
+golden sample and swaps it in; the old version's batcher then lets what is queued and running
+finish before the old model is closed, so no request fails. A followed model keeps its last
+good version while a new one fails to load. A state directory with nothing committed yet
+keeps the server not ready.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,15 +150,19 @@ class ModelRepository:
 
     def __init__(
         self,
-        root: Path,
+        root: Path | None,
         make_batcher: Callable[[Model, str, BatchConfig], Batcher],
         batching: BatchConfig | None = None,
         *,
         threads: int | None = None,
         providers: str | tuple[str, ...] = "cpu",
         on_change: Callable[[str, int, bool], None] | None = None,
+        follow: Sequence[Path] = (),
     ) -> None:
-        self.root = Path(root)
+        self.root = None if root is None else Path(root)
+        self.follow = tuple(Path(p) for p in follow)
+        self._followed: set[str] = set()  # model names the followed state dirs give now
+        self._waiting: tuple[Path, ...] = ()  # followed state dirs with nothing committed
         self._make_batcher = make_batcher
         self._batching = batching or BatchConfig()
         self._threads = threads
@@ -189,8 +201,13 @@ class ModelRepository:
         return sorted(entry.versions) if entry else []
 
     def all_ready(self) -> bool:
-        """Scanned, and every model not unloaded by the admin has a version in service."""
-        return self.scanned and all(e.versions or e.unloaded for e in self._entries.values())
+        """Scanned, every followed state dir has a committed bundle, and every model not
+        unloaded by the admin has a version in service."""
+        return (
+            self.scanned
+            and not self._waiting
+            and all(e.versions or e.unloaded for e in self._entries.values())
+        )
 
     def index(self) -> list[dict[str, Any]]:
         """Every model version known, with its state (Triton's repository index format)."""
@@ -221,6 +238,10 @@ class ModelRepository:
     def _scan(self) -> dict[str, dict[int, Path]]:
         """name -> version -> version directory, for everything on disk right now."""
         found: dict[str, dict[int, Path]] = {}
+        if self.follow:
+            self._scan_followed(found)
+        if self.root is None:
+            return found
         if not self.root.is_dir():
             log.warning("model repository %s does not exist", self.root)
             return found
@@ -230,11 +251,39 @@ class ModelRepository:
             if not NAME.match(mdir.name):
                 log.warning("skipping %s: not a valid model name", mdir)
                 continue
+            if mdir.name in found:
+                log.warning("skipping %s: model %r is followed from a state dir", mdir, mdir.name)
+                continue
             versions = {
                 int(v.name): v for v in mdir.iterdir() if v.is_dir() and VERSION.match(v.name)
             }
             found[mdir.name] = versions
         return found
+
+    def _scan_followed(self, found: dict[str, dict[int, Path]]) -> None:
+        """Add the committed bundle of every followed state dir to ``found``."""
+        from edgeinfer.deliver.slots import SlotStore  # the deliver extra, only when following
+
+        followed: set[str] = set()
+        waiting: list[Path] = []
+        for state_dir in self.follow:
+            store = SlotStore(state_dir)
+            info = store.committed()
+            if info is None:
+                waiting.append(state_dir)
+            elif not NAME.match(info.name):
+                log.warning("%s: committed model name %r is not valid", state_dir, info.name)
+                waiting.append(state_dir)
+            elif info.name in found:
+                log.warning(
+                    "%s: model %r is already followed from another state dir; ignored",
+                    state_dir,
+                    info.name,
+                )
+            else:
+                found[info.name] = {info.version: store.bundle_dir(info)}
+                followed.add(info.name)
+        self._followed, self._waiting = followed, tuple(waiting)
 
     # ------------------------------------------------------------ changing
     async def refresh(self, only: str | None = None, *, force: bool = False) -> None:
@@ -246,14 +295,21 @@ class ModelRepository:
                 entry = self._entries.setdefault(name, _Entry())
                 if entry.unloaded and not force:
                     continue
-                await self._sync(name, entry, disk.get(name, {}), force)
+                keep_last = name in self._followed
+                await self._sync(name, entry, disk.get(name, {}), force, keep_last=keep_last)
                 if name not in disk:
                     del self._entries[name]
             self.scanned = True
 
-    async def _sync(self, name: str, entry: _Entry, on_disk: dict[int, Path], force: bool) -> None:
-        for version in [v for v in entry.versions if v not in on_disk]:
-            await self._drop(entry.versions.pop(version))
+    async def _sync(
+        self,
+        name: str,
+        entry: _Entry,
+        on_disk: dict[int, Path],
+        force: bool,
+        *,
+        keep_last: bool = False,  # keep the versions in service if none on disk loads
+    ) -> None:
         for version in [v for v in entry.errors if v not in on_disk]:
             entry.errors.pop(version)
             entry.failed.pop(version, None)
@@ -281,6 +337,12 @@ class ModelRepository:
             log.info("model %s version %s %s", name, version, "reloaded" if current else "loaded")
             if current is not None:
                 await self._drop(current)
+        # only now, with what replaces them in service, do vanished versions go
+        vanished = [v for v in entry.versions if v not in on_disk]
+        if keep_last and len(vanished) == len(entry.versions):
+            return
+        for version in vanished:
+            await self._drop(entry.versions.pop(version))
 
     def _load(self, name: str, version: int, path: Path, fp: Fingerprint) -> LoadedVersion:
         """On a worker thread: open, verify, load, golden-check and warm up one version."""
@@ -322,7 +384,8 @@ class ModelRepository:
     async def load(self, name: str) -> None:
         """Admin: (re)load every version of ``name`` from disk."""
         check_model_name(name)
-        if not (self.root / name).is_dir():
+        in_root = self.root is not None and (self.root / name).is_dir()
+        if not in_root and name not in self._followed:
             raise ModelNotFound(f"no model {name!r} in the repository {self.root}")
         entry = self._entries.setdefault(name, _Entry())
         entry.unloaded = False
