@@ -25,6 +25,8 @@ demo: $(VENV)/.demo-installed
 
 test: $(VENV)/.test-installed
 	./scripts/system-deps.sh
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.test-installed
