@@ -192,3 +192,15 @@ def test_follow_arguments_are_checked(
         main(["serve", *args])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"port": -1}, "port -1"), ({"grpc_port": -1}, "None to run without gRPC")],
+)
+def test_config_refuses_out_of_range_ports(kwargs: dict[str, int], match: str) -> None:
+    from edgeinfer.errors import InputError
+    from edgeinfer.serve.config import ServeConfig
+
+    with pytest.raises(InputError, match=match):
+        ServeConfig(None, **kwargs)

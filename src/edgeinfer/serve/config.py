@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgeinfer.errors import InputError
 from edgeinfer.protocol.limits import Limits
 
 __all__ = ["BatchConfig", "ServeConfig"]
@@ -59,3 +60,12 @@ class ServeConfig:
     # update agents' state dirs: each serves its committed bundle, swapped in on each commit
     # (seen at the next repository scan, so it needs poll_interval_s)
     follow: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port {self.port} is out of range; expected 0-65535 (0: any free)")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise InputError(
+                f"grpc_port {self.grpc_port} is out of range; expected 0-65535 "
+                "(0: any free port) or None to run without gRPC"
+            )
