@@ -42,7 +42,6 @@ __all__ = [
     "Workload",
     "edge",
     "run_cell",
-    "servable",
     "sweep",
 ]
 
@@ -94,38 +93,6 @@ class CellResult:
         return asdict(self)
 
 
-def servable(path: Path) -> Path:
-    """``path``, or a copy ``edgeinfer serve`` can warm up, for a model with token types.
-
-    The server warms a model up with random integer inputs (0..99); a BERT-style model's
-    ``token_type_ids`` must be 0 or 1, so the copy clips that input to [0, 1] first (one
-    cheap ``Clip`` node; outputs are unchanged for valid inputs). Cached beside the model.
-    """
-    import onnx
-    from onnx import helper
-
-    model = onnx.load(os.fspath(path), load_external_data=False)
-    names = [i.name for i in model.graph.input]
-    if "token_type_ids" not in names:
-        return path
-    dest = Path(path).with_name(Path(path).stem + "-servable.onnx")
-    if dest.is_file() and dest.stat().st_mtime >= Path(path).stat().st_mtime:
-        return dest
-    model = onnx.load(os.fspath(path))
-    clipped = "token_type_ids_clipped"
-    for node in model.graph.node:
-        node.input[:] = [clipped if n == "token_type_ids" else n for n in node.input]
-    lo = helper.make_tensor("token_type_lo", onnx.TensorProto.INT64, [], [0])
-    hi = helper.make_tensor("token_type_hi", onnx.TensorProto.INT64, [], [1])
-    model.graph.initializer.extend([lo, hi])
-    clip = helper.make_node("Clip", ["token_type_ids", "token_type_lo", "token_type_hi"], [clipped])
-    model.graph.node.insert(0, clip)
-    tmp = dest.with_suffix(".tmp")
-    onnx.save(model, os.fspath(tmp))
-    os.replace(tmp, dest)
-    return dest
-
-
 def workload(spec: str, *, seq_len: int = 32, batch: int = 1) -> Workload:
     """A workload by name (``"digits"``, ``"minilm"``) or from an ONNX file (random inputs)."""
     import re
@@ -139,7 +106,7 @@ def workload(spec: str, *, seq_len: int = 32, batch: int = 1) -> Workload:
         from edgeinfer.zoo import minilm
 
         feeds = minilm.tokenize(minilm.sentences(batch), seq_len=seq_len)
-        return Workload("minilm", servable(minilm.export()), dict(feeds))
+        return Workload("minilm", minilm.export(), dict(feeds))
     path = Path(spec)
     if not path.is_file() or path.suffix.lower() != ".onnx":
         raise EdgeInferError(
@@ -150,7 +117,7 @@ def workload(spec: str, *, seq_len: int = 32, batch: int = 1) -> Workload:
     with edgeinfer.load(path, providers=["cpu"]) as m:
         inputs = m.sample_inputs(batch=batch)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", path.stem) or "model"
-    return Workload(name, servable(path), inputs)
+    return Workload(name, path, inputs)
 
 
 def free_port() -> int:
