@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeinfer._atomic import replacing, write_atomic
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.tensors import TensorSpec
 
@@ -462,24 +463,17 @@ class Bundle:
         members = [MANIFEST_FILE, self.manifest.model.file]
         members += [r.file for r in (self.manifest.golden, *self.manifest.files) if r is not None]
         dest = Path(tar_path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        try:
-            with (
-                os.fdopen(fd, "wb") as raw,
-                tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                for fname in sorted(members):
-                    info = tarfile.TarInfo(fname)
-                    info.size = (self.path / fname).stat().st_size
-                    info.mode = 0o644
-                    info.mtime = 0
-                    with open(self.path / fname, "rb") as f:
-                        tar.addfile(info, f)
-            os.replace(tmp, dest)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with (
+            replacing(dest) as tmp,
+            tarfile.open(tmp, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for fname in sorted(members):
+                info = tarfile.TarInfo(fname)
+                info.size = (self.path / fname).stat().st_size
+                info.mode = 0o644
+                info.mtime = 0
+                with open(self.path / fname, "rb") as f:
+                    tar.addfile(info, f)
         return dest
 
     @classmethod
@@ -531,16 +525,7 @@ def _check_member(src: Path, member: tarfile.TarInfo) -> None:
 
 def _write_manifest(root: Path, manifest: Manifest) -> None:
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, root / MANIFEST_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(root / MANIFEST_FILE, text.encode("utf-8"))
 
 
 @contextmanager

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -221,7 +221,47 @@ class _Conn:
             w.transport.abort()
 
 
-class NetemProxy:
+class _Endpoint:
+    """Where a proxy listens, and its context-manager form (shared by both proxies)."""
+
+    _listen: tuple[str, int]
+    _port: int
+
+    def start(self: _E) -> _E:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _E) -> _E:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def host(self) -> str:
+        return self._listen[0]
+
+    @property
+    def port(self) -> int:
+        """The port clients connect to (known once started)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """``http://HOST:PORT`` of the proxy, for HTTP clients."""
+        return f"http://{self.address}"
+
+
+_E = TypeVar("_E", bound=_Endpoint)
+
+
+class NetemProxy(_Endpoint):
     """A TCP proxy that emulates a link; runs its event loop in a background thread.
 
     ``target``: the real server (``"HOST:PORT"``); ``listen``: where clients connect
@@ -254,30 +294,6 @@ class NetemProxy:
         self._restored: asyncio.Event | None = None
 
     # ------------------------------------------------------------- sync API
-    def __enter__(self) -> NetemProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def host(self) -> str:
-        return self._listen[0]
-
-    @property
-    def port(self) -> int:
-        """The port clients connect to (known once started)."""
-        return self._port
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        """``http://HOST:PORT`` of the proxy, for HTTP clients."""
-        return f"http://{self.address}"
-
     def start(self) -> NetemProxy:
         """Start listening (returns once clients can connect)."""
         if self._thread is not None:
@@ -555,7 +571,7 @@ def _child_main() -> None:
         conn.close()
 
 
-class NetemProcess:
+class NetemProcess(_Endpoint):
     """A :class:`NetemProxy` in a child process, with the same control API.
 
     Benchmarks use it so that the emulated link never waits for the interpreter lock of
@@ -579,28 +595,6 @@ class NetemProcess:
         self._proc: Any = None
         self._port = 0
         self._lock = threading.Lock()
-
-    def __enter__(self) -> NetemProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def host(self) -> str:
-        return self._listen[0]
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
-    def address(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
 
     def start(self) -> NetemProcess:
         import secrets

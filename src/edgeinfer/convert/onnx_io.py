@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from edgeinfer._atomic import replacing
 from edgeinfer.errors import BundleError
 
 __all__ = ["cap_ir_version", "load_onnx", "max_ir_version", "save_onnx"]
@@ -77,19 +77,14 @@ def save_onnx(model: Any, path: str | os.PathLike[str]) -> Path:
     _cap(model)
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with replacing(dest, suffix=".tmp") as tmp:
         large = model.ByteSize() >= _TWO_GB
         onnx.save_model(
             model,
-            tmp,
+            os.fspath(tmp),
             save_as_external_data=large,
             location=f"{dest.name}.data" if large else None,
         )
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest
 
 

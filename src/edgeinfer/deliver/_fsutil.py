@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from edgeinfer import _atomic
 
 __all__ = ["CRASH_ENV", "TMP_PREFIX", "crash_point", "read_json", "write_atomic", "write_json"]
 
@@ -31,19 +32,8 @@ def crash_point(step: str) -> None:
 
 
 def write_atomic(path: Path, data: bytes, *, crash_step: str | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if crash_step is not None:
-            crash_point(crash_step)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    hook = None if crash_step is None else (lambda: crash_point(crash_step))
+    _atomic.write_atomic(path, data, prefix=TMP_PREFIX, before_replace=hook)
     _fsync_dir(path.parent)
 
 

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeinfer._atomic import write_atomic
 from edgeinfer.deliver.errors import KeyStoreError
 
 __all__ = ["ROLES", "KeyInfo", "KeyStore", "parse_thresholds"]
@@ -250,14 +250,4 @@ class KeyStore:
 
 def _write_private(path: Path, data: bytes) -> None:
     """Write owner-only, atomically (a crash never leaves half a key file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=0o600)

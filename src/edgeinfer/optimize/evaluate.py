@@ -25,6 +25,7 @@ import numpy as np
 from edgeinfer.errors import InputError
 from edgeinfer.optimize.data import Dataset
 from edgeinfer.optimize.metrics import Metric, standard_metrics
+from edgeinfer.runtime.bench import time_calls
 
 __all__ = [
     "Evaluation",
@@ -66,20 +67,6 @@ def predict_all(model: Any, data: Dataset, output: str, batch_size: int = 32) ->
     """``output`` of ``model`` on every sample of ``data``, in batches."""
     parts = [model.predict(feeds, outputs=[output])[output] for feeds in data.batches(batch_size)]
     return np.concatenate(parts) if parts else np.empty((0,))
-
-
-def time_calls(
-    model: Any, feeds: Mapping[str, np.ndarray], repeats: int, warmup: int = 3
-) -> list[float]:
-    """Wall-clock milliseconds of ``repeats`` calls of ``model.predict(feeds)``."""
-    for _ in range(warmup):
-        model.predict(feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict(feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
 
 
 def _output_name(model: Any, output: str | None) -> str:

@@ -21,7 +21,21 @@ import numpy as np
 
 from edgeinfer.runtime.model import Model, load
 
-__all__ = ["BenchResult", "bench", "peak_rss_mb"]
+__all__ = ["BenchResult", "bench", "peak_rss_mb", "time_calls"]
+
+
+def time_calls(
+    model: Any, feeds: Mapping[str, np.ndarray], repeats: int, warmup: int = 3
+) -> list[float]:
+    """Wall-clock milliseconds of ``repeats`` calls of ``model.predict(feeds)``."""
+    for _ in range(warmup):
+        model.predict(feeds)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.predict(feeds)
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 def peak_rss_mb() -> float:

@@ -12,11 +12,11 @@ Running the head and feeding its outputs to the tail gives the full model's outp
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from edgeinfer._atomic import replacing
 from edgeinfer.errors import InputError
 from edgeinfer.split._sort import node_inputs
 from edgeinfer.split.graph import (
@@ -140,20 +140,14 @@ def save_model(model: onnx.ModelProto, path: Path) -> Path:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         if model.ByteSize() > _EXTERNAL_ABOVE:
             onnx.save(
-                model, tmp, save_as_external_data=True, location=f"{path.name}.data",
+                model, os.fspath(tmp), save_as_external_data=True, location=f"{path.name}.data",
                 all_tensors_to_one_file=True,
             )  # fmt: skip
         else:
-            onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            onnx.save(model, os.fspath(tmp))
     return path
 
 

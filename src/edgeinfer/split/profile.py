@@ -23,7 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeinfer._atomic import write_atomic
 from edgeinfer.errors import BundleError, InputError
+from edgeinfer.runtime.bench import time_calls
 
 if TYPE_CHECKING:
     from edgeinfer.split.extract import SplitFiles
@@ -130,10 +132,7 @@ class SplitProfile:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write as JSON (atomically); returns the path."""
         dest = Path(path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, dest)
+        write_atomic(dest, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
         return dest
 
     @classmethod
@@ -169,14 +168,7 @@ def time_model(
     """Median milliseconds of ``model.predict(feeds)`` after ``warmup`` untimed runs."""
     if repeats < 1:
         raise InputError(f"repeats must be >= 1, got {repeats}")
-    for _ in range(warmup):
-        model.predict(feeds)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.predict(feeds)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(statistics.median(times))
+    return float(statistics.median(time_calls(model, feeds, repeats, warmup)))
 
 
 def nbytes(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> int:

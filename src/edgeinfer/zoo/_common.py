@@ -12,12 +12,12 @@ import importlib
 import importlib.util
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from edgeinfer._atomic import replacing
 from edgeinfer.bundle import cache_dir
 from edgeinfer.errors import EdgeInferError, MissingDependencyError
 
@@ -72,16 +72,8 @@ def zoo_cache(*parts: str) -> Path:
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(path, suffix=".tmp") as tmp:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cached models are ordinary readable files
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
