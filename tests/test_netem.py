@@ -295,3 +295,21 @@ def test_netem_in_a_child_process_has_the_same_controls(echo: str) -> None:
         assert proxy.stats.bytes_up == len(b"hello") + len(b"back")
     with pytest.raises(InputError, match="not running"):
         proxy.restore()
+
+
+def test_stop_right_after_an_outage_ends_closes_the_new_listener(echo: str) -> None:
+    """The listener a refuse outage re-opens is closed by stop(), even mid-reopen."""
+    import gc
+    import random
+
+    rng = random.Random(7)
+    for _ in range(100):  # before the fix, ~2% of these stops leaked the re-opened listener
+        with NetemProxy(echo) as proxy:
+            proxy.outage(0.003, mode="refuse")  # ends on its own, around the time stop() runs
+            time.sleep(rng.uniform(0.002, 0.004))
+    with NetemProxy(echo) as proxy:
+        proxy.outage(None, mode="refuse")
+        proxy.restore()
+        with _connect(proxy) as s:  # restore() returns once connections are accepted again
+            assert _roundtrip(s, b"x") == b"x"
+    gc.collect()  # an unclosed socket would surface here as an unraisable ResourceWarning

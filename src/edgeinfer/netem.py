@@ -292,6 +292,7 @@ class NetemProxy(_Endpoint):
         self._outage_until = 0.0  # loop time; float("inf") while an open-ended outage lasts
         self._outage_mode: OutageMode = "blackhole"
         self._restored: asyncio.Event | None = None
+        self._relistening: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------- sync API
     def start(self) -> NetemProxy:
@@ -348,8 +349,14 @@ class NetemProxy(_Endpoint):
         self._call(lambda: self._begin_outage(seconds, mode), delay=after)
 
     def restore(self) -> None:
-        """End an outage now."""
+        """End an outage now; returns once the proxy accepts connections again."""
         self._call(self._end_outage)
+        assert self._loop is not None
+        waiting = asyncio.run_coroutine_threadsafe(self._wait_link(), self._loop)
+        try:
+            waiting.result(timeout=10)
+        except TimeoutError:  # another outage began meanwhile: it is in charge now
+            waiting.cancel()
 
     @property
     def in_outage(self) -> bool:
@@ -385,14 +392,22 @@ class NetemProxy(_Endpoint):
         self._port = self._server.sockets[0].getsockname()[1]
 
     async def _close(self) -> None:
+        relisten = self._relistening
+        if relisten is not None and not relisten.done():
+            # Cancelled inside start_server, it would drop a bound listener unclosed: let it
+            # finish, then close what it opened.
+            await asyncio.gather(relisten, return_exceptions=True)
         if self._server is not None:
             self._server.close()
+            self._server = None
         for conn in list(self._conns):
             conn.reset()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        # transport.abort() closes its socket in a callback: run those before the loop closes
+        await asyncio.sleep(0)
 
     def _begin_outage(self, seconds: float | None, mode: OutageMode) -> None:
         assert self._loop is not None and self._restored is not None
@@ -419,12 +434,15 @@ class NetemProxy(_Endpoint):
         assert self._loop is not None and self._restored is not None
         self._outage_until = 0.0
         if self._server is None:
-            self._loop.create_task(self._relisten())
+            if self._relistening is None or self._relistening.done():
+                self._relistening = self._loop.create_task(self._relisten())
         else:
             self._restored.set()
 
     async def _relisten(self) -> None:
         assert self._restored is not None
+        if self._outage_until > 0.0:  # a new outage began before the listener came back
+            return
         await self._listen_now(self._port)
         self._restored.set()
 
