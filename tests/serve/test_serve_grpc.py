@@ -77,6 +77,18 @@ def test_raw_and_typed_contents(channel: grpc.Channel, raw: bool) -> None:
     np.testing.assert_allclose(resp.arrays()["probs"].sum(), 1.0, rtol=1e-5)
 
 
+def test_infer_reports_server_timing_in_trailing_metadata(channel: grpc.Channel) -> None:
+    from edgeinfer.offload.transport import parse_server_timing
+
+    req = InferenceRequest([InferTensor.from_array("x", X)], model_name="mlp")
+    call = _call(channel, "ModelInfer", gc.pb.ModelInferResponse)
+    _, outcome = call.with_call(gc.request_to_proto(req, raw=True))  # type: ignore[attr-defined]
+    timing = dict(outcome.trailing_metadata())["server-timing"]
+    assert re.fullmatch(r"queue;dur=[0-9.]+, compute;dur=[0-9.]+", timing)
+    seconds = parse_server_timing(timing)
+    assert seconds is not None and 0 < seconds < 10
+
+
 def _code(channel: grpc.Channel, method: str, payload: object) -> tuple[object, str]:
     with pytest.raises(grpc.RpcError) as info:
         _call(channel, method, gc.pb.ModelInferResponse)(payload)

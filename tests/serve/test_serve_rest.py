@@ -83,6 +83,19 @@ def test_infer_json_flat_and_versions(http: httpx.Client, version: str | None, s
     np.testing.assert_allclose(got, _expected(X, seed), rtol=1e-5)
 
 
+def test_infer_reports_queue_and_compute_in_server_timing(http: httpx.Client) -> None:
+    from edgeinfer.offload.transport import parse_server_timing
+
+    r = http.post("/v2/models/mlp/infer", json=h.infer_body(X))
+    assert r.status_code == 200, r.text
+    timing = r.headers["server-timing"]
+    names = [part.split(";")[0].strip() for part in timing.split(",")]
+    assert names == ["queue", "compute"]
+    seconds = parse_server_timing(timing)
+    assert seconds is not None and 0 < seconds < 10  # the client reads what the server sends
+    assert "server-timing" not in http.post("/v2/models/nope/infer", json={}).headers
+
+
 def test_infer_nested_data_and_requested_outputs(http: httpx.Client) -> None:
     body = {
         "inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32", "data": X.tolist()}],

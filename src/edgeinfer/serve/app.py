@@ -148,10 +148,11 @@ class _Routes:
             header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
             req = rest.decode_request(body, header_length, self.limits)
             req.model_name, req.model_version = name, version or ""
-            resp = await self.dp.infer(req)
+            resp, timing = await self.dp.infer_timed(req)
             binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
             encoded = rest.encode_response(resp, binary=binary)
-            return Response(encoded.body, headers=encoded.headers)
+            headers = {**encoded.headers, "Server-Timing": timing.header()}
+            return Response(encoded.body, headers=headers)
         except Exception as exc:
             status = error_status(exc).status
             raise

@@ -44,6 +44,10 @@ class Timing(NamedTuple):
     compute_s: float  # seconds the model ran (for the whole batch)
     batch_rows: int  # rows in the batch this request ran in
 
+    def header(self) -> str:
+        """The ``Server-Timing`` value (milliseconds), as HTTP header or gRPC metadata."""
+        return f"queue;dur={self.queue_s * 1e3:.3f}, compute;dur={self.compute_s * 1e3:.3f}"
+
 
 @dataclass(eq=False)
 class _Item:

@@ -22,7 +22,7 @@ from edgeinfer.protocol.types import (
     TensorMetadata,
 )
 from edgeinfer.runtime.model import Model
-from edgeinfer.serve.batching import Batcher
+from edgeinfer.serve.batching import Batcher, Timing
 from edgeinfer.serve.config import BatchConfig, ServeConfig
 from edgeinfer.serve.errors import BadRequest
 from edgeinfer.serve.metrics import UNKNOWN_MODEL, Metrics
@@ -159,6 +159,12 @@ class DataPlane:
         ``timeout_s``: the transport's deadline (a gRPC client's), if any; the request's
         ``timeout`` parameter and the model's queue timeout cap the wait too.
         """
+        return (await self.infer_timed(request, timeout_s))[0]
+
+    async def infer_timed(
+        self, request: InferenceRequest, timeout_s: float | None = None
+    ) -> tuple[InferenceResponse, Timing]:
+        """:meth:`infer`, and how long the request queued and the model ran (``Server-Timing``)."""
         loaded = self.resolve(request.model_name, request.model_version or None)
         model = loaded.model
         try:
@@ -177,13 +183,14 @@ class DataPlane:
         timeout = self._timeout(request)
         if timeout_s is not None:
             timeout = timeout_s if timeout is None else min(timeout, timeout_s)
-        outputs, _ = await loaded.batcher.infer(feeds, names, timeout)
-        return InferenceResponse(
+        outputs, timing = await loaded.batcher.infer(feeds, names, timeout)
+        response = InferenceResponse(
             model_name=loaded.name,
             model_version=str(loaded.version),
             id=request.id,
             outputs=[InferTensor.from_array(n, a) for n, a in outputs.items()],
         )
+        return response, timing
 
     def _timeout(self, request: InferenceRequest) -> float | None:
         """The request's ``timeout`` parameter (microseconds, as Triton) caps the queue wait."""

@@ -140,7 +140,8 @@ class _Servicer:
             self._check(context)
             await self.dp.start()
             req = grpc_codec.request_from_proto(request, self.dp.config.limits)
-            resp = await self.dp.infer(req, _deadline(context))
+            resp, timing = await self.dp.infer_timed(req, _deadline(context))
+            context.set_trailing_metadata((("server-timing", timing.header()),))
             return grpc_codec.response_to_proto(resp, raw=True)
         except Exception as exc:
             status = error_status(exc).status
