@@ -23,11 +23,11 @@ from edgeinfer.netem import (
     Conditions,
     EmulatedDevice,
     NetemProxy,
-    _Bucket,
     parse_address,
     parse_duration,
     parse_rate,
 )
+from edgeinfer.netem.proxy import _Bucket
 from onnx_builders import make_mlp
 
 

@@ -1,0 +1,41 @@
+"""The device-side counterpart of the link emulator: a model made to look slower."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import InputError
+
+__all__ = ["EmulatedDevice"]
+
+
+class EmulatedDevice:
+    """A local model made to look ``slowdown`` times slower: emulation, not measurement.
+
+    Each ``predict`` runs the real model, then sleeps ``(slowdown - 1)`` times as long as
+    the run took, so latency (and the compute time an energy model charges for) is that of
+    a device ``slowdown`` times slower than this machine. Everything else is the model's.
+    """
+
+    def __init__(self, model: Any, slowdown: float = 1.0) -> None:
+        if slowdown < 1.0:
+            raise InputError(f"slowdown {slowdown!r} must be >= 1 (this machine is the fastest)")
+        self.model = model
+        self.slowdown = float(slowdown)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def __repr__(self) -> str:
+        return f"EmulatedDevice({self.model!r}, slowdown={self.slowdown:g})"
+
+    def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        start = time.perf_counter()
+        result: dict[str, np.ndarray] = self.model.predict(inputs, outputs)
+        if self.slowdown > 1.0:
+            time.sleep((time.perf_counter() - start) * (self.slowdown - 1.0))
+        return result
