@@ -42,84 +42,37 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeinfer.errors import EdgeInferError, InputError
-from edgeinfer.offload.breaker import BreakerConfig, CircuitBreaker
+from edgeinfer.offload._tries import _Tries
+from edgeinfer.offload.breaker import CircuitBreaker
 from edgeinfer.offload.energy import Battery, DeviceProfile
 from edgeinfer.offload.errors import NoPlacementError, OffloadError, RemoteError
-from edgeinfer.offload.estimate import LocalEstimates, RemoteEstimates, Signature
+from edgeinfer.offload.estimate import LocalEstimates, RemoteEstimates
 from edgeinfer.offload.policy import (
     LOCAL,
     Decision,
     Option,
-    Placement,
-    PlacementKind,
     Policy,
     Situation,
     decide,
     get_policy,
 )
-from edgeinfer.offload.pool import RemotePool, RemoteSlot
-from edgeinfer.offload.remote import RemoteModel, RemoteResult
-from edgeinfer.offload.retry import RetryBudget, RetryConfig, full_jitter
-from edgeinfer.offload.splits import SplitAnswer, SplitPlacements, cut_signature
+from edgeinfer.offload.pool import RemotePool
+from edgeinfer.offload.remote import RemoteModel
+from edgeinfer.offload.retry import RetryBudget
+from edgeinfer.offload.splits import SplitPlacements
+from edgeinfer.offload.sticky import Sticky, stick
+from edgeinfer.offload.values import OffloaderConfig, OffloadStats, Prediction, _Run
 
 if TYPE_CHECKING:
     from edgeinfer.split.placements import SplitSet
 
 __all__ = ["OffloadStats", "Offloader", "OffloaderConfig", "Prediction"]
-
-
-@dataclass(frozen=True)
-class OffloaderConfig:
-    """Timeouts, retries, breakers and how estimates are kept fresh."""
-
-    per_try_timeout_s: float = 1.0  # seconds one remote try may take
-    min_try_s: float = 0.002  # seconds: a remote try with less room is not made
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    breaker: BreakerConfig = field(default_factory=BreakerConfig)
-    probe_after_s: float = 2.0  # seconds: an older RTT estimate is refreshed by a probe
-    probe_timeout_s: float = 0.5  # seconds a probe (ready endpoint) may take
-    explore_after_s: float | None = 30.0  # seconds after which an unused placement counts
-    # as unmeasured and one real request measures it again (None: never), so a network that
-    # recovered is noticed even when it is not a close call
-    window: int = 7  # samples in each estimate's median
-    alpha: float = 0.5  # EWMA weight of a new median
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """The answer to one request, where it ran and why."""
-
-    outputs: dict[str, np.ndarray]
-    placement: PlacementKind  # where it actually ran: "local", "remote" or "split"
-    latency_s: float  # seconds from predict() called to answer
-    reason: str  # why it ran there (the policy's reason, and any fallback)
-    where: Placement  # the full placement: which remote, which cut
-    remote: str | None = None  # URL of the remote that answered (a split's tail included)
-    attempts: int = 0  # remote tries made for this request
-    fallback: bool = False  # the chosen remote could not answer; the device did
-    decision_s: float = 0.0  # seconds spent validating and deciding
-    energy_j: float = 0.0  # modelled device energy of this request (see energy.py)
-
-
-@dataclass
-class OffloadStats:
-    """Counters since the offloader was made."""
-
-    requests: int = 0
-    local: int = 0  # local runs (fallbacks and calibration included)
-    remote: int = 0  # requests answered remotely (whole model)
-    split: int = 0  # requests answered by a split (head here, tail remote)
-    swaps: int = 0  # times the local model changed (hot swap)
-    fallbacks: int = 0  # remote chosen, local answered
-    remote_attempts: int = 0  # remote tries (retries included)
-    retries: int = 0
 
 
 _CURRENT = object()  # "the local model now", where None would mean "no local model"
@@ -142,7 +95,7 @@ def _model_bytes(local: Any) -> int | None:
         return None
 
 
-class Offloader:
+class Offloader(_Tries):
     """Decides per request where a model runs: on the device, or on an edge server.
 
     ``local``: a :class:`~edgeinfer.runtime.Model` (or anything with its ``predict`` and
@@ -217,6 +170,7 @@ class Offloader:
         self.split = None if split is None else SplitPlacements(split, split_public_inputs)
         self._rng = random.Random()
         self._closed = False
+        self._sticky: Sticky | None = None  # a clear local decision, held briefly
 
     @classmethod
     def follow(
@@ -417,8 +371,24 @@ class Offloader:
             )
         arrays, checked = self._arrays(inputs, model)
         run = _Run(arrays, outputs, start, deadline, model, private)
-        situation = self._situation(run)
-        decision = decide(self.policy, situation)
+        held = self._sticky
+        if (
+            held is not None
+            and deadline is None
+            and held.holds(
+                run.sig, private, model, start, self.local_est.predict(run.sig, run.elements)
+            )
+        ):
+            situation, decision = None, held.decision  # the device wins clearly: no need to ask
+        else:
+            situation = self._situation(run)
+            decision = decide(self.policy, situation)
+            # held only while every remote is in the running: a server coming back is weighed
+            self._sticky = (
+                stick(self.policy, situation, decision, run.sig, model, start)
+                if all(slot.breaker.closed for slot in self.pool.slots)
+                else None
+            )
         run.decided = decided = time.perf_counter()
         self.budget.deposit()
         with self._lock:
@@ -436,6 +406,7 @@ class Offloader:
                 energy_j=energy,
             )
         if kind == "remote" or (kind == "split" and self.split is not None):
+            assert situation is not None  # only local decisions are held
             if not checked:  # nothing leaves the device unvalidated
                 run.arrays = self._validate(run.arrays, model)
             local_option = situation.local
@@ -443,200 +414,6 @@ class Offloader:
             chosen = next(o for o in situation.options if o.placement == decision.placement)
             return self._offload(decision, run, reserve, chosen.latency_s)
         raise OffloadError(f"placement {decision.placement} is not supported by this Offloader")
-
-    def _run_local(self, run: _Run) -> tuple[dict[str, np.ndarray], float]:
-        model = run.model
-        if model is None:
-            raise NoPlacementError("no local model to run this request on")
-        t0 = time.perf_counter()
-        out: dict[str, np.ndarray] = model.predict(run.arrays, run.outputs)
-        t1 = time.perf_counter()
-        with self._lock:
-            if model is self._seen or self._source is None:  # not a swapped-out model's time
-                self.local_est.observe(run.sig, run.elements, t1 - t0, t1)
-            self.stats.local += 1
-        return out, self.device.local_joules(t1 - t0)
-
-    def _try_remote(
-        self, slot: RemoteSlot, run: _Run, timeout: float, expected: float | None = None
-    ) -> RemoteResult:
-        """One remote try; what it teaches goes into the estimates and the breaker."""
-        with self._lock:
-            self.stats.remote_attempts += 1
-        try:
-            result = slot.remote.infer(run.arrays, run.outputs, timeout=timeout, validated=True)
-        except RemoteError as exc:
-            self.pool.failed(slot, exc)
-            raise
-        s = result.stats
-        if expected is not None and s.seconds > 2.0 * expected + 0.005:
-            self.pool.maybe_probe(slot)  # much slower than predicted: has the RTT changed?
-        with self._lock:
-            slot.est.observe_call(
-                run.sig,
-                run.elements,
-                run.raw,
-                s.up_bytes,
-                s.down_bytes,
-                s.seconds,
-                time.perf_counter(),
-                s.server_s,
-                s.download_s,
-                s.streamed_bytes,
-            )
-        slot.breaker.record_success()
-        return result
-
-    def _try_split(
-        self, slot: RemoteSlot, cut: int, run: _Run, timeout: float, expected: float | None = None
-    ) -> SplitAnswer:
-        """One split try (head here, tail on ``slot``), learnt from like a remote try."""
-        assert self.split is not None
-        with self._lock:
-            self.stats.remote_attempts += 1
-        try:
-            answer = self.split.run(
-                slot, cut, run.arrays, run.outputs, private=run.private, timeout=timeout
-            )
-        except RemoteError as exc:
-            self.pool.failed(slot, exc)
-            raise
-        s = answer.stats
-        if s is not None:
-            if expected is not None and answer.head_s + s.seconds > 2.0 * expected + 0.005:
-                self.pool.maybe_probe(slot)
-            with self._lock:
-                slot.est.observe_call(
-                    cut_signature(run.sig, cut), run.elements, run.raw, s.up_bytes,
-                    s.down_bytes, s.seconds, time.perf_counter(), s.server_s, s.download_s,
-                    s.streamed_bytes, shared=False,
-                )  # fmt: skip
-        slot.breaker.record_success()
-        return answer
-
-    def _attempt(
-        self, placement: Placement, slot: RemoteSlot, run: _Run, timeout: float,
-        expected: float | None,
-    ) -> tuple[dict[str, np.ndarray], float]:  # fmt: skip
-        """One try of ``placement`` through ``slot``: the outputs and the device joules."""
-        if placement.kind == "split":
-            assert placement.cut is not None
-            a = self._try_split(slot, placement.cut, run, timeout, expected)
-            return a.outputs, self.device.local_joules(a.head_s) + self.device.remote_joules(
-                a.remote_s, a.up_bytes, a.down_bytes
-            )
-        result = self._try_remote(slot, run, timeout, expected)
-        s = result.stats
-        return result.outputs, self.device.remote_joules(s.seconds, s.up_bytes, s.down_bytes)
-
-    def _offload(
-        self, decision: Decision, run: _Run, reserve: float, decision_latency: float | None
-    ) -> Prediction:
-        """Remote or split tries within the timeouts, deadline and retry budget; else local.
-
-        A retry may go to another remote: a split keeps its cut, with that remote's tail.
-        """
-        cfg = self.config
-        placement = decision.placement
-        assert placement.remote is not None
-        slot = self.pool.slots[placement.remote]
-        end = None if run.deadline is None else run.start + run.deadline
-        attempts, energy = 0, 0.0
-        tried: list[RemoteSlot] = []
-        error: RemoteError | None = None
-        while True:
-            now = time.perf_counter()
-            timeout = cfg.per_try_timeout_s
-            if end is not None:
-                room = end - now
-                if run.model is not None and room - reserve >= cfg.min_try_s:
-                    room -= reserve  # keep time to answer locally if this try fails
-                if room < cfg.min_try_s:
-                    why = "no time left in the deadline for a remote try"
-                    break
-                timeout = min(timeout, room)
-            attempts += 1
-            tried.append(slot)
-            try:
-                expected = decision_latency if slot is tried[0] else None
-                outputs, joules = self._attempt(placement, slot, run, timeout, expected)
-            except RemoteError as exc:
-                error = exc
-                energy += self.device.remote_joules(time.perf_counter() - now, run.raw, 0)
-                why, nxt = self._retry(exc, attempts, slot, tried)
-                if nxt is None:
-                    break
-                wait = full_jitter(
-                    attempts, cfg.retry.backoff_base_s, cfg.retry.backoff_cap_s, self._rng
-                )
-                if end is not None:
-                    wait = min(wait, max(0.0, end - time.perf_counter() - reserve - cfg.min_try_s))
-                if wait > 0:
-                    time.sleep(wait)
-                slot = nxt
-                continue
-            done = time.perf_counter()
-            with self._lock:
-                if placement.kind == "split":
-                    self.stats.split += 1
-                else:
-                    self.stats.remote += 1
-            reason = decision.reason
-            if slot is not tried[0]:
-                reason += f"; {tried[0].label} failed ({error}): answered by {slot.label}"
-            where = (
-                slot.placement
-                if placement.kind == "remote"
-                else Placement("split", slot.index, placement.cut)
-            )
-            return Prediction(
-                outputs,
-                placement.kind,
-                done - run.start,
-                reason,
-                where,
-                remote=slot.label,
-                attempts=attempts,
-                decision_s=run.decided - run.start,
-                energy_j=energy + joules,
-            )
-        # The remote cannot answer within the limits: the device does.
-        failure = f"{error}; {why}" if error is not None else why
-        if run.model is None:
-            raise NoPlacementError(
-                f"no local model, and the server could not answer ({failure})"
-            ) from error
-        out, local_energy = self._run_local(run)
-        with self._lock:
-            self.stats.fallbacks += 1
-        return Prediction(
-            out,
-            "local",
-            time.perf_counter() - run.start,
-            f"{decision.reason}; {placement.kind} failed ({failure}): answered locally",
-            LOCAL,
-            attempts=attempts,
-            fallback=True,
-            decision_s=run.decided - run.start,
-            energy_j=energy + local_energy,
-        )
-
-    def _retry(
-        self, exc: RemoteError, attempts: int, slot: RemoteSlot, tried: list[RemoteSlot]
-    ) -> tuple[str, RemoteSlot | None]:
-        """Whether to retry after ``exc``: (why not, or "") and the remote to retry on."""
-        if not exc.retryable:
-            return "not retried", None
-        if attempts >= self.config.retry.max_attempts:
-            return f"gave up after {attempts} tries", None
-        nxt = self.pool.next_slot(slot, tried)
-        if nxt is None:
-            return "no healthy server left to try", None
-        if not self.budget.withdraw():
-            return "retry budget spent", None
-        with self._lock:
-            self.stats.retries += 1
-        return "", nxt
 
     # ------------------------------------------------------------ measuring
     def probe(self) -> list[float | None]:
@@ -687,33 +464,3 @@ class Offloader:
             self.split.close()
         if self._owned_source:
             self._source.stop()
-
-
-class _Run:
-    """One request's inputs, their signature and sizes, and its clock."""
-
-    __slots__ = (
-        "arrays", "deadline", "decided", "elements", "model", "outputs", "private", "raw",
-        "sig", "start",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        arrays: dict[str, np.ndarray],
-        outputs: Sequence[str] | None,
-        start: float,
-        deadline: float | None,
-        model: Any = None,  # the local model this request uses to its end (None: none)
-        private: bool = False,
-    ) -> None:
-        self.arrays = arrays
-        self.model = model
-        self.private = private
-        self.outputs = outputs
-        self.start = start
-        self.decided = start
-        self.deadline = deadline
-        values = arrays.values()
-        self.sig: Signature = tuple([a.shape for a in values])
-        self.elements = sum([a.size for a in values])
-        self.raw = sum([a.nbytes for a in values])
