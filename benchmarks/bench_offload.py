@@ -106,7 +106,7 @@ def run_grid(quick: bool) -> list[CellResult]:
         loads,
         conditions,
         ("latency", "energy"),
-        rounds=3 if quick else 5,
+        rounds=3 if quick else 8,
         config=OffloaderConfig(per_try_timeout_s=5.0),
         progress=progress,
         slice_s=0.05 if quick else 0.1,
