@@ -10,8 +10,9 @@ because the network did.
 
 Each request: list the placements that can run it now with their expected latency and
 energy (from live estimates, :mod:`.estimate`), let the policy pick (:mod:`.policy`,
-microseconds), run it. Inputs are validated once: by the local model when it runs them,
-before anything leaves the device otherwise.
+microseconds), run it. A clear local win is held for up to 100 ms (:mod:`.sticky`), so a
+tiny model does not pay for deciding on every request. Inputs are validated once: by the
+local model when it runs them, before anything leaves the device otherwise.
 A remote try is bounded by the per-try timeout and by what the deadline leaves after
 reserving time for a local fallback. Connection failures and 503s are retried with
 full-jitter backoff, on another remote if there is one, within a retry budget (retries add
