@@ -562,10 +562,6 @@ def overload_suite(
 
 
 # ---------------------------------------------------------------- main
-class _Done(Exception):
-    """The partial run asked for has finished."""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 s per point instead of 3 s")
@@ -670,19 +666,16 @@ def main() -> None:
                         r.update(server=server.name, model=name, kind=kind, concurrency=c)
                         results["runs"].append(r)
                         print(json.dumps(r), flush=True)
-        if args.big_only:
-            raise _Done
-        results["overload"], results["overload_saturation"] = overload_suite(
-            edge,
-            mlserver,
-            seconds / 2,
-            args.overload_requests,
-            work,
-            tiny_feeds,
-            args.baseline_src,
-        )
-    except _Done:
-        pass
+        if not args.big_only:
+            results["overload"], results["overload_saturation"] = overload_suite(
+                edge,
+                mlserver,
+                seconds / 2,
+                args.overload_requests,
+                work,
+                tiny_feeds,
+                args.baseline_src,
+            )
     finally:
         for server in servers:
             server.stop()

@@ -39,6 +39,7 @@ def test_a_clear_local_win_is_held_until_the_margin_would_shrink() -> None:
     assert not held.holds(((1, 4),), False, model, 10.05, 0.001)  # another signature
     assert not held.holds(SIG, True, model, 10.05, 0.001)  # private now
     assert not held.holds(SIG, False, object(), 10.05, 0.001)  # the model was swapped
+    assert not held.holds(SIG, False, model, 10.05, 0.001, deadline=0.5)  # a deadline
 
 
 @pytest.mark.parametrize(

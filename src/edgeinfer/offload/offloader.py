@@ -373,12 +373,8 @@ class Offloader(_Tries):
         arrays, checked = self._arrays(inputs, model)
         run = _Run(arrays, outputs, start, deadline, model, private)
         held = self._sticky
-        if (
-            held is not None
-            and deadline is None
-            and held.holds(
-                run.sig, private, model, start, self.local_est.predict(run.sig, run.elements)
-            )
+        if held is not None and held.holds(
+            run.sig, private, model, start, self.local_est.predict(run.sig, run.elements), deadline
         ):
             situation, decision = None, held.decision  # the device wins clearly: no need to ask
         else:

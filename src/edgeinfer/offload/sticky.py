@@ -38,10 +38,18 @@ class Sticky:
     until: float  # perf_counter() time after which it lapses
 
     def holds(
-        self, sig: Signature, private: bool, model: Any, now: float, local_s: float | None
+        self,
+        sig: Signature,
+        private: bool,
+        model: Any,
+        now: float,
+        local_s: float | None,
+        deadline: float | None = None,
     ) -> bool:
+        """True if a request with these particulars may take :attr:`decision` as it is."""
         return (
-            now < self.until
+            deadline is None
+            and now < self.until
             and model is self.model
             and private is self.private
             and local_s is not None
