@@ -18,7 +18,10 @@ Reported (issue targets in brackets):
 - bytes sent per request at the chosen cut vs the raw input;
 - the fidelity cost of uint8 cut compression (errors against the full model).
 
-Run: .venv/bin/python benchmarks/bench_split.py [--quick]
+HTTP compression (zstd both ways) is on by default, as a device on a slow link would use it;
+``--http-compress none`` sends raw bodies and writes ``split_no_http_compression.json``.
+
+Run: .venv/bin/python benchmarks/bench_split.py [--quick] [--http-compress zstd|gzip|none]
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class Placement:
     compress: str | None
     split: Any = None  # SplitModel with an undecorated head
     head: Any = None  # the head Model (None for remote-only)
+    raw_up: int = 0  # bytes of the crossing tensors before HTTP compression
 
 
 def detector(work: Path) -> Path:
@@ -151,24 +155,30 @@ def fidelity(model: Path, u8: Any, x: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
-def open_placements(plain: Any, u8: Any, url: str, one: dict[str, np.ndarray]) -> list[Placement]:
-    """Every placement with its head loaded here and its tail reached through ``url``."""
+def open_placements(
+    plain: Any, u8: Any, url: str, one: dict[str, np.ndarray], compress: str | None
+) -> list[Placement]:
+    """Every placement with its head loaded here and its tail reached through ``url``;
+    ``compress``: HTTP request compression (answers are compressed by the server when
+    they are long enough, unless the server was told not to)."""
     from edgeinfer.offload.remote import RemoteModel
     from edgeinfer.runtime import load
     from edgeinfer.split.package import head_name, tail_name
     from edgeinfer.split.runner import SplitModel
 
     placements = []
-    for pkg, compress, name in ((plain, None, "det"), (u8, "uint8", "det-u8")):
+    for pkg, cut_mode, name in ((plain, None, "det"), (u8, "uint8", "det-u8")):
         root = pkg.profile_path.parent
-        for cut in pkg.profile.cuts:
+        on_wire = pkg.profile.over_wire(up=compress is not None, down=compress is not None)
+        for cut in on_wire.cuts:
             label = cut.kind if cut.kind != "split" else f"cut {cut.index}"
-            p = Placement(label + (" u8" if compress else ""), root, cut, compress)
+            p = Placement(label + (" u8" if cut_mode else ""), root, cut, cut_mode)
+            p.raw_up = pkg.profile.cut(cut.index).bytes_up
             if cut.kind != "remote":
                 p.head = load(root / "heads" / head_name(name, cut.index), threads=1)
             tail = None
             if cut.kind != "local":
-                tail = RemoteModel(url, tail_name(name, cut.index), timeout=120)
+                tail = RemoteModel(url, tail_name(name, cut.index), timeout=120, compress=compress)
             p.split = SplitModel(p.head, tail, cut)
             p.split.infer(one)  # warm: connection, metadata, first run
             placements.append(p)
@@ -178,8 +188,16 @@ def open_placements(plain: Any, u8: Any, url: str, one: dict[str, np.ndarray]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer cuts and repeats")
+    parser.add_argument(
+        "--http-compress",
+        choices=["zstd", "gzip", "none"],
+        default="zstd",
+        help="HTTP compression of requests and answers (none: raw bodies both ways)",
+    )
     args = parser.parse_args()
+    compress = None if args.http_compress == "none" else args.http_compress
     from edgeinfer.netem import NetemProxy
+    from edgeinfer.protocol import coding
     from edgeinfer.serve.config import ServeConfig
     from edgeinfer.serve.server import BackgroundServer
 
@@ -194,9 +212,12 @@ def main() -> None:
         plain, u8, repo = build(model, x, work, k, repeats=5 if args.quick else 15)
         n = len(plain.profile.cuts) + len(u8.profile.cuts)
         print(f"built and profiled {n} placements in {time.perf_counter() - t0:.1f} s")
-        config = ServeConfig(repo, port=0, grpc_port=None, poll_interval_s=None, threads=1)
+        config = ServeConfig(
+            repo, port=0, grpc_port=None, poll_interval_s=None, threads=1,
+            compress_min_bytes=None if compress is None else coding.MIN_BYTES,
+        )  # fmt: skip
         with BackgroundServer(config) as server, NetemProxy(f"127.0.0.1:{server.port}") as proxy:
-            placements = open_placements(plain, u8, proxy.url, one)
+            placements = open_placements(plain, u8, proxy.url, one, compress)
             conditions = []
             for bw in BANDWIDTHS:
                 proxy.set(rtt=RTT_MS / 1e3, rate=f"{bw:g}mbit")
@@ -245,6 +266,7 @@ def main() -> None:
             "slowdowns": list(SLOWDOWNS),
             "repeats": {f"{k:g}mbit": v for k, v in reps.items()},
             "server": "edgeinfer serve on 127.0.0.1 (1 intra-op thread) behind NetemProxy",
+            "http_compression": args.http_compress,
             "device": "this machine, EmulatedDevice(slowdown), 1 intra-op thread",
             "planner": "live estimates (LinkLearner, per condition: 3 ready probes, 1 call "
             f"of the smallest-upload cut, then {ADAPT} requests run where the planner said, "
@@ -258,7 +280,7 @@ def main() -> None:
         "fidelity_uint8": fid,
         "summary": summary,
     }
-    path = write("split", payload)
+    path = write("split" if compress else "split_no_http_compression", payload)
     report(conditions, fid, summary)
     print(f"results: {path}")
 
@@ -317,7 +339,9 @@ def run_condition(
                 "kind": p.cut.kind,
                 "cut": p.cut.index,
                 "compress": p.compress,
-                "bytes_up": p.cut.bytes_up,
+                "bytes_up": p.cut.bytes_up,  # as sent: after HTTP compression, if on
+                "bytes_up_uncompressed": p.raw_up,
+                "bytes_down": p.cut.bytes_down,
                 "wire_bytes_up": up,
                 "measured_ms": statistics.median(ts),
                 "all_ms": ts,

@@ -101,3 +101,40 @@ def test_write_split_bundles(res_cnn: Path, digits_x: np.ndarray, tmp_path: Path
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.9
     with pytest.raises(BundleError, match="not a split bundle"):
         read_cut_record(tmp_path / "src")
+
+
+def test_small_bodies_are_not_packed(profiled: SplitProfile) -> None:
+    """4 digits are 1 kB: under the 8 KiB threshold, sent as they are either way."""
+    from edgeinfer.protocol.coding import MIN_BYTES
+
+    for c in profiled.cuts:
+        for raw, packed in ((c.bytes_up, c.packed_up), (c.bytes_down, c.packed_down)):
+            assert packed is not None and packed <= raw
+            if raw < MIN_BYTES:
+                assert packed == raw
+
+
+def test_profile_records_compressed_bytes(
+    res_cnn: Path, digits_x: np.ndarray, tmp_path: Path
+) -> None:
+    cuts = select_cuts(cut_points(res_cnn), 3)
+    x = np.tile(digits_x, (2, 1, 1, 1))  # 64 digits, 16 KiB of pixels taking 17 values
+    profile, _ = profile_cuts(res_cnn, cuts, tmp_path, inputs={"pixels": x}, repeats=1)
+    remote = profile.cuts[0]
+    assert remote.bytes_up == x.nbytes
+    assert remote.packed_up is not None and remote.packed_up < x.nbytes / 3
+    wire = profile.over_wire(up=True, down=False)
+    assert wire.cuts[0].bytes_up == remote.packed_up
+    assert wire.cuts[0].bytes_down == remote.bytes_down  # answers not compressed here
+    assert profile.over_wire(up=False, down=False) is profile
+    assert SplitProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+
+
+def test_a_profile_without_compressed_sizes_plans_with_raw_ones(profiled: SplitProfile) -> None:
+    data = profiled.to_dict()
+    for c in data["cuts"]:  # written before compressed sizes were recorded
+        del c["packed_up"], c["packed_down"]
+    old = SplitProfile.from_dict(data)
+    assert all(c.packed_up is None for c in old.cuts)
+    wire = old.over_wire(up=True, down=True)
+    assert [c.bytes_up for c in wire.cuts] == [c.bytes_up for c in old.cuts]

@@ -61,6 +61,21 @@ def test_every_cut_through_the_server(
                 assert r.head_s == 0 and split.raw_inputs == ("pixels",)
 
 
+def test_compressed_split_calls_send_fewer_bytes(
+    package: SplitPackage, server: BackgroundServer, digits_x: np.ndarray, want: np.ndarray
+) -> None:
+    root = package.profile_path.parent
+    x = np.tile(digits_x, (4, 1, 1, 1))  # 128 digits: 32 KiB of pixels to send
+    remote = package.profile.cuts[0]
+    sizes = {}
+    for compress in (None, "zstd"):
+        with SplitModel.open(root, remote.index, server.url, compress=compress) as split:
+            r = split.infer({"pixels": x})
+        np.testing.assert_allclose(r.outputs["logits"], np.tile(want, (4, 1)), atol=1e-5)
+        sizes[compress] = r.up_bytes
+    assert sizes["zstd"] < sizes[None] / 3
+
+
 def test_private_inputs_stay_on_the_device(
     package: SplitPackage, server: BackgroundServer, digits_x: np.ndarray
 ) -> None:

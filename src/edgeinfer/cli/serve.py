@@ -43,6 +43,11 @@ def register(app: typer.Typer) -> None:
         instances: int = typer.Option(1, help="Concurrent runs per model."),
         threads: int | None = typer.Option(None, help="ONNX Runtime threads per model."),
         max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
+        compress_min_bytes: int = typer.Option(
+            8192,
+            help="Compress REST answers at least this long when the client accepts zstd, "
+            "gzip or deflate; -1: never.",
+        ),
         poll: float = typer.Option(2.0, help="Seconds between repository scans; 0: off."),
         ssl_keyfile: str | None = typer.Option(None, "--ssl-keyfile", help="TLS key (PEM)."),
         ssl_certfile: str | None = typer.Option(None, "--ssl-certfile", help="TLS cert (PEM)."),
@@ -107,6 +112,7 @@ def register(app: typer.Typer) -> None:
             tokens=tuple(token),
             admin_tokens=tuple(admin_token),
             limits=Limits(max_body_bytes=size, max_tensor_bytes=size),
+            compress_min_bytes=None if compress_min_bytes < 0 else compress_min_bytes,
             batching=batching,
             poll_interval_s=poll or None,
             threads=threads,

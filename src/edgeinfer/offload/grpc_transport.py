@@ -15,6 +15,7 @@ from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
+from edgeinfer.errors import InputError
 from edgeinfer.offload.errors import (
     RemoteError,
     RemoteProtocolError,
@@ -35,6 +36,11 @@ __all__ = ["GRPC_ERRORS", "GrpcTransport", "grpc_target", "map_grpc_error"]
 pb = grpc_codec.pb
 _FRAMING = 64  # bytes of HTTP/2 frames and headers around one message (an estimate)
 _MAX_MESSAGE = 64 << 20  # bytes, as the server's limit
+_COMPRESSION = {
+    None: None,
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+}
 
 # grpc status -> (our class, the HTTP status it corresponds to)
 GRPC_ERRORS: dict[grpc.StatusCode, tuple[type[RemoteError], int]] = {
@@ -86,9 +92,15 @@ class GrpcTransport:
         token: str | None = None,
         binary: bool = True,
         headers: dict[str, str] | None = None,
+        compress: str | None = None,
     ) -> None:
         self.url = url
         self.binary = binary
+        if compress not in _COMPRESSION:
+            raise InputError(
+                f"compress={compress!r}: gRPC compresses messages with None, 'gzip' or 'deflate'"
+            )
+        self._compression = _COMPRESSION[compress]
         self._metadata = tuple((k.lower(), v) for k, v in (headers or {}).items())
         if token:
             self._metadata += (("authorization", f"Bearer {token}"),)
@@ -107,7 +119,10 @@ class GrpcTransport:
     def _call(self, method: Any, message: Any, timeout: float) -> tuple[Any, Any]:
         try:
             response, call = method.with_call(
-                message, timeout=timeout, metadata=self._metadata or None
+                message,
+                timeout=timeout,
+                metadata=self._metadata or None,
+                compression=self._compression,
             )
         except grpc.RpcError as exc:
             raise map_grpc_error(exc, self.url) from exc

@@ -2,7 +2,11 @@
 
 ``binary=True`` sends inputs and asks for outputs in the binary tensor data extension
 (edgeinfer serve, Triton, KServe); ``binary=False`` uses plain JSON, which every OIP server
-reads (MLServer rejects binary tensors). httpx exceptions are mapped to the
+reads (MLServer rejects binary tensors). ``compress="zstd" | "gzip" | "deflate"`` sends
+request bodies of at least :data:`~edgeinfer.protocol.coding.MIN_BYTES` compressed
+(``edgeinfer serve`` reads all three, Triton gzip and deflate); answers are always accepted
+compressed in the codings this process can decode, and decoded here with a size limit, so
+the call's byte counts are what crossed the wire. httpx exceptions are mapped to the
 :class:`~edgeinfer.offload.errors.RemoteError` tree in :func:`map_httpx_error`, the one
 place that knows them.
 """
@@ -17,6 +21,7 @@ from urllib.parse import quote
 
 import httpx
 
+from edgeinfer.errors import InputError
 from edgeinfer.offload.errors import (
     RemoteConnectTimeout,
     RemoteError,
@@ -26,7 +31,7 @@ from edgeinfer.offload.errors import (
     RemoteUnavailable,
 )
 from edgeinfer.offload.transport import CallStats, parse_server_timing, status_error
-from edgeinfer.protocol import rest
+from edgeinfer.protocol import coding, rest
 from edgeinfer.protocol.errors import ProtocolError
 from edgeinfer.protocol.types import (
     BINARY_DATA_OUTPUT,
@@ -38,6 +43,7 @@ from edgeinfer.protocol.types import (
 __all__ = ["HttpTransport", "map_httpx_error"]
 
 _MIN_STREAMED = 8192  # bytes: a download shorter than this is too short to time alone
+MAX_RESPONSE_BYTES = 1 << 30  # a compressed answer may not inflate past this
 
 # Most specific first: the first class an exception is an instance of decides.
 _HTTPX_ERRORS: tuple[tuple[type[Exception], type[RemoteError], str], ...] = (
@@ -119,10 +125,15 @@ class HttpTransport:
         token: str | None = None,
         binary: bool = True,
         headers: dict[str, str] | None = None,
+        compress: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.binary = binary
-        base = dict(headers or {})
+        if compress is not None and compress not in coding.available():
+            have = ", ".join(coding.available())
+            raise InputError(f"compress={compress!r}: expected None or one of {have}")
+        self.compress = compress
+        base = {"Accept-Encoding": ", ".join(coding.available()), **(headers or {})}
         if token:
             base["Authorization"] = f"Bearer {token}"
         self._client = httpx.Client(base_url=self.url, headers=base, timeout=10.0)
@@ -172,15 +183,19 @@ class HttpTransport:
         path = self._path(request.model_name, version, "/infer")
         start = time.perf_counter()
         deadline = start + timeout
+        content, headers = encoded.body, dict(encoded.headers)
+        if self.compress is not None and coding.worth_encoding(len(content)):
+            content = coding.encode(content, self.compress)
+            headers["Content-Encoding"] = self.compress
         chunks: list[bytes] = []
         first_at = end = start
         try:
             req = self._client.build_request(
-                "POST", path, content=encoded.body, headers=encoded.headers, timeout=timeout
+                "POST", path, content=content, headers=headers, timeout=timeout
             )
             response = self._client.send(req, stream=True)
             try:
-                for chunk in response.iter_bytes():
+                for chunk in response.iter_raw():
                     end = time.perf_counter()
                     if not chunks:
                         first_at = end
@@ -195,7 +210,13 @@ class HttpTransport:
             raise map_httpx_error(exc, self.url) from exc
         except httpx.StreamError as exc:
             raise map_httpx_error(exc, self.url) from exc
-        body = b"".join(chunks)
+        wire = b"".join(chunks)
+        try:
+            body = coding.decode(
+                wire, response.headers.get("content-encoding"), limit=MAX_RESPONSE_BYTES
+            )
+        except ProtocolError as exc:
+            raise RemoteProtocolError(f"cannot decode the answer: {exc}", url=self.url) from exc
         if response.status_code != 200:
             raise status_error(response.status_code, _error_message(body), self.url)
         try:
@@ -204,10 +225,10 @@ class HttpTransport:
             )
         except ProtocolError as exc:
             raise RemoteProtocolError(f"bad inference response: {exc}", url=self.url) from exc
-        streamed = len(body) - len(chunks[0]) if chunks else 0
+        streamed = len(wire) - len(chunks[0]) if chunks else 0
         stats = CallStats(
             seconds=time.perf_counter() - start,
-            up_bytes=len(encoded.body) + _header_bytes(req.headers) + len(path),
+            up_bytes=len(content) + _header_bytes(req.headers) + len(path),
             down_bytes=response.num_bytes_downloaded + _header_bytes(response.headers),
             server_s=parse_server_timing(response.headers.get("server-timing")),
             download_s=end - first_at if streamed >= _MIN_STREAMED else None,

@@ -67,20 +67,25 @@ def specs_from_metadata(meta: ModelMetadata) -> Signature:
 
 
 def _make_transport(
-    url: str, transport: str, token: str | None, binary: bool, headers: dict[str, str] | None
+    url: str,
+    transport: str,
+    token: str | None,
+    binary: bool,
+    headers: dict[str, str] | None,
+    compress: str | None,
 ) -> Transport:
     if transport == "http":
         if not url.startswith(("http://", "https://")):
             raise InputError(f"remote URL {url!r}: expected http://HOST:PORT or https://...")
         from edgeinfer.offload.http_transport import HttpTransport
 
-        return HttpTransport(url, token=token, binary=binary, headers=headers)
+        return HttpTransport(url, token=token, binary=binary, headers=headers, compress=compress)
     if transport == "grpc":
         try:
             from edgeinfer.offload.grpc_transport import GrpcTransport
         except ImportError as exc:  # grpcio is part of the serve extra
             raise MissingDependencyError("grpcio", "serve", "the gRPC transport") from exc
-        return GrpcTransport(url, token=token, binary=binary, headers=headers)
+        return GrpcTransport(url, token=token, binary=binary, headers=headers, compress=compress)
     raise InputError(f"unknown transport {transport!r}; expected 'http' or 'grpc'")
 
 
@@ -91,7 +96,10 @@ class RemoteModel:
     ``model``/``version``: what to run (``version=None``: the server's choice).
     ``token``: a bearer token. ``binary``: binary tensor data (REST extension, raw gRPC
     contents); ``False`` for plain JSON. ``timeout``: seconds per call unless a call gives
-    its own.
+    its own. ``compress``: send requests compressed -- ``"zstd"``, ``"gzip"`` or
+    ``"deflate"`` over REST (bodies of 8 KiB and more; check that the server reads it:
+    ``edgeinfer serve`` reads all three, Triton gzip and deflate), ``"gzip"`` or
+    ``"deflate"`` over gRPC (grpc's own message compression). Pays on slow links.
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class RemoteModel:
         binary: bool = True,
         timeout: float = 10.0,  # seconds per call
         headers: dict[str, str] | None = None,
+        compress: str | None = None,
     ) -> None:
         if not model:
             raise InputError("a remote model needs a model name")
@@ -117,7 +126,8 @@ class RemoteModel:
         self.timeout = float(timeout)
         self._token = token
         self._headers = None if headers is None else dict(headers)
-        self.transport = _make_transport(self.url, transport, token, binary, headers)
+        self.compress = compress
+        self.transport = _make_transport(self.url, transport, token, binary, headers, compress)
         self._meta: ModelMetadata | None = None
         self._validate: InputValidator | None = None
         self._specs: Signature | None = None
@@ -135,11 +145,12 @@ class RemoteModel:
         self.close()
 
     def with_model(self, model: str, version: str | int | None = None) -> RemoteModel:
-        """Another model on the same server: same URL, transport, token, headers, encoding
-        and timeout (a split tail beside the whole model, say). Its own connection."""
+        """Another model on the same server: same URL, transport, token, headers, encoding,
+        compression and timeout (a split tail beside the whole model, say). Its own connection."""
         return RemoteModel(
             self.url, model, version, token=self._token, transport=self.transport_name,
             binary=self.binary, timeout=self.timeout, headers=self._headers,
+            compress=self.compress,
         )  # fmt: skip
 
     # ------------------------------------------------------------ metadata

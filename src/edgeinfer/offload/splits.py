@@ -97,7 +97,8 @@ class SplitPlacements:
         options = split_options(
             self.set, slot.index, slot.est, local_s=local_s,
             remote_server_s=slot.est.server_s(sig), device=device, label=slot.label,
-            public_inputs=self.public_inputs,
+            public_inputs=self.public_inputs, compress_up=slot.remote.compress is not None,
+            compress_down=slot.remote.transport_name == "http",
         )  # fmt: skip
         last = self._last
         return [

@@ -16,6 +16,11 @@ one exception handler; a 503 also carries ``Retry-After`` (whole seconds, at lea
 RFC 9110 has it) and ``Retry-After-Ms`` (the server's estimate of when the queue has drained,
 for clients that read it). Bodies are read up to ``limits.max_body_bytes`` and no further.
 
+Compression (:mod:`edgeinfer.protocol.coding`, as Triton's HTTP endpoint): an inference body
+sent with ``Content-Encoding: zstd | gzip | deflate`` is decoded (to at most the same limit;
+an unknown coding is a 415), and an answer of at least ``compress_min_bytes`` is compressed
+when the request's ``Accept-Encoding`` asks for a coding the server has.
+
 Overload is refused before anything else runs: :class:`_RefuseOverload` sits in front of
 the routes and answers an inference request for an overloaded model from a few bytes, with no
 body read, no routing and no ``Request`` object, so a refusal costs a fraction of an answer.
@@ -24,6 +29,7 @@ TLS: pass ``ssl_keyfile``/``ssl_certfile`` in :class:`ServeConfig`; uvicorn term
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -40,7 +46,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeinfer.errors import EdgeInferError
-from edgeinfer.protocol import rest
+from edgeinfer.protocol import coding, rest
+from edgeinfer.protocol.limits import Limits
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
@@ -96,6 +103,24 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+_ON_LOOP_BYTES = 256 << 10  # (de)compressing a larger body runs on a worker thread
+
+
+async def _off_loop(fn: Any, body: bytes, *args: Any, **kwargs: Any) -> bytes:
+    """``fn(body, ...)``, on a worker thread when the body is large enough to stall the loop."""
+    if len(body) <= _ON_LOOP_BYTES:
+        result: bytes = fn(body, *args, **kwargs)
+        return result
+    return await asyncio.to_thread(fn, body, *args, **kwargs)
+
+
+async def _decoded(body: bytes, content_encoding: str | None, limits: Limits) -> bytes:
+    """A request body with its ``Content-Encoding`` undone, inflating to at most the limit."""
+    if not content_encoding or content_encoding.strip().lower() == "identity":
+        return body
+    return await _off_loop(coding.decode, body, content_encoding, limit=limits.max_body_bytes)
+
+
 class _Routes:
     def __init__(self, dataplane: DataPlane, auth: Auth) -> None:
         self.dp = dataplane
@@ -145,6 +170,7 @@ class _Routes:
             await self.dp.start()
             self.dp.admit(name, version)  # overload: refuse before reading the body
             body = await read_body(request, self.limits.max_body_bytes)
+            body = await _decoded(body, request.headers.get("content-encoding"), self.limits)
             header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
             req = rest.decode_request(body, header_length, self.limits)
             req.model_name, req.model_version = name, version or ""
@@ -152,7 +178,15 @@ class _Routes:
             binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
             encoded = rest.encode_response(resp, binary=binary)
             headers = {**encoded.headers, "Server-Timing": timing.header()}
-            return Response(encoded.body, headers=headers)
+            out = encoded.body
+            min_bytes = self.dp.config.compress_min_bytes
+            if min_bytes is not None and coding.worth_encoding(len(out), min_bytes):
+                chosen = coding.negotiate(request.headers.get("accept-encoding"))
+                if chosen is not None:
+                    out = await _off_loop(coding.encode, out, chosen)
+                    headers["Content-Encoding"] = chosen
+                    headers["Vary"] = "Accept-Encoding"
+            return Response(out, headers=headers)
         except Exception as exc:
             status = error_status(exc).status
             raise

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgeinfer.errors import InputError
+from edgeinfer.protocol import coding
 from edgeinfer.protocol.limits import Limits
 
 __all__ = ["BatchConfig", "ServeConfig"]
@@ -49,6 +50,9 @@ class ServeConfig:
     tokens: tuple[str, ...] = ()  # bearer tokens for inference and metadata; () = open
     admin_tokens: tuple[str, ...] = ()  # bearer tokens for repository control; () = disabled
     limits: Limits = field(default_factory=Limits)
+    # REST answers at least this long are compressed when the client's Accept-Encoding asks
+    # (zstd, gzip or deflate); None: never. Request bodies are decoded per Content-Encoding.
+    compress_min_bytes: int | None = coding.MIN_BYTES
     batching: BatchConfig = field(default_factory=BatchConfig)
     poll_interval_s: float | None = 2.0  # seconds between repository scans; None: no reload
     threads: int | None = None  # ONNX Runtime intra-op threads per model (None: default)
@@ -62,6 +66,11 @@ class ServeConfig:
     follow: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.compress_min_bytes is not None and self.compress_min_bytes < 0:
+            raise InputError(
+                f"compress_min_bytes {self.compress_min_bytes} must be >= 0 bytes "
+                "(None: never compress answers)"
+            )
         if not 0 <= self.port <= 65535:
             raise InputError(f"port {self.port} is out of range; expected 0-65535 (0: any free)")
         if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:

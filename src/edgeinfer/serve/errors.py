@@ -15,7 +15,8 @@
         └── QueueTimeout         503 DEADLINE_EXCEEDED  waited longer than the queue timeout
 
 :func:`error_status` maps any exception: a ``ServeError`` by its own status, an
-``InputError`` (including the protocol's ``ProtocolError``) to 400, a runtime failure that
+``InputError`` (including the protocol's ``ProtocolError``) to 400 (415 for a request
+body in a content coding the server cannot decode), a runtime failure that
 ONNX Runtime blames on the input (``InvalidArgument``) to 400, anything else to 500.
 REST and gRPC both call it, so an error reads the same on both. A 503 also says when to
 come back: :func:`retry_after` (seconds), sent as ``Retry-After`` / ``Retry-After-Ms`` over REST
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from edgeinfer.errors import BackendError, EdgeInferError, InputError
+from edgeinfer.protocol.coding import UnsupportedCoding
 
 __all__ = [
     "BadRequest",
@@ -103,6 +105,8 @@ def error_status(exc: BaseException) -> ErrorStatus:
     """The HTTP status, gRPC code and message for any exception (the one mapping)."""
     if isinstance(exc, ServeError):
         return ErrorStatus(exc.status, exc.grpc_code, str(exc))
+    if isinstance(exc, UnsupportedCoding):  # RFC 9110: a Content-Encoding it cannot undo
+        return ErrorStatus(415, "INVALID_ARGUMENT", str(exc))
     if isinstance(exc, InputError):
         return ErrorStatus(400, "INVALID_ARGUMENT", str(exc))
     if isinstance(exc, BackendError):

@@ -148,11 +148,16 @@ class AdaptiveSplit:
         threads: int | None = None,
         token: str | None = None,
         timeout: float = 10.0,  # seconds per remote call
+        compress: str | None = None,  # "zstd" | "gzip" | "deflate": compressed uploads
         window: int = 7,  # samples in each estimate's median (smaller: adapts faster)
         alpha: float = 0.5,  # EWMA weight of a new median
     ) -> None:
         self.root = Path(package)
-        self.profile = SplitProfile.load(self.root / PROFILE_FILE)
+        # Costed by the bytes that cross: answers come back compressed when the server
+        # offers it, uploads when ``compress`` is set.
+        self.profile = SplitProfile.load(self.root / PROFILE_FILE).over_wire(
+            up=compress is not None, down=True
+        )
         self.url = url
         self.initial = initial or Estimates()
         self.objective: Objective = objective
@@ -165,6 +170,7 @@ class AdaptiveSplit:
         self.explore_every = explore_every
         self._open_args: dict[str, Any] = {
             "token": token, "timeout": timeout, "threads": threads, "slowdown": slowdown,
+            "compress": compress,
         }  # fmt: skip
         self.learner = LinkLearner(self.initial, window, alpha)
         self._models: dict[int, SplitModel] = {}

@@ -145,6 +145,8 @@ def split_options(
     device: DeviceProfile | None = None,
     label: str = "",
     public_inputs: Collection[str] = (),
+    compress_up: bool = False,
+    compress_down: bool = False,
 ) -> list[Option]:
     """One policy option per split cut through remote ``remote_index``.
 
@@ -154,7 +156,8 @@ def split_options(
 
     Latency is ``None`` (unmeasured: a policy explores it) until the remote's bandwidth
     is known. Energy follows the offloader's device model: compute while the head runs,
-    radio and waiting for the rest.
+    radio and waiting for the rest. ``compress_up``/``compress_down``: the transport
+    compresses requests / answers, so cuts are costed by their compressed bytes.
     """
     from edgeinfer.offload.energy import DeviceProfile
     from edgeinfer.offload.policy import Option, Placement
@@ -163,7 +166,7 @@ def split_options(
     measured = remote.up_bw.value is not None
     est = estimates_from(splits.profile, remote, local_s=local_s, remote_server_s=remote_server_s)
     options = []
-    for cut in splits.cuts:
+    for cut in (c.over_wire(compress_up, compress_down) for c in splits.cuts):
         cost = cut_cost(cut, est)
         latency = cost.latency_ms / 1e3 if measured else None
         energy = None

@@ -2,7 +2,9 @@
 
 For every profiled cut: how long the head takes and how long the tail takes (each run
 through :class:`edgeinfer.Model` on the profiling host, median of several runs), and the
-bytes sent up (the head's real outputs, after compression) and down (the outputs). The
+bytes sent up (the head's real outputs, after compression) and down (the outputs), both raw
+and as HTTP compression would send them (``packed_*``: :mod:`edgeinfer.protocol.coding`'s
+best coding, on these real tensors; a body under its threshold is sent raw). The
 planner scales the head time by the device's slowdown against this host and the tail
 time by the server's load, so one profile serves many devices. Remote-only has no head
 (its bytes are the raw inputs) and local-only no tail (nothing is sent).
@@ -17,7 +19,7 @@ import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,7 @@ __all__ = [
     "PROFILE_VERSION",
     "CutProfile",
     "SplitProfile",
+    "packed_bytes",
     "profile_cuts",
     "time_model",
 ]
@@ -58,6 +61,18 @@ class CutProfile:
     head_ms: float  # head latency on the profiling host (0 for remote-only)
     tail_ms: float  # tail latency on the profiling host (0 for local-only)
     max_abs_error: float = 0.0  # head -> tail against the full model, profiling inputs
+    packed_up: int | None = None  # bytes_up after HTTP compression (None: not measured)
+    packed_down: int | None = None  # bytes_down after HTTP compression
+
+    def over_wire(self, up: bool, down: bool) -> CutProfile:
+        """This cut with the byte counts a transport that compresses ``up``/``down`` sends."""
+        return replace(
+            self,
+            bytes_up=self.packed_up if up and self.packed_up is not None else self.bytes_up,
+            bytes_down=(
+                self.packed_down if down and self.packed_down is not None else self.bytes_down
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,13 @@ class SplitProfile:
     cuts: tuple[CutProfile, ...]
     host: Mapping[str, Any] = field(default_factory=dict)  # where it was measured
     version: int = PROFILE_VERSION
+
+    def over_wire(self, up: bool, down: bool) -> SplitProfile:
+        """The profile as a transport compressing ``up``/``down`` sees it (see
+        :meth:`CutProfile.over_wire`); the planner then costs what really crosses."""
+        if not (up or down):
+            return self
+        return replace(self, cuts=tuple(c.over_wire(up, down) for c in self.cuts))
 
     def cut(self, index: int) -> CutProfile:
         for c in self.cuts:
@@ -111,6 +133,8 @@ class SplitProfile:
                     head_ms=_nonneg(c["head_ms"], "head_ms"),
                     tail_ms=_nonneg(c["tail_ms"], "tail_ms"),
                     max_abs_error=_nonneg(c.get("max_abs_error", 0.0), "max_abs_error"),
+                    packed_up=_optional(c.get("packed_up"), "packed_up"),
+                    packed_down=_optional(c.get("packed_down"), "packed_down"),
                 )
                 for c in data["cuts"]
             )
@@ -160,6 +184,20 @@ def _nonneg(value: Any, name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} {value!r} must be a number >= 0")
     return value
+
+
+def _optional(value: Any, name: str) -> int | None:
+    return None if value is None else int(_nonneg(value, name))
+
+
+def packed_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    """Bytes of ``arrays`` as an HTTP body compressed by the best available coding."""
+    from edgeinfer.protocol import coding
+
+    body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
+    if not coding.worth_encoding(len(body)) or not coding.available():
+        return len(body)
+    return min(len(body), len(coding.encode(body, coding.available()[0])))
 
 
 def time_model(
@@ -263,6 +301,8 @@ def profile_cuts(
                 head_ms=head_ms,
                 tail_ms=tail_ms,
                 max_abs_error=_max_error(want, got),
+                packed_up=0 if local else packed_bytes(sent),
+                packed_down=0 if local else packed_bytes(got),
             )
         )
     profile = SplitProfile(

@@ -91,8 +91,14 @@ class SplitModel:
         timeout: float = 10.0,  # seconds per remote call
         threads: int | None = None,
         slowdown: float = 1.0,  # emulate a device this many times slower (netem)
+        compress: str | None = None,  # send the crossing tensors HTTP-compressed
     ) -> SplitModel:
-        """The cut ``cut`` of a directory written by ``edgeinfer split``, its tail at ``url``."""
+        """The cut ``cut`` of a directory written by ``edgeinfer split``, its tail at ``url``.
+
+        ``compress``: ``"zstd"``, ``"gzip"`` or ``"deflate"`` (see
+        :class:`~edgeinfer.offload.RemoteModel`); answers come back compressed whenever the
+        server offers it.
+        """
         from edgeinfer.runtime import load
 
         root = Path(package)
@@ -113,7 +119,7 @@ class SplitModel:
 
             tail = RemoteModel(
                 url, tail_name(profile.model, cut), token=token, transport=transport,  # type: ignore[arg-type]
-                timeout=timeout,
+                timeout=timeout, compress=compress,
             )  # fmt: skip
         return cls(head, tail, entry)
 
