@@ -115,11 +115,13 @@ def _print_profile(console: Console, profile: SplitProfile) -> None:
         title=f"{profile.model}: per-cut profile (batch {profile.batch}, "
         f"compression {profile.compress or 'none'})"
     )
-    for col in ("index", "kind", "tensors", "bytes up", "head ms", "tail ms", "max error"):
+    cols = ("index", "kind", "tensors", "bytes up", "compressed", "head ms", "tail ms", "max error")
+    for col in cols:
         table.add_column(col, justify="right")
     for c in profile.cuts:
+        packed = "-" if c.packed_up is None else f"{c.packed_up:,}"
         table.add_row(
-            str(c.index), c.kind, str(len(c.tensors)), f"{c.bytes_up:,}",
+            str(c.index), c.kind, str(len(c.tensors)), f"{c.bytes_up:,}", packed,
             f"{c.head_ms:.3f}", f"{c.tail_ms:.3f}", f"{c.max_abs_error:.2g}",
         )  # fmt: skip
     console.print(table)
