@@ -5,8 +5,9 @@ nudenet's YOLOv8n-style detector (when the ``nudenet`` package is installed; oth
 digits CNN) is cut at a few points, uint8-compressing the tensors that cross. A real
 ``edgeinfer serve`` on loopback hosts the tails behind the network emulator; the device is
 this machine made 8x slower. ``AdaptiveSplit`` learns the link from its own requests and
-plans every request; as the bandwidth drops, the cut moves from remote-only to a middle
-cut to local-only, and only features (never the raw photo) leave the device at a split.
+plans every request; as the bandwidth drops, the cut moves toward the device (remote-only
+or a middle cut on a fast link, local-only on a slow one), and only features (never the
+raw photo) leave the device at a split.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run(ctx: DemoContext) -> None:
     bandwidths: tuple[str | None, ...]  # None: as fast as loopback goes
     if found is not None:
         model, inputs = found
-        name, bandwidths = "detector", (None, "20mbit", "2mbit", None)
+        name, bandwidths = "detector", (None, "50mbit", "2mbit", None)
     else:
         x_test, _ = ctx.artifacts["digits_data"]
         model = Bundle.open(ctx.artifacts["digits_bundle"]).model_path

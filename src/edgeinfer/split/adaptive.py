@@ -29,8 +29,10 @@ from edgeinfer.split.runner import SplitModel, SplitResult
 
 __all__ = ["AdaptiveResult", "AdaptiveSplit", "LinkLearner"]
 
-_MIN_MS = 0.05  # profile times below this are too small to scale from
-_MIN_HEAD_MS = 5.0  # heads shorter than this say more about per-call overhead than speed
+# Head or tail runs shorter than this (in the profile) say more about per-call overhead
+# than about the device's speed or the server's load: a 0.1 ms tail that the server
+# reports as 1 ms (batching, thread hand-off) would read as a 10x load on every cut.
+_MIN_TIMED_MS = 5.0
 _MIN_S = 1e-5  # seconds: a transfer faster than this is "unmeasurably fast"
 _MAX_UP_RATIO = 4.0  # an upload sample may not exceed this times the download's
 
@@ -47,7 +49,8 @@ class LinkLearner:
     server time is taken to need the profiled tail time. The device's slowdown comes from
     head runs (of 5 ms or more in the profile: shorter ones measure per-call overhead)
     against the profiled head time, the server's load from the server time it reports
-    against the profiled tail time. Until something is measured, ``initial`` stands in.
+    against the profiled tail time (of tails of 5 ms or more, likewise). Until something
+    is measured, ``initial`` stands in.
     """
 
     def __init__(self, initial: Estimates | None = None, window: int = 7, alpha: float = 0.5):
@@ -67,12 +70,12 @@ class LinkLearner:
     def observe(self, result: SplitResult, cut: CutProfile) -> None:
         """What one request through ``cut`` took."""
         now = time.perf_counter()
-        if result.head_s > 0 and cut.head_ms >= _MIN_HEAD_MS:
+        if result.head_s > 0 and cut.head_ms >= _MIN_TIMED_MS:
             self.slowdown.add(max(result.head_s * 1e3 / cut.head_ms, 1e-3), now)
         s = result.stats
         if s is None:
             return
-        if s.server_s is not None and cut.tail_ms > _MIN_MS:
+        if s.server_s is not None and cut.tail_ms >= _MIN_TIMED_MS:
             self.load.add(max(s.server_s * 1e3 / cut.tail_ms, 1e-3), now)
         if s.server_s is not None:
             server = max(s.server_s, 0.0)
