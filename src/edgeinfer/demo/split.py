@@ -96,6 +96,7 @@ def run(ctx: DemoContext) -> None:
 
     config = ServeConfig(package.repository, port=0, grpc_port=None, poll_interval_s=None)
     rows: list[tuple[Any, ...]] = []
+    chosen: list[tuple[str, int, str]] = []  # (link, cut, kind) of every request
     requests = 2 if ctx.fast else 3
     with (
         BackgroundServer(config) as server,
@@ -119,6 +120,7 @@ def run(ctx: DemoContext) -> None:
             est = adaptive.measure_link(inputs)  # the device notices the change
             for i in range(requests):
                 r = adaptive.predict(inputs)
+                chosen.append((rate or "unlimited", r.cut, r.result.kind))
                 rows.append(
                     (
                         ("unlimited" if rate is None else rate) if i == 0 else "",
@@ -136,3 +138,4 @@ def run(ctx: DemoContext) -> None:
         table.add_row(*row)
     console.print(table)
     ctx.artifacts["split_profile"] = package.profile_path
+    ctx.artifacts["split_cuts"] = chosen
