@@ -144,6 +144,8 @@ def test_the_tree() -> None:
 
 def test_server_timing() -> None:
     assert parse_server_timing("queue;dur=1.5, compute;dur=3.5") == pytest.approx(0.005)
+    both = "queue;dur=1, compute;dur=2, decode;dur=0.5, encode;dur=0.5"
+    assert parse_server_timing(both) == pytest.approx(0.004)  # HTTP compression: server time
     assert parse_server_timing('compute;desc="onnx";dur=2') == pytest.approx(0.002)
     assert parse_server_timing("db;dur=9") is None
     assert parse_server_timing(None) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import gzip
 import json
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -55,6 +56,7 @@ def test_a_compressed_request_body_is_decoded(http: httpx.Client, name: str) -> 
         "/v2/models/mlp/versions/1/infer", content=packed, headers={"Content-Encoding": name}
     )
     assert r.status_code == 200, r.text
+    assert "decode;dur=" in r.headers["server-timing"]
     got = np.asarray(r.json()["outputs"][0]["data"], np.float32).reshape(400, 3)
     np.testing.assert_allclose(got, x @ h.mlp_weights(0), rtol=1e-5)
 
@@ -89,6 +91,8 @@ def test_a_large_answer_is_compressed_when_asked(http: httpx.Client, name: str) 
     r = http.post("/v2/models/wide/infer", content=_body(X), headers={"Accept-Encoding": name})
     assert r.status_code == 200
     assert r.headers["content-encoding"] == name and r.headers["vary"] == "Accept-Encoding"
+    timing = r.headers["server-timing"]
+    assert re.fullmatch(r"queue;dur=[0-9.]+, compute;dur=[0-9.]+, encode;dur=[0-9.]+", timing)
     assert int(r.headers["content-length"]) < len(r.content)  # httpx decoded it
     out = {o["name"]: o for o in r.json()["outputs"]}
     got = np.asarray(out["logits"]["data"], np.float32).reshape(2, WIDE)
@@ -159,6 +163,7 @@ def test_remote_model_compresses_and_counts_wire_bytes(
     else:
         assert result.stats.up_bytes < raw_up  # repeated rows compress well
     assert result.stats.down_bytes < 2 * 1200 * 3 * 4  # the answer came back compressed
+    assert result.stats.codec_s > 0  # decompressing it, at least, took this client time
 
 
 def test_remote_model_rejects_an_unknown_compression(server: BackgroundServer) -> None:

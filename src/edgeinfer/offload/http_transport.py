@@ -187,6 +187,7 @@ class HttpTransport:
         if self.compress is not None and coding.worth_encoding(len(content)):
             content = coding.encode(content, self.compress)
             headers["Content-Encoding"] = self.compress
+        codec_s = time.perf_counter() - start
         chunks: list[bytes] = []
         first_at = end = start
         try:
@@ -211,12 +212,18 @@ class HttpTransport:
         except httpx.StreamError as exc:
             raise map_httpx_error(exc, self.url) from exc
         wire = b"".join(chunks)
+        t_decode = time.perf_counter()
         try:
             body = coding.decode(
                 wire, response.headers.get("content-encoding"), limit=MAX_RESPONSE_BYTES
             )
         except ProtocolError as exc:
+            if response.status_code != 200:  # the status says more than its body could
+                raise status_error(
+                    response.status_code, f"(undecodable body: {exc})", self.url
+                ) from exc
             raise RemoteProtocolError(f"cannot decode the answer: {exc}", url=self.url) from exc
+        codec_s += time.perf_counter() - t_decode
         if response.status_code != 200:
             raise status_error(response.status_code, _error_message(body), self.url)
         try:
@@ -233,6 +240,7 @@ class HttpTransport:
             server_s=parse_server_timing(response.headers.get("server-timing")),
             download_s=end - first_at if streamed >= _MIN_STREAMED else None,
             streamed_bytes=streamed if streamed >= _MIN_STREAMED else 0,
+            codec_s=codec_s,
         )
         return decoded, stats
 

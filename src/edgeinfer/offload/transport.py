@@ -7,9 +7,10 @@ codecs in :mod:`edgeinfer.protocol`, maps its library's exceptions to the
 :class:`~edgeinfer.offload.errors.RemoteError` tree at its boundary, and reports each call's
 wire sizes and timings as :class:`CallStats`, which the estimators learn from.
 
-Server-side time (queue + compute) is read from a ``Server-Timing`` header (HTTP) or
-``server-timing`` metadata (gRPC) when the server sends one, as
-``queue;dur=0.8, compute;dur=3.1`` (milliseconds, the W3C syntax).
+Server-side time (queue + compute, and ``decode``/``encode`` for HTTP compression) is read
+from a ``Server-Timing`` header (HTTP) or ``server-timing`` metadata (gRPC) when the server
+sends one, as ``queue;dur=0.8, compute;dur=3.1`` (milliseconds, the W3C syntax). The
+client's own compression time is ``codec_s``: neither is time on the network.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ class CallStats:
     seconds: float  # end to end: request sent -> response decoded
     up_bytes: int  # request on the wire (body and headers)
     down_bytes: int  # response on the wire (body and headers)
-    server_s: float | None = None  # queue + compute time the server reported
+    server_s: float | None = None  # queue + compute (+ codec) time the server reported
     download_s: float | None = None  # seconds the response body streamed after its 1st read
     streamed_bytes: int = 0  # bytes that arrived in that time
+    codec_s: float = 0.0  # seconds this client spent compressing and decompressing
 
 
 class Transport(Protocol):
@@ -65,11 +67,13 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+_SERVER_PARTS = ("queue", "compute", "decode", "encode")
 _TIMING = re.compile(r"(?:^|,)\s*([A-Za-z0-9_.-]+)[^,]*?;\s*dur=([0-9.]+)")
 
 
 def parse_server_timing(value: str | None) -> float | None:
-    """Seconds of ``queue`` + ``compute`` in a ``Server-Timing`` value (``None`` if absent).
+    """Seconds of ``queue`` + ``compute`` (+ ``decode`` + ``encode``) in a ``Server-Timing``
+    value (``None`` if absent).
 
     >>> parse_server_timing("queue;dur=1.5, compute;dur=3.5")
     0.005
@@ -78,7 +82,7 @@ def parse_server_timing(value: str | None) -> float | None:
         return None
     total, seen = 0.0, False
     for name, dur in _TIMING.findall(value):
-        if name.lower() in ("queue", "compute"):
+        if name.lower() in _SERVER_PARTS:
             try:
                 total += float(dur) / 1e3
             except ValueError:

@@ -114,11 +114,16 @@ async def _off_loop(fn: Any, body: bytes, *args: Any, **kwargs: Any) -> bytes:
     return await asyncio.to_thread(fn, body, *args, **kwargs)
 
 
-async def _decoded(body: bytes, content_encoding: str | None, limits: Limits) -> bytes:
-    """A request body with its ``Content-Encoding`` undone, inflating to at most the limit."""
+async def _decoded(
+    body: bytes, content_encoding: str | None, limits: Limits
+) -> tuple[bytes, float]:
+    """A request body with its ``Content-Encoding`` undone (inflating to at most the limit),
+    and the seconds that took."""
     if not content_encoding or content_encoding.strip().lower() == "identity":
-        return body
-    return await _off_loop(coding.decode, body, content_encoding, limit=limits.max_body_bytes)
+        return body, 0.0
+    start = time.perf_counter()
+    plain = await _off_loop(coding.decode, body, content_encoding, limit=limits.max_body_bytes)
+    return plain, time.perf_counter() - start
 
 
 class _Routes:
@@ -170,22 +175,27 @@ class _Routes:
             await self.dp.start()
             self.dp.admit(name, version)  # overload: refuse before reading the body
             body = await read_body(request, self.limits.max_body_bytes)
-            body = await _decoded(body, request.headers.get("content-encoding"), self.limits)
+            body, decode_s = await _decoded(
+                body, request.headers.get("content-encoding"), self.limits
+            )
             header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
             req = rest.decode_request(body, header_length, self.limits)
             req.model_name, req.model_version = name, version or ""
             resp, timing = await self.dp.infer_timed(req)
             binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
             encoded = rest.encode_response(resp, binary=binary)
-            headers = {**encoded.headers, "Server-Timing": timing.header()}
-            out = encoded.body
+            headers = dict(encoded.headers)
+            out, encode_s = encoded.body, 0.0
             min_bytes = self.dp.config.compress_min_bytes
             if min_bytes is not None and coding.worth_encoding(len(out), min_bytes):
                 chosen = coding.negotiate(request.headers.get("accept-encoding"))
                 if chosen is not None:
+                    t1 = time.perf_counter()
                     out = await _off_loop(coding.encode, out, chosen)
+                    encode_s = time.perf_counter() - t1
                     headers["Content-Encoding"] = chosen
                     headers["Vary"] = "Accept-Encoding"
+            headers["Server-Timing"] = timing.header(decode_s, encode_s)
             return Response(out, headers=headers)
         except Exception as exc:
             status = error_status(exc).status

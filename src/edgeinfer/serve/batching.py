@@ -44,9 +44,15 @@ class Timing(NamedTuple):
     compute_s: float  # seconds the model ran (for the whole batch)
     batch_rows: int  # rows in the batch this request ran in
 
-    def header(self) -> str:
-        """The ``Server-Timing`` value (milliseconds), as HTTP header or gRPC metadata."""
-        return f"queue;dur={self.queue_s * 1e3:.3f}, compute;dur={self.compute_s * 1e3:.3f}"
+    def header(self, decode_s: float = 0.0, encode_s: float = 0.0) -> str:
+        """The ``Server-Timing`` value (milliseconds), as HTTP header or gRPC metadata;
+        ``decode``/``encode``: time spent undoing and applying HTTP compression, if any."""
+        value = f"queue;dur={self.queue_s * 1e3:.3f}, compute;dur={self.compute_s * 1e3:.3f}"
+        if decode_s > 0:
+            value += f", decode;dur={decode_s * 1e3:.3f}"
+        if encode_s > 0:
+            value += f", encode;dur={encode_s * 1e3:.3f}"
+        return value
 
 
 @dataclass(eq=False)

@@ -42,9 +42,10 @@ class LinkLearner:
 
     Each estimate is a :class:`~edgeinfer.offload.estimate.RobustEstimate` (median of the
     last ``window`` samples, EWMA-smoothed). The round trip comes from payload-free probes.
-    A remote call's transfer time is its total minus the round trip and the server time it
-    reports; the download bandwidth is timed directly where the response streamed over
-    several reads, and the upload gets the rest of the transfer time. Without a streamed
+    A remote call's transfer time is its total minus the round trip, the server time it
+    reports and the client's own compression time; the download bandwidth is timed
+    directly where the response streamed over several reads, and the upload gets the rest
+    of the transfer time. Without a streamed
     download, one bandwidth is assumed for both directions; a server that reports no
     server time is taken to need the profiled tail time. The device's slowdown comes from
     head runs (of 5 ms or more in the profile: shorter ones measure per-call overhead)
@@ -82,7 +83,7 @@ class LinkLearner:
         else:  # the server did not say: expect the profiled tail time at the current load
             server = cut.tail_ms * (self.load.value or self.initial.server_load) / 1e3
         rtt = self.rtt.value if self.rtt.value is not None else self.initial.rtt_ms / 1e3
-        transfer = max(s.seconds - rtt - server, _MIN_S)
+        transfer = max(s.seconds - rtt - server - s.codec_s, _MIN_S)
         if s.download_s is not None and s.streamed_bytes > 0 and s.download_s > _MIN_S:
             down_bw = s.streamed_bytes / s.download_s
             self.down_bw.add(down_bw, now)
