@@ -21,6 +21,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -47,7 +48,9 @@ class UnsupportedCoding(ProtocolError):
     """A ``Content-Encoding`` this side cannot decode (HTTP 415)."""
 
 
+@functools.cache
 def _zstd() -> Any:
+    """The zstandard module, or None (looked up once: this sits on every compressed call)."""
     try:
         import zstandard
     except ImportError:

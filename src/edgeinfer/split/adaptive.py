@@ -99,17 +99,12 @@ class LinkLearner:
     def estimates(self) -> Estimates:
         """What is believed now: measured values, else the initial ones."""
         base = self.initial
-
-        def mbps(bytes_per_s: float | None, default: float) -> float:
-            return default if not bytes_per_s else bytes_per_s * 8 / 1e6
-
-        return Estimates(
-            rtt_ms=base.rtt_ms if self.rtt.value is None else self.rtt.value * 1e3,
-            up_mbps=mbps(self.up_bw.value, base.up_mbps),
-            down_mbps=mbps(self.down_bw.value, base.down_mbps),
+        return base.measured(
+            rtt_s=self.rtt.value,
+            up_bytes_per_s=self.up_bw.value,
+            down_bytes_per_s=self.down_bw.value,
             device_slowdown=self.slowdown.value or base.device_slowdown,
             server_load=self.load.value or base.server_load,
-            overhead_ms=base.overhead_ms,
         )
 
 

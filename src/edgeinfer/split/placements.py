@@ -121,17 +121,12 @@ def estimates_from(
     load = base.server_load
     if remote_server_s and whole is not None and whole.tail_ms > _MIN_MS:
         load = max(remote_server_s * 1e3 / whole.tail_ms, 1e-3)
-
-    def mbps(bytes_per_s: float | None, fallback: float) -> float:
-        return fallback if not bytes_per_s else bytes_per_s * 8 / 1e6
-
-    return Estimates(
-        rtt_ms=base.rtt_ms if remote.rtt.value is None else remote.rtt.value * 1e3,
-        up_mbps=mbps(remote.up_bw.value, base.up_mbps),
-        down_mbps=mbps(remote.down_bw.value, base.down_mbps),
+    return base.measured(
+        rtt_s=remote.rtt.value,
+        up_bytes_per_s=remote.up_bw.value,
+        down_bytes_per_s=remote.down_bw.value,
         device_slowdown=slowdown,
         server_load=load,
-        overhead_ms=base.overhead_ms,
     )
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Literal
 
 from edgeinfer.errors import InputError
@@ -43,6 +43,30 @@ class Estimates:
     device_slowdown: float = 1.0  # device time / head time in the profile
     server_load: float = 1.0  # server time / tail time in the profile (1: idle server)
     overhead_ms: float = 0.0  # per remote call: encoding, HTTP, server framework, ms
+
+    def measured(
+        self,
+        *,
+        rtt_s: float | None,
+        up_bytes_per_s: float | None,
+        down_bytes_per_s: float | None,
+        device_slowdown: float,
+        server_load: float,
+    ) -> Estimates:
+        """These estimates with what a device measured put in: the round trip in seconds and
+        bandwidths in bytes/s, each kept from ``self`` while unmeasured (``None`` or 0)."""
+
+        def mbps(bytes_per_s: float | None, fallback: float) -> float:
+            return fallback if not bytes_per_s else bytes_per_s * 8 / 1e6
+
+        return replace(
+            self,
+            rtt_ms=self.rtt_ms if rtt_s is None else rtt_s * 1e3,
+            up_mbps=mbps(up_bytes_per_s, self.up_mbps),
+            down_mbps=mbps(down_bytes_per_s, self.down_mbps),
+            device_slowdown=device_slowdown,
+            server_load=server_load,
+        )
 
     def __post_init__(self) -> None:
         for f in fields(self):
