@@ -2,7 +2,10 @@
 
 The model is nudenet's YOLOv8n-style detector (``320n.onnx``, input fixed at 320x320), the
 inputs two real photographs (scikit-learn's samples). ``edgeinfer split`` machinery makes
-head and tail bundles for a spread of cuts, uncompressed and with uint8 cut compression;
+head and tail bundles for a spread of cuts, uncompressed, with uint8 cut compression, and
+with uint8 cut compression plus uint8 outputs (``out8``: the server returns the detector's
+[1, 22, 2100] output as per-channel uint8 codes, restored on the device; remote-only gets
+the same, so the whole-model placement is compared on equal terms);
 a real ``edgeinfer serve`` on loopback hosts every tail, behind the user-space network
 emulator (``NetemProxy``: fixed RTT, rate limit both ways); the device is this machine made
 ``slowdown`` times slower (``EmulatedDevice``: it sleeps after each head run). Remote-only
@@ -16,7 +19,7 @@ Reported (issue targets in brackets):
   call of the smallest-upload cut, then a few requests run where the planner says), never
   the measurements scored here;
 - bytes sent per request at the chosen cut vs the raw input;
-- the fidelity cost of uint8 cut compression (errors against the full model).
+- the fidelity cost of uint8 cut and output compression (errors against the full model).
 
 HTTP compression (zstd both ways) is on by default, as a device on a slow link would use it;
 ``--http-compress none`` sends raw bodies and writes ``split_no_http_compression.json``.
@@ -53,7 +56,7 @@ ADAPT = 4  # planned requests the device learns from before its choice is scored
 
 @dataclass
 class Placement:
-    label: str  # "remote", "local", "cut 22", "cut 22 u8"
+    label: str  # "remote", "local", "cut 22", "cut 22 u8", "remote out8", "cut 22 u8 out8"
     package: Path
     cut: Any  # CutProfile
     compress: str | None
@@ -90,8 +93,9 @@ def photos() -> np.ndarray:
     return np.ascontiguousarray(np.stack(crops))
 
 
-def build(model: Path, x: np.ndarray, work: Path, k: int, repeats: int) -> tuple[Any, Any, Path]:
-    """Plain and uint8 split packages, and one repository holding every tail."""
+def build(model: Path, x: np.ndarray, work: Path, k: int, repeats: int) -> tuple[list[Any], Path]:
+    """Plain, uint8 and uint8 + uint8-output split packages, and one repository holding
+    every tail."""
     from edgeinfer.bundle import Bundle
     from edgeinfer.split import cut_points, select_cuts
     from edgeinfer.split.package import write_split
@@ -102,12 +106,17 @@ def build(model: Path, x: np.ndarray, work: Path, k: int, repeats: int) -> tuple
     u8_src = Bundle.create(model, work / "src-u8", name="det-u8", golden_inputs=one)
     plain = write_split(plain_src, cuts, work / "plain", inputs=one, repeats=repeats)
     u8 = write_split(u8_src, cuts[1:-1], work / "u8", inputs=one, compress="uint8", repeats=repeats)
+    u8o_src = Bundle.create(model, work / "src-u8o", name="det-u8o", golden_inputs=one)
+    u8o = write_split(
+        u8o_src, cuts[:-1], work / "u8o", inputs=one, compress="uint8",
+        compress_outputs="uint8", repeats=repeats,
+    )  # fmt: skip
     repo = work / "repository"
     repo.mkdir()
-    for pkg in (plain, u8):
+    for pkg in (plain, u8, u8o):
         for tail in pkg.tails.values():
             shutil.copytree(tail.parent, repo / tail.parent.name)
-    return plain, u8, repo
+    return [plain, u8, u8o], repo
 
 
 def measure(fn: Any, reps: int) -> tuple[float, Any]:
@@ -119,19 +128,21 @@ def measure(fn: Any, reps: int) -> tuple[float, Any]:
     return statistics.median(times), last
 
 
-def fidelity(model: Path, u8: Any, x: np.ndarray) -> list[dict[str, Any]]:
-    """Errors of uint8-compressed cuts against the full model, on both photos."""
+def fidelity(model: Path, packages: list[Any], x: np.ndarray) -> list[dict[str, Any]]:
+    """Errors of the compressed placements against the full model, on both photos."""
     from edgeinfer.runtime import load
+    from edgeinfer.split.compress import restore_outputs
 
     with load(model, providers=["cpu"]) as full:
         want = full.predict({"images": x})["output0"]  # [N, 4 + classes, anchors]
     rows = []
-    for cut in u8.profile.cuts:
-        with (
-            load(u8.heads[cut.index], providers=["cpu"]) as h,
-            load(u8.tails[cut.index], providers=["cpu"]) as t,
-        ):
-            got = t.predict(h.predict({"images": x}))["output0"]
+    for pkg, cut in ((p, c) for p in packages for c in p.profile.cuts):
+        feeds = {"images": x}
+        if cut.kind != "remote":
+            with load(pkg.heads[cut.index], providers=["cpu"]) as h:
+                feeds = h.predict(feeds)
+        with load(pkg.tails[cut.index], providers=["cpu"]) as t:
+            got = restore_outputs(t.predict(feeds))["output0"]
         boxes = np.abs(got[:, :4] - want[:, :4])
         scores = np.abs(got[:, 4:] - want[:, 4:])
         agree = []
@@ -143,7 +154,9 @@ def fidelity(model: Path, u8: Any, x: np.ndarray) -> list[dict[str, Any]]:
         rows.append(
             {
                 "cut": cut.index,
-                "bytes_up_uint8": cut.bytes_up,
+                "placement": _label(cut, pkg),
+                "bytes_up": cut.bytes_up,
+                "bytes_down": cut.bytes_down,
                 "box_max_abs_error_px": float(boxes.max()),
                 "box_mean_abs_error_px": float(boxes.mean()),
                 "score_max_abs_error": float(scores.max()),
@@ -155,8 +168,18 @@ def fidelity(model: Path, u8: Any, x: np.ndarray) -> list[dict[str, Any]]:
     return rows
 
 
+def _label(cut: Any, pkg: Any) -> str:
+    """ "cut 22", "cut 22 u8", "remote out8", ...: the placement and what it compresses."""
+    label = cut.kind if cut.kind != "split" else f"cut {cut.index}"
+    if pkg.profile.compress and cut.kind == "split":
+        label += " u8"
+    if pkg.profile.compress_outputs and cut.kind != "local":
+        label += " out8"
+    return label
+
+
 def open_placements(
-    plain: Any, u8: Any, url: str, one: dict[str, np.ndarray], compress: str | None
+    packages: list[Any], url: str, one: dict[str, np.ndarray], compress: str | None
 ) -> list[Placement]:
     """Every placement with its head loaded here and its tail reached through ``url``;
     ``compress``: HTTP request compression (answers are compressed by the server when
@@ -167,19 +190,19 @@ def open_placements(
     from edgeinfer.split.runner import SplitModel
 
     placements = []
-    for pkg, cut_mode, name in ((plain, None, "det"), (u8, "uint8", "det-u8")):
-        root = pkg.profile_path.parent
+    for pkg in packages:
+        root, name = pkg.profile_path.parent, pkg.profile.model
+        restore = pkg.profile.compress_outputs is not None
         on_wire = pkg.profile.over_wire(up=compress is not None, down=compress is not None)
         for cut in on_wire.cuts:
-            label = cut.kind if cut.kind != "split" else f"cut {cut.index}"
-            p = Placement(label + (" u8" if cut_mode else ""), root, cut, cut_mode)
+            p = Placement(_label(cut, pkg), root, cut, pkg.profile.compress)
             p.raw_up = pkg.profile.cut(cut.index).bytes_up
             if cut.kind != "remote":
                 p.head = load(root / "heads" / head_name(name, cut.index), threads=1)
             tail = None
             if cut.kind != "local":
                 tail = RemoteModel(url, tail_name(name, cut.index), timeout=120, compress=compress)
-            p.split = SplitModel(p.head, tail, cut)
+            p.split = SplitModel(p.head, tail, cut, restore_outputs=restore)
             p.split.infer(one)  # warm: connection, metadata, first run
             placements.append(p)
     return placements
@@ -209,15 +232,16 @@ def main() -> None:
         x = photos()
         one = {"images": x[:1]}
         t0 = time.perf_counter()
-        plain, u8, repo = build(model, x, work, k, repeats=5 if args.quick else 15)
-        n = len(plain.profile.cuts) + len(u8.profile.cuts)
+        packages, repo = build(model, x, work, k, repeats=5 if args.quick else 15)
+        plain = packages[0]
+        n = sum(len(pkg.profile.cuts) for pkg in packages)
         print(f"built and profiled {n} placements in {time.perf_counter() - t0:.1f} s")
         config = ServeConfig(
             repo, port=0, grpc_port=None, poll_interval_s=None, threads=1,
             compress_min_bytes=None if compress is None else coding.MIN_BYTES,
         )  # fmt: skip
         with BackgroundServer(config) as server, NetemProxy(f"127.0.0.1:{server.port}") as proxy:
-            placements = open_placements(plain, u8, proxy.url, one, compress)
+            placements = open_placements(packages, proxy.url, one, compress)
             conditions = []
             for bw in BANDWIDTHS:
                 proxy.set(rtt=RTT_MS / 1e3, rate=f"{bw:g}mbit")
@@ -226,7 +250,7 @@ def main() -> None:
             stats = proxy.stats
             for p in placements:
                 p.split.close()
-        fid = fidelity(model, u8, x)
+        fid = fidelity(model, packages[1:], x)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -275,7 +299,8 @@ def main() -> None:
             "quick": args.quick,
         },
         "profile": plain.profile.to_dict(),
-        "profile_uint8": u8.profile.to_dict(),
+        "profile_uint8": packages[1].profile.to_dict(),
+        "profile_uint8_outputs": packages[2].profile.to_dict(),
         "conditions": conditions,
         "fidelity_uint8": fid,
         "summary": summary,
@@ -318,11 +343,11 @@ def run_condition(
     runs = []
     for p in placements:
         head = None if p.head is None else EmulatedDevice(p.head, slowdown)
-        runs.append(SplitModel(head, p.split.tail, p.cut))
+        runs.append(SplitModel(head, p.split.tail, p.cut, restore_outputs=p.split.restore_outputs))
     nominal = Estimates(rtt_ms=RTT_MS, up_mbps=bw, down_mbps=bw, device_slowdown=slowdown)
     live = learn_estimates(placements, runs, one, nominal)
     times: list[list[float]] = [[] for _ in placements]
-    wire = [0 for _ in placements]
+    wire = [(0, 0) for _ in placements]
     for r in range(reps):
         order = list(range(len(placements)))
         if r % 2:
@@ -330,9 +355,9 @@ def run_condition(
         for i in order:
             ms, result = measure(lambda i=i: runs[i].infer(one), 1)
             times[i].append(ms)
-            wire[i] = result.up_bytes
+            wire[i] = (result.up_bytes, result.down_bytes)
     rows = []
-    for p, ts, up in zip(placements, times, wire, strict=True):
+    for p, ts, (up, down) in zip(placements, times, wire, strict=True):
         rows.append(
             {
                 "placement": p.label,
@@ -343,6 +368,7 @@ def run_condition(
                 "bytes_up_uncompressed": p.raw_up,
                 "bytes_down": p.cut.bytes_down,
                 "wire_bytes_up": up,
+                "wire_bytes_down": down,
                 "measured_ms": statistics.median(ts),
                 "all_ms": ts,
                 "predicted_ms": cut_cost(p.cut, live).latency_ms,
@@ -375,6 +401,7 @@ def run_condition(
         "chosen_within_10pct": ratio <= 1.10,
         "chosen_bytes_up": chosen["bytes_up"],
         "chosen_wire_bytes_up": chosen["wire_bytes_up"],
+        "chosen_wire_bytes_down": chosen["wire_bytes_down"],
         "nominal_chosen": by_nominal["placement"],
         "nominal_within_10pct": by_nominal["measured_ms"] / best["measured_ms"] <= 1.10,
     }
@@ -400,10 +427,10 @@ def report(conditions: list[dict[str, Any]], fid: list[dict[str, Any]], summary:
         row = conditions[0]["placements"][i]
         cells = "".join(f"{c['placements'][i]['measured_ms']:>13.1f}" for c in conditions)
         print(f"{label:<13}{row['bytes_up']:>11,}{cells}")
-    print("\nuint8 cut compression, against the full model on both photos:")
+    print("\nuint8 cut and output compression, against the full model on both photos:")
     for f in fid:
         print(
-            f"  cut {f['cut']:>3}: box max err {f['box_max_abs_error_px']:.2f} px, score max "
+            f"  {f['placement']:<15}: box max err {f['box_max_abs_error_px']:.2f} px, score max "
             f"err {f['score_max_abs_error']:.4f} (max score {f['max_score_full']:.3f}), rel L2 "
             f"{f['relative_l2_error']:.4f}, top-10 anchors agree {f['top10_anchor_agreement']:.0%}"
         )

@@ -39,11 +39,12 @@ def test_split_one_cut_compressed(res_cnn: Path, tmp_path: Path) -> None:
     out = tmp_path / "one"
     code, text = invoke(
         "split", str(res_cnn), "--out", str(out), "--cut", "2", "--compress", "fp16",
-        "--repeats", "1",
+        "--compress-outputs", "uint8", "--repeats", "1",
     )  # fmt: skip
     assert code == 0, text
     profile = SplitProfile.load(out / "split.json")
     assert [c.index for c in profile.cuts][:2] == [0, 2] and profile.compress == "fp16"
+    assert profile.compress_outputs == "uint8" and "output compression uint8" in text
     assert [c.kind for c in profile.cuts] == ["remote", "split", "local"]
 
 
@@ -57,6 +58,7 @@ def test_split_list(res_cnn: Path) -> None:
     [
         (["--out", "{tmp}", "--cut", "99"], r"--cut 99 is out of range: res_cnn has \d+ cuts"),
         (["--out", "{tmp}", "--compress", "int4"], "--compress 'int4': expected one of"),
+        (["--out", "{tmp}", "--compress-outputs", "x"], "--compress-outputs 'x': expected one"),
         ([], "--out DIR is required"),
         (["--list", "--max-tensors", "0"], "max_tensors must be >= 1"),
     ],

@@ -1,10 +1,12 @@
-"""Cut compression: uint8 per-sample affine and fp16, in the graphs, with fidelity measured."""
+"""Cut and output compression: uint8 affine (per sample, or per channel for outputs) and fp16,
+in the graphs, with fidelity measured."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from split_models import make_res_cnn
 
@@ -12,10 +14,12 @@ from edgeinfer.errors import InputError
 from edgeinfer.runtime import load
 from edgeinfer.split import cut_points, extract
 from edgeinfer.split.compress import (
+    compress_outputs,
     compressed_bytes,
     dequantize_uint8,
     measure_fidelity,
     quantize_uint8,
+    restore_outputs,
     wire_names,
 )
 
@@ -108,3 +112,82 @@ def test_bad_modes(res_cnn: Path, tmp_path: Path) -> None:
     old = make_res_cnn(tmp_path / "opset11.onnx", opset=11)
     with pytest.raises(InputError, match="opset >= 13"):
         extract(old, 2, tmp_path / "old", compress="uint8")
+
+
+# ------------------------------------------------------------------ output compression
+def test_per_channel_dequantize_round_trip() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0, 1, (2, 3, 50)).astype(np.float32) * np.array([[320.0], [1.0], [0.01]])
+    x = x.astype(np.float32)
+    flat = x.reshape(2, 3, -1)
+    lo, hi = flat.min(axis=2, keepdims=True), flat.max(axis=2, keepdims=True)
+    scale = ((hi - lo) / 255).astype(np.float32)
+    q = np.rint((flat - lo) / scale).astype(np.uint8)
+    back = dequantize_uint8(q, scale, lo)
+    assert back.shape == x.shape and back.dtype == np.float32
+    assert np.all(np.abs(back - x) <= scale / 2 + 1e-6)  # each channel within its own step
+
+
+def _detector_with_photos(nudenet_path: Path, tmp_path: Path) -> Path:
+    model = onnx.load(nudenet_path)
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    for d, size in zip(dims[2:], (320, 320), strict=True):
+        d.Clear()
+        d.dim_value = size
+    path = tmp_path / "detector.onnx"
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["uint8", "fp16"])
+def test_detector_outputs_compressed_per_channel(
+    nudenet_path: Path, photos: np.ndarray, tmp_path: Path, mode: str
+) -> None:
+    path = _detector_with_photos(nudenet_path, tmp_path)
+    packed = tmp_path / f"{mode}.onnx"
+    onnx.save(compress_outputs(onnx.load(path), mode), packed)
+    with load(path, providers=["cpu"]) as full, load(packed, providers=["cpu"]) as small:
+        want = full.predict({"images": photos})["output0"]  # [2, 4 boxes + 18 classes, 2100]
+        wire = small.predict({"images": photos})
+    got = restore_outputs(wire)
+    assert list(got) == ["output0"] and got["output0"].dtype == np.float32
+    err = np.abs(got["output0"] - want)
+    if mode == "fp16":
+        assert list(wire) == ["output0__fp16"] and wire["output0__fp16"].dtype == np.float16
+        assert err[:, :4].max() <= 0.25 and err[:, 4:].max() <= 1e-3
+        return
+    assert list(wire) == ["output0__u8", "output0__scale", "output0__offset"]
+    assert wire["output0__u8"].nbytes == want.nbytes // 4
+    assert wire["output0__scale"].shape == (2, 22, 1)
+    # one range per channel: boxes (hundreds of px) do not wash out the scores (0..1)
+    assert np.all(err <= wire["output0__scale"] / 2 + 1e-4)
+    assert err[:, :4].max() <= 1.3 and err[:, 4:].max() <= 5e-3
+
+
+def test_rank2_outputs_keep_one_range_per_sample(
+    res_cnn: Path, digits_x: np.ndarray, tmp_path: Path
+) -> None:
+    packed = tmp_path / "out-u8.onnx"
+    onnx.save(compress_outputs(onnx.load(res_cnn), "uint8"), packed)
+    with load(res_cnn, providers=["cpu"]) as full, load(packed, providers=["cpu"]) as small:
+        want = full.predict({"pixels": digits_x})["logits"]
+        wire = small.predict({"pixels": digits_x})
+    assert wire["logits__scale"].shape == (len(digits_x), 1)
+    got = restore_outputs(wire)["logits"]
+    assert np.array_equal(got.argmax(1), want.argmax(1))
+
+
+def test_restore_outputs_passes_others_and_names_missing_ranges() -> None:
+    mask = np.ones((1, 4), np.int64)
+    out = restore_outputs({"mask": mask, "scale": np.ones(1, np.float32)})
+    assert set(out) == {"mask", "scale"}  # not quantized: left alone
+    with pytest.raises(InputError, match="'y__u8' came without y__scale and y__offset"):
+        restore_outputs({"y__u8": np.zeros((1, 2), np.uint8)})
+
+
+def test_bad_output_modes(res_cnn: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="unknown cut compression 'int4'"):
+        compress_outputs(onnx.load(res_cnn), "int4")
+    old = onnx.load(make_res_cnn(tmp_path / "opset11.onnx", opset=11))
+    with pytest.raises(InputError, match="output compression needs ONNX opset >= 13"):
+        compress_outputs(old, "uint8")

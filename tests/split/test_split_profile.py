@@ -60,6 +60,7 @@ def test_profile_round_trip(profiled: SplitProfile, tmp_path: Path) -> None:
         (lambda d: d.pop("cuts"), "missing field 'cuts'"),
         (lambda d: d["cuts"][0].update(bytes_up=-5), "bytes_up -5 must be a number >= 0"),
         (lambda d: d["cuts"][0].update(kind="sideways"), "kind 'sideways'"),
+        (lambda d: d.update(compress_outputs="int4"), "compress_outputs 'int4' must be null"),
     ],
 )
 def test_bad_profile_files(profiled: SplitProfile, tmp_path: Path, edit, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +135,9 @@ def test_a_profile_without_compressed_sizes_plans_with_raw_ones(profiled: SplitP
     data = profiled.to_dict()
     for c in data["cuts"]:  # written before compressed sizes were recorded
         del c["packed_up"], c["packed_down"]
+    del data["compress_outputs"]  # written before outputs could be compressed
     old = SplitProfile.from_dict(data)
+    assert old.compress_outputs is None
     assert all(c.packed_up is None for c in old.cuts)
     wire = old.over_wire(up=True, down=True)
     assert [c.bytes_up for c in wire.cuts] == [c.bytes_up for c in old.cuts]

@@ -163,3 +163,52 @@ def test_split_set_options_for_the_offloader(
         out = splits.runner(choice.placement.cut, tail).predict({"pixels": digits_x})
     assert float(np.abs(out["logits"] - want).max()) <= 1e-5
     splits.close()
+
+
+@pytest.fixture(scope="module")
+def packed_outputs(
+    res_cnn: Path, digits_x: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+) -> SplitPackage:
+    """The same cuts, with uint8 cut compression and uint8 outputs."""
+    root = tmp_path_factory.mktemp("split-out-u8")
+    source = Bundle.create(res_cnn, root / "src", name="res-u8o", golden_inputs=digits_x[:2])
+    cuts = select_cuts(cut_points(res_cnn), 4)
+    return write_split(
+        source, cuts, root / "out", compress="uint8", compress_outputs="uint8", repeats=2
+    )
+
+
+def test_compressed_outputs_are_restored_on_the_device(
+    packed_outputs: SplitPackage,
+    package: SplitPackage,
+    server: BackgroundServer,
+    digits_x: np.ndarray,
+    want: np.ndarray,
+) -> None:
+    from edgeinfer.split.package import read_cut_record
+
+    profile = packed_outputs.profile
+    assert profile.compress_outputs == "uint8"
+    remote = profile.cuts[0]
+    assert read_cut_record(packed_outputs.tails[remote.index])["compress_outputs"] == "uint8"
+    # what the profile plans with: the quantized answer, a quarter of the floats and ranges
+    plain_down = package.profile.cuts[0].bytes_down
+    assert remote.bytes_down == plain_down // 4 + 8 * 2  # 2 samples: a scale, an offset each
+    config = ServeConfig(packed_outputs.repository, port=0, grpc_port=None, poll_interval_s=None)
+    root = packed_outputs.profile_path.parent
+    with BackgroundServer(config) as srv:
+        for cut in profile.cuts:
+            with SplitModel.open(root, cut.index, srv.url) as split:
+                r = split.infer({"pixels": digits_x})
+                assert list(r.outputs) == ["logits"] and r.outputs["logits"].dtype == np.float32
+                assert np.array_equal(r.outputs["logits"].argmax(1), want.argmax(1))
+                assert float(np.abs(r.outputs["logits"] - want).max()) <= 0.1 * np.abs(want).max()
+                if cut.kind != "local":
+                    assert split.predict({"pixels": digits_x}, ["logits"]).keys() == {"logits"}
+                    with pytest.raises(InputError, match="unknown output.*'probs'"):
+                        split.predict({"pixels": digits_x}, ["probs"])
+        with SplitModel.open(root, remote.index, srv.url) as packed:
+            small = packed.infer({"pixels": digits_x}).down_bytes
+    with SplitModel.open(package.profile_path.parent, 0, server.url) as plain:
+        big = plain.infer({"pixels": digits_x}).down_bytes
+    assert small < big

@@ -35,6 +35,11 @@ def split(
     compress: str | None = typer.Option(
         None, "--compress", help="Quantize the tensors crossing the cut: uint8 or fp16."
     ),
+    compress_outputs: str | None = typer.Option(
+        None,
+        "--compress-outputs",
+        help="Quantize what the server returns (uint8 or fp16); the device restores it.",
+    ),
     dim: list[str] | None = typer.Option(
         None, "--dim", help="Size of a dynamic dimension besides the batch, e.g. sequence=128."
     ),
@@ -57,8 +62,9 @@ def split(
     from edgeinfer.split.package import write_split
 
     console = Console()
-    if compress is not None and compress not in MODES:
-        raise InputError(f"--compress {compress!r}: expected one of {', '.join(MODES)}")
+    for flag, mode in (("--compress", compress), ("--compress-outputs", compress_outputs)):
+        if mode is not None and mode not in MODES:
+            raise InputError(f"{flag} {mode!r}: expected one of {', '.join(MODES)}")
     source = Bundle.open(model)
     dims = parse_dims(dim)
     cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors)
@@ -87,6 +93,7 @@ def split(
         inputs=feeds,
         dims=dims,
         compress=compress,
+        compress_outputs=compress_outputs,
         repeats=repeats,
         threads=threads,
     )
@@ -113,16 +120,22 @@ def _print_profile(console: Console, profile: SplitProfile) -> None:
 
     table = Table(
         title=f"{profile.model}: per-cut profile (batch {profile.batch}, "
-        f"compression {profile.compress or 'none'})"
+        f"compression {profile.compress or 'none'}, "
+        f"output compression {profile.compress_outputs or 'none'})"
     )
-    cols = ("index", "kind", "tensors", "bytes up", "compressed", "head ms", "tail ms", "max error")
+    cols = (
+        "index", "kind", "tensors", "bytes up", "compressed", "bytes down", "compressed",
+        "head ms", "tail ms", "max error",
+    )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     for c in profile.cuts:
         packed = "-" if c.packed_up is None else f"{c.packed_up:,}"
+        packed_down = "-" if c.packed_down is None else f"{c.packed_down:,}"
         table.add_row(
             str(c.index), c.kind, str(len(c.tensors)), f"{c.bytes_up:,}", packed,
-            f"{c.head_ms:.3f}", f"{c.tail_ms:.3f}", f"{c.max_abs_error:.2g}",
+            f"{c.bytes_down:,}", packed_down, f"{c.head_ms:.3f}", f"{c.tail_ms:.3f}",
+            f"{c.max_abs_error:.2g}",
         )  # fmt: skip
     console.print(table)
 

@@ -13,6 +13,14 @@ bytes, about three significant digits kept.
 Non-float tensors (masks, ids, shapes) cross unchanged. Because the ranges are computed
 per sample at run time, nothing needs calibrating. :func:`measure_fidelity` runs the full
 model and the compressed halves on the same real inputs and reports what was lost.
+
+Output compression (:func:`compress_outputs`) does the same for the download: the model the
+server runs (a tail, or the whole model for remote-only) ends by quantizing its float outputs,
+and the device restores them (:func:`restore_outputs`). A detector's raw output mixes box
+coordinates (hundreds of pixels) with class scores (0 to 1) in one tensor, so a uint8 output
+keeps one range per channel (axis 1: per box coordinate, per class) for tensors of rank 3 or
+more: ``<name>__scale`` and ``<name>__offset`` are ``[N, C, 1]``. Rank-2 outputs keep one
+range per sample, as cut tensors do.
 """
 
 from __future__ import annotations
@@ -33,11 +41,14 @@ if TYPE_CHECKING:
 __all__ = [
     "MODES",
     "Fidelity",
+    "check_mode",
+    "compress_outputs",
     "compress_split",
     "compressed_bytes",
     "dequantize_uint8",
     "measure_fidelity",
     "quantize_uint8",
+    "restore_outputs",
     "wire_names",
 ]
 
@@ -45,7 +56,8 @@ MODES = ("uint8", "fp16")
 _EPS = 1e-12  # smallest scale: a constant tensor still round-trips exactly
 
 
-def _check_mode(mode: str) -> str:
+def check_mode(mode: str) -> str:
+    """``mode`` if it is a compression this module knows, else :class:`InputError`."""
     if mode not in MODES:
         raise InputError(f"unknown cut compression {mode!r}; expected one of {', '.join(MODES)}")
     return mode
@@ -59,7 +71,7 @@ def wire_names(t: CutTensor, mode: str | None) -> list[str]:
     """The names ``t`` travels under with this compression."""
     if mode is None or not _compressible(t):
         return [t.name]
-    if _check_mode(mode) == "fp16":
+    if check_mode(mode) == "fp16":
         return [f"{t.name}__fp16"]
     return [f"{t.name}__u8", f"{t.name}__scale", f"{t.name}__offset"]
 
@@ -72,7 +84,7 @@ def compressed_bytes(cut: Cut, mode: str | None) -> int:
     for t in cut.crossing:
         if mode is None or not _compressible(t):
             total += t.bytes_per_sample
-        elif _check_mode(mode) == "fp16":
+        elif check_mode(mode) == "fp16":
             total += t.bytes_per_sample // 2
         else:
             total += t.bytes_per_sample // 4 + 8  # codes + scale + offset
@@ -91,8 +103,40 @@ def quantize_uint8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def dequantize_uint8(q: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
-    flat = q.reshape(q.shape[0], -1).astype(np.float32)
+    """Undo :func:`quantize_uint8`; with ``[N, C, 1]`` scale and offset, the per-channel
+    codes of an output (:func:`compress_outputs`)."""
+    lead = q.shape[: scale.ndim - 1]  # (N,) per sample, (N, C) per channel
+    flat = q.reshape(*lead, -1).astype(np.float32)
     restored: np.ndarray = (flat * scale + offset).reshape(q.shape).astype(np.float32)
+    return restored
+
+
+def _is_range_of_codes(name: str, outputs: Mapping[str, np.ndarray]) -> bool:
+    """Whether ``name`` is the scale or offset of a ``__u8`` output in ``outputs``."""
+    base, _, suffix = name.rpartition("__")
+    return suffix in ("scale", "offset") and f"{base}__u8" in outputs
+
+
+def restore_outputs(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The float outputs behind a compressed model's outputs (:func:`compress_outputs`):
+    ``x__u8`` with ``x__scale`` and ``x__offset`` become ``x``, ``x__fp16`` becomes ``x``
+    (float32); anything else passes through."""
+    restored: dict[str, np.ndarray] = {}
+    for name, value in outputs.items():
+        if name.endswith("__u8"):
+            base = name[: -len("__u8")]
+            try:
+                scale, offset = outputs[f"{base}__scale"], outputs[f"{base}__offset"]
+            except KeyError:
+                raise InputError(
+                    f"output {name!r} came without {base}__scale and {base}__offset; ask the "
+                    "server for all three"
+                ) from None
+            restored[base] = dequantize_uint8(value, scale, offset)
+        elif name.endswith("__fp16"):
+            restored[name[: -len("__fp16")]] = value.astype(np.float32)
+        elif not _is_range_of_codes(name, outputs):
+            restored[name] = value
     return restored
 
 
@@ -129,16 +173,20 @@ class _Builder:
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=name, **attrs))
         return out
 
-    def reduce(self, op_type: str, x: str) -> str:
+    def reduce(self, op_type: str, x: str, axis: int = 1) -> str:
         if self.opset >= 18:
-            return self.op(op_type, [x, self.const(np.array([1], np.int64))], keepdims=1)
-        return self.op(op_type, [x], axes=[1], keepdims=1)
+            return self.op(op_type, [x, self.const(np.array([axis], np.int64))], keepdims=1)
+        return self.op(op_type, [x], axes=[axis], keepdims=1)
 
 
-def _quantize(b: _Builder, t: str, out: Sequence[str]) -> None:
-    flat = b.op("Reshape", [t, b.const(np.array([0, -1], np.int64))])
-    lo = b.reduce("ReduceMin", flat)
-    hi = b.reduce("ReduceMax", flat)
+def _quantize(b: _Builder, t: str, out: Sequence[str], per_channel: bool = False) -> None:
+    """``t`` as uint8 codes, with scale and offset per sample (``[N, 1]``) or, with
+    ``per_channel``, per sample and channel (``[N, C, 1]``)."""
+    shape = [0, 0, -1] if per_channel else [0, -1]
+    flat = b.op("Reshape", [t, b.const(np.array(shape, np.int64))])
+    axis = len(shape) - 1
+    lo = b.reduce("ReduceMin", flat, axis)
+    hi = b.reduce("ReduceMax", flat, axis)
     span = b.op("Div", [b.op("Sub", [hi, lo]), b.const(np.array(255, np.float32))])
     scale = b.op("Max", [span, b.const(np.array(_EPS, np.float32))], out=out[1])
     b.op("Identity", [lo], out=out[2])
@@ -167,7 +215,7 @@ def compress_split(
     """
     from onnx import helper
 
-    _check_mode(mode)
+    check_mode(mode)
     if cut.is_remote_only or cut.is_local_only:
         return head, tail
     opset = _opset(head)
@@ -210,6 +258,46 @@ def compress_split(
     del new_tail.graph.input[:]
     new_tail.graph.input.extend(tail_in)
     return new_head, new_tail
+
+
+def compress_outputs(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
+    """``model`` with its float outputs (rank >= 2) quantized for the download.
+
+    ``uint8``: ``<name>__u8`` codes with ``<name>__scale``/``<name>__offset``, per channel
+    for rank >= 3 (see the module's notes); ``fp16``: ``<name>__fp16``. Other outputs are
+    left as they are. :func:`restore_outputs` undoes it on the device.
+    """
+    from onnx import helper
+
+    check_mode(mode)
+    opset = _opset(model)
+    if opset < 13:
+        raise InputError(f"output compression needs ONNX opset >= 13; the model uses {opset}")
+    b = _Builder("edgeinfer.split/compress_out", opset)
+    outputs: list[onnx.ValueInfoProto] = []
+    for vi in model.graph.output:
+        tt = vi.type.tensor_type
+        rank = len(tt.shape.dim) if tt.HasField("shape") else 0
+        if tt.elem_type != 1 or rank < 2:  # TensorProto.FLOAT
+            outputs.append(vi)
+            continue
+        shape: list[Any] = [d.dim_param or (d.dim_value or None) for d in tt.shape.dim]
+        if mode == "fp16":
+            name = b.op("Cast", [vi.name], out=f"{vi.name}__fp16", to=10)
+            outputs.append(helper.make_tensor_value_info(name, 10, shape))
+            continue
+        names = [f"{vi.name}__u8", f"{vi.name}__scale", f"{vi.name}__offset"]
+        per_channel = rank >= 3
+        _quantize(b, vi.name, names, per_channel=per_channel)
+        ranges = [*shape[:2], 1] if per_channel else [shape[0], 1]
+        outputs.append(helper.make_tensor_value_info(names[0], 2, shape))
+        outputs.extend(helper.make_tensor_value_info(n, 1, ranges) for n in names[1:])
+    new = onnx_copy(model)
+    new.graph.node.extend(b.nodes)
+    new.graph.initializer.extend(b.inits)
+    del new.graph.output[:]
+    new.graph.output.extend(outputs)
+    return new
 
 
 def onnx_copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -277,5 +365,5 @@ def measure_fidelity(
         want = full.predict(dict(inputs))
         sent = head.predict({s.name: inputs[s.name] for s in head.inputs})
     with load(tail_path, providers=["cpu"]) as tail:
-        got = tail.predict(sent)
+        got = restore_outputs(tail.predict(sent))
     return compare_outputs(want, got, mode)

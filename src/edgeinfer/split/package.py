@@ -74,13 +74,15 @@ def write_split(
     inputs: Any = None,
     dims: Mapping[str, int] | None = None,
     compress: str | None = None,
+    compress_outputs: str | None = None,
     repeats: int = 20,
     threads: int | None = 1,
 ) -> SplitPackage:
     """Profile ``cuts`` of ``source`` and write their bundles under ``out``.
 
     ``inputs``: real inputs to profile on and to take golden samples from (default: the
-    source bundle's golden inputs, else sample inputs).
+    source bundle's golden inputs, else sample inputs). ``compress``: cut compression;
+    ``compress_outputs``: quantize what the tails return (the device restores it).
     """
     from edgeinfer.runtime import load
 
@@ -97,7 +99,7 @@ def write_split(
         work = Path(tmp)
         profile, files = profile_cuts(
             source.model_path, cuts, work, inputs=feeds, dims=dims, compress=compress,
-            repeats=repeats, threads=threads, name=name,
+            compress_outputs=compress_outputs, repeats=repeats, threads=threads, name=name,
         )  # fmt: skip
         profile_path = profile.save(out_dir / PROFILE_FILE)
         heads: dict[int, Path] = {}
@@ -107,6 +109,7 @@ def write_split(
             record = {
                 "cut": cut.to_dict(),
                 "compress": None if cut.is_remote_only or cut.is_local_only else compress,
+                "compress_outputs": None if cut.is_local_only else compress_outputs,
                 "model": name,
                 "model_sha256": profile.model_sha256,
                 "head": None if cut.is_remote_only else head_name(name, cut.index),
@@ -116,7 +119,13 @@ def write_split(
             record_path = work / f"cut-{cut.index}" / CUT_FILE
             record_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             extra = {PROFILE_FILE: profile_path, CUT_FILE: record_path}
-            recipe = {"split": {"cut": cut.index, "compress": record["compress"]}}
+            recipe = {
+                "split": {
+                    "cut": cut.index,
+                    "compress": record["compress"],
+                    "compress_outputs": record["compress_outputs"],
+                }
+            }
             with load(pair.head, providers=["cpu"]) as h:
                 head_in = {s.name: feeds[s.name] for s in h.inputs}
                 sent: dict[str, np.ndarray] = h.predict(head_in)

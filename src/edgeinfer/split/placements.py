@@ -91,7 +91,8 @@ class SplitSet:
         """A :class:`SplitModel` for ``cut`` with ``tail`` (a RemoteModel of :meth:`tail_name`)."""
         from edgeinfer.split.runner import SplitModel
 
-        return SplitModel(self.head(cut), tail, self.profile.cut(cut))
+        restore = self.profile.compress_outputs is not None
+        return SplitModel(self.head(cut), tail, self.profile.cut(cut), restore_outputs=restore)
 
     def close(self) -> None:
         with self._lock:

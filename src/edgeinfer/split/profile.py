@@ -2,7 +2,8 @@
 
 For every profiled cut: how long the head takes and how long the tail takes (each run
 through :class:`edgeinfer.Model` on the profiling host, median of several runs), and the
-bytes sent up (the head's real outputs, after compression) and down (the outputs), both raw
+bytes sent up (the head's real outputs, after compression) and down (the outputs, after
+output compression if the served halves quantize them), both raw
 and as HTTP compression would send them (``packed_*``: :mod:`edgeinfer.protocol.coding`'s
 best coding, on these real tensors; a body under its threshold is sent raw). The
 planner scales the head time by the device's slowdown against this host and the tail
@@ -88,6 +89,7 @@ class SplitProfile:
     output_bytes: int  # output bytes per request
     cuts: tuple[CutProfile, ...]
     host: Mapping[str, Any] = field(default_factory=dict)  # where it was measured
+    compress_outputs: str | None = None  # output compression of the served halves
     version: int = PROFILE_VERSION
 
     def over_wire(self, up: bool, down: bool) -> SplitProfile:
@@ -148,6 +150,7 @@ class SplitProfile:
                 output_bytes=int(data["output_bytes"]),
                 cuts=cuts,
                 host=dict(data.get("host") or {}),
+                compress_outputs=_mode(data.get("compress_outputs")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
@@ -184,6 +187,14 @@ def _nonneg(value: Any, name: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ValueError(f"{name} {value!r} must be a number >= 0")
     return value
+
+
+def _mode(value: Any) -> str | None:
+    from edgeinfer.split.compress import MODES
+
+    if value is not None and value not in MODES:
+        raise ValueError(f"compress_outputs {value!r} must be null or one of {', '.join(MODES)}")
+    return None if value is None else str(value)
 
 
 def _optional(value: Any, name: str) -> int | None:
@@ -232,6 +243,7 @@ def profile_cuts(
     batch: int = 1,
     dims: Mapping[str, int] | None = None,
     compress: str | None = None,
+    compress_outputs: str | None = None,
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = 1,
@@ -241,6 +253,8 @@ def profile_cuts(
 
     ``inputs``: real inputs (one request; their batch is the profiled batch); by default
     sample inputs of ``batch`` samples. Halves are written to ``work_dir/cut-<index>/``.
+    ``compress``: cut compression (``"uint8"``/``"fp16"``); ``compress_outputs``: the same
+    for what every served half (tails, remote-only's whole model) returns.
     """
     import platform
 
@@ -249,12 +263,16 @@ def profile_cuts(
     from edgeinfer.bundle import sha256_file
     from edgeinfer.runtime import load
     from edgeinfer.split._shapes import input_shapes, sample_feeds
-    from edgeinfer.split.compress import compress_split
+    from edgeinfer.split.compress import check_mode, compress_split, restore_outputs
+    from edgeinfer.split.compress import compress_outputs as quantize_outputs
     from edgeinfer.split.extract import HEAD_FILE, TAIL_FILE, SplitFiles, save_model, split_model
     from edgeinfer.split.graph import load_model
 
     if not cuts:
         raise InputError("no cuts to profile")
+    for mode in (compress, compress_outputs):
+        if mode is not None:
+            check_mode(mode)
     model = load_model(model_path)
     model_inputs = [vi.name for vi in model.graph.input]
     if inputs is None:
@@ -272,6 +290,8 @@ def profile_cuts(
         head, tail = split_model(model, cut)
         if compress is not None:
             head, tail = compress_split(head, tail, cut, compress)
+        if compress_outputs is not None and not cut.is_local_only:
+            tail = quantize_outputs(tail, compress_outputs)
         where = Path(work_dir) / f"cut-{cut.index}"
         pair = SplitFiles(save_model(head, where / HEAD_FILE), save_model(tail, where / TAIL_FILE))
         files[cut.index] = pair
@@ -300,7 +320,7 @@ def profile_cuts(
                 bytes_down=0 if local else nbytes(got),
                 head_ms=head_ms,
                 tail_ms=tail_ms,
-                max_abs_error=_max_error(want, got),
+                max_abs_error=_max_error(want, restore_outputs(got)),
                 packed_up=0 if local else packed_bytes(sent),
                 packed_down=0 if local else packed_bytes(got),
             )
@@ -311,6 +331,7 @@ def profile_cuts(
         batch=batch,
         dims=dict(dims or {}),
         compress=compress,
+        compress_outputs=compress_outputs,
         input_bytes=nbytes(feeds),
         output_bytes=nbytes(want),
         cuts=tuple(profiles),

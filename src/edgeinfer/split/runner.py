@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edgeinfer.errors import InputError
+from edgeinfer.split.compress import restore_outputs as _restore
 from edgeinfer.split.package import head_name, tail_name
 from edgeinfer.split.profile import PROFILE_FILE, CutProfile, SplitProfile
 
@@ -53,10 +54,14 @@ class SplitModel:
 
     ``head``: a local model (``None`` for remote-only); ``tail``: a
     :class:`~edgeinfer.offload.RemoteModel` or anything with ``predict`` (``None`` for
-    local-only). ``cut``: the profile entry of this cut.
+    local-only). ``cut``: the profile entry of this cut. ``restore_outputs``: the tail
+    returns quantized outputs (bundles made with output compression); they are restored
+    here, so callers see the model's own outputs.
     """
 
-    def __init__(self, head: Any, tail: Any, cut: CutProfile) -> None:
+    def __init__(
+        self, head: Any, tail: Any, cut: CutProfile, *, restore_outputs: bool = False
+    ) -> None:
         if head is None and tail is None:
             raise InputError("a split model needs a head, a tail, or both")
         if (head is None) != (cut.kind == "remote") or (tail is None) != (cut.kind == "local"):
@@ -69,6 +74,7 @@ class SplitModel:
         self.head = head
         self.tail = tail
         self.cut = cut
+        self.restore_outputs = restore_outputs and tail is not None
 
     def __repr__(self) -> str:
         return f"SplitModel(cut={self.cut.index}, kind={self.cut.kind!r})"
@@ -121,7 +127,7 @@ class SplitModel:
                 url, tail_name(profile.model, cut), token=token, transport=transport,  # type: ignore[arg-type]
                 timeout=timeout, compress=compress,
             )  # fmt: skip
-        return cls(head, tail, entry)
+        return cls(head, tail, entry, restore_outputs=profile.compress_outputs is not None)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -173,13 +179,24 @@ class SplitModel:
                 time.perf_counter() - start,
             )  # fmt: skip
         t1 = time.perf_counter()
+        asked = None if self.restore_outputs else outputs  # quantized names differ
         if hasattr(self.tail, "infer"):
-            result = self.tail.infer(dict(sent), outputs, timeout=timeout, validated=True)
+            result = self.tail.infer(dict(sent), asked, timeout=timeout, validated=True)
             out, stats = result.outputs, result.stats
             up, down = stats.up_bytes, stats.down_bytes
         else:  # a local stand-in for the tail
-            out, stats = self.tail.predict(dict(sent), outputs), None
+            out, stats = self.tail.predict(dict(sent), asked), None
             up = down = 0
+        if self.restore_outputs:
+            out = _restore(out)
+            if outputs is not None:
+                missing = [n for n in outputs if n not in out]
+                if missing:
+                    raise InputError(
+                        f"unknown output(s) {', '.join(map(repr, missing))}; the model has "
+                        f"{', '.join(map(repr, out))}"
+                    )
+                out = {n: out[n] for n in outputs}
         remote_s = time.perf_counter() - t1
         return SplitResult(
             dict(out), self.cut.index, self.cut.kind, head_s, remote_s, up, down,
