@@ -16,6 +16,9 @@ Measured (issue targets in brackets):
 - tiny, REST binary, concurrency 1: p50 added over in-process ``Model.predict`` [<= 1 ms];
 - tiny, concurrency 32: edgeinfer / MLServer throughput, REST and gRPC [>= 2x];
 - MiniLM INT8, concurrency 32: server throughput / best in-process throughput [>= 90%];
+  besides the sweep, measured paired (``paired_big``): rounds that each run the in-process
+  best batch and then the server, so a slow spell of this shared machine hits both sides of
+  a ratio; the median ratio over the rounds is the figure;
 - overload at 2x the saturating concurrency, 10,000 requests: goodput / peak [>= 90%],
   rejection latency [<= 5 ms], p99 of accepted [<= queue timeout], RSS over the run [flat];
   REST and gRPC, a tight queue and one sized by the rule of thumb, and three kinds of client
@@ -153,6 +156,54 @@ def in_process(path: Path, feeds: dict[str, np.ndarray], seconds: float) -> dict
             best, out["best_batch"] = rate, batch
     out["best_rows_per_s"] = round(best, 1)
     model.close()
+    return out
+
+
+def in_process_rate(model: Any, feeds: dict[str, np.ndarray], batch: int, seconds: float) -> float:
+    """Rows/s of ``model.predict`` at ``batch`` rows, back to back for ``seconds``."""
+    batched = {k: np.ascontiguousarray(np.repeat(v, batch, axis=0)) for k, v in feeds.items()}
+    model.predict(batched)
+    rows, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.predict(batched)
+        rows += batch
+    return rows / (time.perf_counter() - start)
+
+
+def paired_big(
+    server: Server,
+    path: Path,
+    feeds: dict[str, np.ndarray],
+    batch: int,
+    kinds: list[str],
+    rounds: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Server throughput at concurrency 32 over in-process throughput at ``batch``, in
+    ``rounds`` rounds of in-process then each server kind; the ratio per round and the
+    median. The server process idles while the in-process model runs, and the reverse."""
+    import edgeinfer
+
+    p = payloads("big", feeds)
+    model = edgeinfer.load(path, providers=["cpu"], threads=THREADS)
+    per_round: list[dict[str, float]] = []
+    try:
+        for _ in range(rounds):
+            base = in_process_rate(model, feeds, batch, seconds)
+            row = {"in_process_rows_per_s": round(base, 2)}
+            for kind in kinds:
+                rps = asyncio.run(measure(server, p, kind, 32, seconds))["rps"]
+                row[f"{kind}_rps"] = round(rps, 2)
+                row[f"{kind}_over_in_process"] = round(rps / base, 3)
+            per_round.append(row)
+            print("paired", json.dumps(row), flush=True)
+    finally:
+        model.close()
+    out: dict[str, Any] = {"batch": batch, "seconds": seconds, "rounds": per_round}
+    for kind in kinds:
+        ratios = [r[f"{kind}_over_in_process"] for r in per_round]
+        out[f"{kind}_over_in_process_median"] = round(statistics.median(ratios), 3)
+        out[f"{kind}_over_in_process_range"] = [min(ratios), max(ratios)]
     return out
 
 
@@ -579,6 +630,9 @@ def main() -> None:
     )
     ap.add_argument("--overload-requests", type=int, default=10_000)
     ap.add_argument(
+        "--paired-rounds", type=int, default=5, help="rounds of the paired MiniLM measurement"
+    )
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         help="the src folder of another edgeinfer checkout: run the overload scenarios "
@@ -666,6 +720,11 @@ def main() -> None:
                         r.update(server=server.name, model=name, kind=kind, concurrency=c)
                         results["runs"].append(r)
                         print(json.dumps(r), flush=True)
+        if big is not None and big_feeds is not None and big_batch is not None:
+            results["big_paired"] = paired_big(
+                edge, big, big_feeds, big_batch, ["rest_binary", "grpc", "rest_json"],
+                rounds=2 if args.quick else args.paired_rounds, seconds=seconds,
+            )  # fmt: skip
         if not args.big_only:
             results["overload"], results["overload_saturation"] = overload_suite(
                 edge,
@@ -720,6 +779,7 @@ def main() -> None:
             previous["runs"] += results["runs"]
             previous["in_process"]["big"] = baseline["big"]
             previous["in_process_big_after_servers"] = again
+            previous["big_paired"] = results["big_paired"]
             previous["big_conditions"] = {**conditions, "date": time.strftime("%Y-%m-%d %H:%M")}
             results = previous
     results["summary"] = summarize(results)
@@ -752,6 +812,12 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
             out[f"{res['second_model']}_{kind}_c32_over_best_in_process"] = round(
                 e["rps"] / best, 3
             )
+    paired = res.get("big_paired")
+    if paired:
+        for kind in ("rest_binary", "grpc", "rest_json"):
+            key = f"{kind}_over_in_process_median"
+            if key in paired:
+                out[f"{res['second_model']}_{kind}_c32_over_in_process_paired_median"] = paired[key]
     for name, o in res.get("overload", {}).items():
         row = {
             k: o.get(k)
