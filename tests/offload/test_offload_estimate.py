@@ -65,6 +65,19 @@ def test_remote_estimates_rtt_bandwidth_and_server_time() -> None:
     assert est.predict(other, 8, 18_000) is not None
 
 
+def test_client_compression_time_is_not_network_time() -> None:
+    est = RemoteEstimates(window=5, alpha=1.0)
+    est.observe_probe(0.020, now=0.0)
+    # as above, plus 10 ms this client spent compressing the request and decompressing
+    # the answer: the link is still 1 MB/s, and the call still takes 50 ms
+    for _ in range(5):
+        est.observe_call(
+            SIG, 4, 9_000, 10_000, 5_000, 0.050, now=1.0, server_s=0.005, codec_s=0.010
+        )
+    assert est.up_bw.value == pytest.approx(1e6)
+    assert est.predict(SIG, 4, 9_000) == pytest.approx(0.050)
+
+
 def test_a_slower_link_moves_the_estimate_in_a_few_calls() -> None:
     est = RemoteEstimates(window=7, alpha=0.5)
     est.observe_probe(0.001, now=0.0)

@@ -78,6 +78,7 @@ class _Tries:
                 s.server_s,
                 s.download_s,
                 s.streamed_bytes,
+                codec_s=s.codec_s,
             )
         slot.breaker.record_success()
         return result
@@ -104,7 +105,7 @@ class _Tries:
                 slot.est.observe_call(
                     cut_signature(run.sig, cut), run.elements, run.raw, s.up_bytes,
                     s.down_bytes, s.seconds, time.perf_counter(), s.server_s, s.download_s,
-                    s.streamed_bytes, shared=False,
+                    s.streamed_bytes, codec_s=s.codec_s, shared=False,
                 )  # fmt: skip
         slot.breaker.record_success()
         return answer

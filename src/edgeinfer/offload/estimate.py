@@ -137,6 +137,7 @@ class _PerSignature:
     down_bytes: int
     server: RobustEstimate
     total: RobustEstimate  # observed end-to-end seconds, for reports
+    codec_s: float = 0.0  # this client's (de)compression time on the last call
 
 
 class RemoteEstimates:
@@ -185,12 +186,15 @@ class RemoteEstimates:
         download_s: float | None = None,
         streamed_bytes: int = 0,
         *,
+        codec_s: float = 0.0,
         shared: bool = True,
     ) -> None:
         """One answered inference call: wire sizes, total time and what the server reported.
 
         ``download_s``/``streamed_bytes``: time and size of the part of the response that
-        arrived after its first bytes, when it streamed over several reads.
+        arrived after its first bytes, when it streamed over several reads. ``codec_s``:
+        the client's own compression time (HTTP compression): not network time, so it is
+        kept out of the bandwidth estimate and added back to this signature's predictions.
         ``shared=False``: a call of another model on this server (a split tail): it teaches
         the link (RTT, bandwidth, success) and its own signature's entry, but not the
         per-element server time and wire ratios used to extrapolate this model's calls.
@@ -205,6 +209,7 @@ class RemoteEstimates:
             )
             self._sigs[sig] = entry
         entry.up_bytes, entry.down_bytes = up_bytes, down_bytes
+        entry.codec_s = codec = max(codec_s, 0.0)
         entry.total.add(seconds, now)
         server = max(server_s or 0.0, 0.0)
         entry.server.add(server, now)
@@ -218,7 +223,7 @@ class RemoteEstimates:
         self.last_call = self.last_contact = now
         if self.rtt.value is None:
             return  # without the RTT, the transfer time is unknown: wait for a probe
-        transfer = max(seconds - self.rtt.value - server, _MIN_TRANSFER_S)
+        transfer = max(seconds - self.rtt.value - server - codec, _MIN_TRANSFER_S)
         t_up, t_down = self._transfer_times(up_bytes, down_bytes)
         if t_up <= 0 or t_down <= 0:  # nothing known yet: assume equal bandwidth both ways
             t_up, t_down = float(up_bytes), float(down_bytes)
@@ -253,7 +258,7 @@ class RemoteEstimates:
         t_up, t_down = self._transfer_times(up, down)
         entry = self._sigs.get(sig)
         if entry is not None and entry.server.value is not None:
-            server = entry.server.value
+            server = entry.server.value + entry.codec_s
         else:
             server = (self.server_per_element.value or 0.0) * elements
         return (self.rtt.value or 0.0) + t_up + t_down + server
