@@ -81,18 +81,23 @@ def run(ctx: DemoContext) -> None:
     source = Bundle.create(model, work / "source", name=name, golden_inputs=inputs)
     cuts = select_cuts(cut_points(source.model_path), 4 if ctx.fast else 5)
     package = write_split(
-        source, cuts, work / "out", inputs=inputs, compress="uint8", repeats=2 if ctx.fast else 10
-    )
+        source, cuts, work / "out", inputs=inputs, compress="uint8", compress_outputs="uint8",
+        repeats=2 if ctx.fast else 10,
+    )  # fmt: skip
     profile = package.profile
     table = Table(title=f"{name}: the cuts profiled (head/tail ms on this machine)")
-    for col in ("cut", "kind", "bytes sent", "head ms", "tail ms"):
+    for col in ("cut", "kind", "bytes sent", "bytes back", "head ms", "tail ms"):
         table.add_column(col, justify="right")
     for c in profile.cuts:
         table.add_row(
-            str(c.index), c.kind, f"{c.bytes_up:,}", f"{c.head_ms:.1f}", f"{c.tail_ms:.1f}"
-        )
+            str(c.index), c.kind, f"{c.bytes_up:,}", f"{c.bytes_down:,}", f"{c.head_ms:.1f}",
+            f"{c.tail_ms:.1f}",
+        )  # fmt: skip
     console.print(table)
-    console.print(f"raw input: {profile.input_bytes:,} bytes; device emulated {SLOWDOWN:g}x slower")
+    console.print(
+        f"raw input: {profile.input_bytes:,} bytes, raw output: {profile.output_bytes:,} bytes "
+        f"(cut tensors and outputs cross as uint8); device emulated {SLOWDOWN:g}x slower"
+    )
 
     config = ServeConfig(package.repository, port=0, grpc_port=None, poll_interval_s=None)
     rows: list[tuple[Any, ...]] = []
