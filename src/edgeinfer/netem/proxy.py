@@ -23,6 +23,10 @@ from edgeinfer.netem.conditions import (
 __all__ = ["NetemProxy"]
 
 _CHUNK = 16384  # bytes read at a time: large transfers stream through the link in pieces
+# A sender is held back only while the link is busy for more than this many seconds ahead:
+# the little buffer a socket has. Without it every late wake-up of the event loop left the
+# link idle (a fast link ran at 60 of 100 Mbit/s); with it the next chunk is already queued.
+_SLACK_S = 0.004
 
 
 class _Bucket:
@@ -322,8 +326,8 @@ class NetemProxy(_Endpoint):
         async def forward(data: bytes, now: float, c: Conditions, last: float) -> float:
             rate = c.rate_up if up else c.rate_down
             sent = bucket.transmit(len(data), now, rate, c.burst)
-            if sent > now:
-                await asyncio.sleep(sent - now)  # the sender waits for the link
+            if sent > now + _SLACK_S:
+                await asyncio.sleep(sent - now - _SLACK_S)  # the sender waits for the link
             delay = c.rtt / 2
             if c.jitter:
                 delay = max(0.0, delay + self._rng.uniform(-c.jitter, c.jitter))
