@@ -186,7 +186,7 @@ def test_restore_outputs_passes_others_and_names_missing_ranges() -> None:
 
 
 def test_bad_output_modes(res_cnn: Path, tmp_path: Path) -> None:
-    with pytest.raises(InputError, match="unknown cut compression 'int4'"):
+    with pytest.raises(InputError, match="unknown output compression 'int4'"):
         compress_outputs(onnx.load(res_cnn), "int4")
     old = onnx.load(make_res_cnn(tmp_path / "opset11.onnx", opset=11))
     with pytest.raises(InputError, match="output compression needs ONNX opset >= 13"):

@@ -141,3 +141,18 @@ def test_a_profile_without_compressed_sizes_plans_with_raw_ones(profiled: SplitP
     assert all(c.packed_up is None for c in old.cuts)
     wire = old.over_wire(up=True, down=True)
     assert [c.bytes_up for c in wire.cuts] == [c.bytes_up for c in old.cuts]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"compress": "int4"}, "unknown cut compression 'int4'"),
+        ({"compress_outputs": "int4"}, "unknown output compression 'int4'"),
+    ],
+)
+def test_unknown_compression_is_refused_before_any_work(
+    res_cnn: Path, tmp_path: Path, kwargs: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        profile_cuts(res_cnn, cut_points(res_cnn)[:2], tmp_path, **kwargs)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())

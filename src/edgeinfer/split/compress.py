@@ -56,10 +56,10 @@ MODES = ("uint8", "fp16")
 _EPS = 1e-12  # smallest scale: a constant tensor still round-trips exactly
 
 
-def check_mode(mode: str) -> str:
+def check_mode(mode: str, what: str = "cut compression") -> str:
     """``mode`` if it is a compression this module knows, else :class:`InputError`."""
     if mode not in MODES:
-        raise InputError(f"unknown cut compression {mode!r}; expected one of {', '.join(MODES)}")
+        raise InputError(f"unknown {what} {mode!r}; expected one of {', '.join(MODES)}")
     return mode
 
 
@@ -269,7 +269,7 @@ def compress_outputs(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
     """
     from onnx import helper
 
-    check_mode(mode)
+    check_mode(mode, "output compression")
     opset = _opset(model)
     if opset < 13:
         raise InputError(f"output compression needs ONNX opset >= 13; the model uses {opset}")

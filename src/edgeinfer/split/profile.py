@@ -270,9 +270,10 @@ def profile_cuts(
 
     if not cuts:
         raise InputError("no cuts to profile")
-    for mode in (compress, compress_outputs):
-        if mode is not None:
-            check_mode(mode)
+    if compress is not None:
+        check_mode(compress)
+    if compress_outputs is not None:
+        check_mode(compress_outputs, "output compression")
     model = load_model(model_path)
     model_inputs = [vi.name for vi in model.graph.input]
     if inputs is None:
