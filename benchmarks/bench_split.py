@@ -8,7 +8,8 @@ with uint8 cut compression plus uint8 outputs (``out8``: the server returns the 
 the same, so the whole-model placement is compared on equal terms);
 a real ``edgeinfer serve`` on loopback hosts every tail, behind the user-space network
 emulator (``NetemProxy``: fixed RTT, rate limit both ways); the device is this machine made
-``slowdown`` times slower (``EmulatedDevice``: it sleeps after each head run). Remote-only
+``slowdown`` times slower (``EmulatedDevice``: it sleeps after each head run;
+``EmulatedClient``: likewise after its own HTTP compression work). Remote-only
 (send the raw float32 input) and local-only are the extreme cuts.
 
 Reported (issue targets in brackets):
@@ -336,14 +337,16 @@ def run_condition(
     placements: list[Placement], one: dict[str, np.ndarray], bw: float, slowdown: float, reps: int
 ) -> dict[str, Any]:
     """Measure every placement (interleaved), then compare with the planner's choice."""
-    from edgeinfer.netem import EmulatedDevice
+    from edgeinfer.netem import EmulatedClient, EmulatedDevice
     from edgeinfer.split import Estimates, cut_cost
     from edgeinfer.split.runner import SplitModel
 
     runs = []
     for p in placements:
         head = None if p.head is None else EmulatedDevice(p.head, slowdown)
-        runs.append(SplitModel(head, p.split.tail, p.cut, restore_outputs=p.split.restore_outputs))
+        # the device's own HTTP compression work is slower too, not only its head
+        tail = None if p.split.tail is None else EmulatedClient(p.split.tail, slowdown)
+        runs.append(SplitModel(head, tail, p.cut, restore_outputs=p.split.restore_outputs))
     nominal = Estimates(rtt_ms=RTT_MS, up_mbps=bw, down_mbps=bw, device_slowdown=slowdown)
     live = learn_estimates(placements, runs, one, nominal)
     times: list[list[float]] = [[] for _ in placements]

@@ -21,6 +21,7 @@ import pytest
 from edgeinfer.errors import InputError
 from edgeinfer.netem import (
     Conditions,
+    EmulatedClient,
     EmulatedDevice,
     NetemProxy,
     parse_address,
@@ -244,6 +245,39 @@ def test_emulated_device_runs_the_real_model(tmp_path: Path) -> None:
     assert "slowdown=3" in repr(slow)
     with pytest.raises(InputError, match=">= 1"):
         EmulatedDevice(model, slowdown=0.5)
+
+
+class _Remote:
+    """A remote model's surface: ``infer`` returns outputs with the call's stats."""
+
+    def __init__(self, codec_s: float) -> None:
+        from edgeinfer.offload.transport import CallStats
+
+        self.stats = CallStats(seconds=0.001, up_bytes=10, down_bytes=10, codec_s=codec_s)
+        self.calls = 0
+
+    def infer(self, inputs: object, outputs: object = None, **kw: object) -> object:
+        from types import SimpleNamespace
+
+        self.calls += 1
+        return SimpleNamespace(outputs={"y": np.ones(1)}, stats=self.stats)
+
+    def ready(self) -> float:
+        return 0.001
+
+
+def test_emulated_client_slows_its_own_compression_work() -> None:
+    remote = _Remote(codec_s=0.01)
+    slow = EmulatedClient(remote, slowdown=4.0)
+    start = time.perf_counter()
+    result = slow.infer({"x": np.ones(1)}, None, timeout=1.0)
+    assert time.perf_counter() - start >= 0.03  # 3 more times the 10 ms of codec work
+    assert result.stats is remote.stats and result.stats.seconds == 0.001  # as measured
+    assert slow.predict({"x": np.ones(1)})["y"].shape == (1,)
+    assert slow.ready() == 0.001 and remote.calls == 2  # everything else is the remote's
+    assert "slowdown=4" in repr(slow)
+    with pytest.raises(InputError, match=">= 1"):
+        EmulatedClient(remote, slowdown=0.5)
 
 
 # ------------------------------------------------------------------ CLI

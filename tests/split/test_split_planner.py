@@ -75,6 +75,21 @@ def test_cost_breakdown() -> None:
     assert local.latency_ms == 90.0 and local.network_ms == local.upload_ms == 0.0
 
 
+def test_compression_work_is_device_compute() -> None:
+    """Seen over a compressing transport, a cut carries the device's codec time, which a
+    slower device spends slower, like its head."""
+    import dataclasses
+
+    est = Estimates(rtt_ms=10, up_mbps=8, down_mbps=4, device_slowdown=3)
+    packed = dataclasses.replace(CUTS[2], packed_up=5_000, packed_up_ms=2.0, packed_down_ms=0.5)
+    raw = cut_cost(packed.over_wire(up=False, down=False), est)
+    wire = cut_cost(packed.over_wire(up=True, down=True), est)
+    assert raw.device_ms == 18.0
+    assert wire.device_ms == pytest.approx(18.0 + 3 * 2.5)
+    assert wire.upload_ms == pytest.approx(5_000 * 8 / 8_000)
+    assert packed.over_wire(up=True, down=False).codec_ms == 2.0
+
+
 def test_energy_objective_prefers_the_radio_when_compute_is_costly() -> None:
     est = Estimates(rtt_ms=5, up_mbps=50, down_mbps=50, device_slowdown=10)
     power = Energy(compute_w=5.0, tx_w=0.5, rx_w=0.5, idle_w=0.05)

@@ -127,6 +127,10 @@ def test_profile_records_compressed_bytes(
     wire = profile.over_wire(up=True, down=False)
     assert wire.cuts[0].bytes_up == remote.packed_up
     assert wire.cuts[0].bytes_down == remote.bytes_down  # answers not compressed here
+    # compressing the upload took measurable time; the 40-byte answers are sent raw
+    assert remote.packed_up_ms is not None and remote.packed_up_ms > 0
+    assert remote.packed_down_ms == 0.0
+    assert wire.cuts[0].codec_ms == remote.packed_up_ms and remote.codec_ms == 0.0
     assert profile.over_wire(up=False, down=False) is profile
     assert SplitProfile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
 
@@ -134,13 +138,15 @@ def test_profile_records_compressed_bytes(
 def test_a_profile_without_compressed_sizes_plans_with_raw_ones(profiled: SplitProfile) -> None:
     data = profiled.to_dict()
     for c in data["cuts"]:  # written before compressed sizes were recorded
-        del c["packed_up"], c["packed_down"]
+        del c["packed_up"], c["packed_down"], c["packed_up_ms"], c["packed_down_ms"]
+        del c["codec_ms"]
     del data["compress_outputs"]  # written before outputs could be compressed
     old = SplitProfile.from_dict(data)
     assert old.compress_outputs is None
     assert all(c.packed_up is None for c in old.cuts)
     wire = old.over_wire(up=True, down=True)
     assert [c.bytes_up for c in wire.cuts] == [c.bytes_up for c in old.cuts]
+    assert all(c.codec_ms == 0.0 for c in wire.cuts)
 
 
 @pytest.mark.parametrize(

@@ -40,12 +40,13 @@ from edgeinfer.netem.conditions import (
     parse_duration,
     parse_rate,
 )
-from edgeinfer.netem.device import EmulatedDevice
+from edgeinfer.netem.device import EmulatedClient, EmulatedDevice
 from edgeinfer.netem.process import NetemProcess
 from edgeinfer.netem.proxy import NetemProxy
 
 __all__ = [
     "Conditions",
+    "EmulatedClient",
     "EmulatedDevice",
     "NetemProcess",
     "NetemProxy",

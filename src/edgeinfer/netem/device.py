@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeinfer.errors import InputError
 
-__all__ = ["EmulatedDevice"]
+__all__ = ["EmulatedClient", "EmulatedDevice"]
 
 
 class EmulatedDevice:
@@ -39,3 +39,36 @@ class EmulatedDevice:
         if self.slowdown > 1.0:
             time.sleep((time.perf_counter() - start) * (self.slowdown - 1.0))
         return result
+
+
+class EmulatedClient:
+    """A remote model called from a device ``slowdown`` times slower than this machine.
+
+    The network is the link emulator's and the server is the server's, but the client's own
+    CPU work in a call (HTTP compression and decompression, ``stats.codec_s``) would also
+    run slower on the device: after each ``infer`` it sleeps ``(slowdown - 1)`` times that
+    long. ``stats`` stay as measured, so what a learner reads as network time is unchanged.
+    """
+
+    def __init__(self, remote: Any, slowdown: float = 1.0) -> None:
+        if slowdown < 1.0:
+            raise InputError(f"slowdown {slowdown!r} must be >= 1 (this machine is the fastest)")
+        self.remote = remote
+        self.slowdown = float(slowdown)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.remote, name)
+
+    def __repr__(self) -> str:
+        return f"EmulatedClient({self.remote!r}, slowdown={self.slowdown:g})"
+
+    def infer(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.remote.infer(*args, **kwargs)
+        codec = float(getattr(result.stats, "codec_s", 0.0) or 0.0)
+        if self.slowdown > 1.0 and codec > 0:
+            time.sleep(codec * (self.slowdown - 1.0))
+        return result
+
+    def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        outputs_: dict[str, np.ndarray] = self.infer(inputs, outputs).outputs
+        return outputs_

@@ -2,7 +2,9 @@
 
 For each cut the expected latency is::
 
-    head_ms * device_slowdown                       compute on the device
+    (head_ms + codec_ms) * device_slowdown          compute on the device (the head, and
+                                                    HTTP compression when the profile is
+                                                    seen over_wire)
     + overhead_ms + rtt_ms                          one remote call (not for local-only)
     + bytes_up * 8 / up_mbps                        upload the crossing tensors
     + tail_ms * server_load                         compute on the server
@@ -135,7 +137,7 @@ def _ms_for(nbytes: int, mbps: float) -> float:
 def cut_cost(cut: CutProfile, est: Estimates, energy: Energy | None = None) -> CutCost:
     """Expected latency and device energy of ``cut`` under ``est``."""
     power = energy or Energy()
-    device = cut.head_ms * est.device_slowdown
+    device = (cut.head_ms + cut.codec_ms) * est.device_slowdown
     if cut.kind == "local":
         network = upload = server = download = 0.0
     else:

@@ -39,6 +39,7 @@ __all__ = [
     "PROFILE_VERSION",
     "CutProfile",
     "SplitProfile",
+    "pack_timed",
     "packed_bytes",
     "profile_cuts",
     "time_model",
@@ -64,15 +65,26 @@ class CutProfile:
     max_abs_error: float = 0.0  # head -> tail against the full model, profiling inputs
     packed_up: int | None = None  # bytes_up after HTTP compression (None: not measured)
     packed_down: int | None = None  # bytes_down after HTTP compression
+    packed_up_ms: float | None = None  # compressing the upload, on the profiling host
+    packed_down_ms: float | None = None  # decompressing the download, on the profiling host
+    codec_ms: float = 0.0  # the device's compression work per request (see over_wire)
 
     def over_wire(self, up: bool, down: bool) -> CutProfile:
-        """This cut with the byte counts a transport that compresses ``up``/``down`` sends."""
+        """This cut with the byte counts a transport that compresses ``up``/``down`` sends,
+        and the device-side work that costs (``codec_ms``: compressing the upload,
+        decompressing the download; the planner scales it by the device's slowdown)."""
+        codec = 0.0
+        if up and self.packed_up_ms is not None:
+            codec += self.packed_up_ms
+        if down and self.packed_down_ms is not None:
+            codec += self.packed_down_ms
         return replace(
             self,
             bytes_up=self.packed_up if up and self.packed_up is not None else self.bytes_up,
             bytes_down=(
                 self.packed_down if down and self.packed_down is not None else self.bytes_down
             ),
+            codec_ms=codec,
         )
 
 
@@ -137,6 +149,9 @@ class SplitProfile:
                     max_abs_error=_nonneg(c.get("max_abs_error", 0.0), "max_abs_error"),
                     packed_up=_optional(c.get("packed_up"), "packed_up"),
                     packed_down=_optional(c.get("packed_down"), "packed_down"),
+                    packed_up_ms=_optional_ms(c.get("packed_up_ms"), "packed_up_ms"),
+                    packed_down_ms=_optional_ms(c.get("packed_down_ms"), "packed_down_ms"),
+                    codec_ms=_nonneg(c.get("codec_ms", 0.0), "codec_ms"),
                 )
                 for c in data["cuts"]
             )
@@ -201,14 +216,35 @@ def _optional(value: Any, name: str) -> int | None:
     return None if value is None else int(_nonneg(value, name))
 
 
+def _optional_ms(value: Any, name: str) -> float | None:
+    return None if value is None else float(_nonneg(value, name))
+
+
 def packed_bytes(arrays: Mapping[str, np.ndarray]) -> int:
     """Bytes of ``arrays`` as an HTTP body compressed by the best available coding."""
+    return pack_timed(arrays)[0]
+
+
+def pack_timed(arrays: Mapping[str, np.ndarray], repeats: int = 3) -> tuple[int, float, float]:
+    """``arrays`` as an HTTP body compressed by the best available coding: its bytes, and the
+    median milliseconds to compress it and to decompress it (0 when it is sent raw)."""
     from edgeinfer.protocol import coding
 
     body = b"".join(np.ascontiguousarray(a).tobytes() for a in arrays.values())
     if not coding.worth_encoding(len(body)) or not coding.available():
-        return len(body)
-    return min(len(body), len(coding.encode(body, coding.available()[0])))
+        return len(body), 0.0, 0.0
+    name = coding.available()[0]
+    enc, dec, packed = [], [], body
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        packed = coding.encode(body, name)
+        t1 = time.perf_counter()
+        coding.decode(packed, name, limit=len(body))
+        dec.append(time.perf_counter() - t1)
+        enc.append(t1 - t0)
+    if len(packed) >= len(body):
+        return len(body), 0.0, 0.0  # sent raw: nothing to do
+    return len(packed), statistics.median(enc) * 1e3, statistics.median(dec) * 1e3
 
 
 def time_model(
@@ -310,6 +346,8 @@ def profile_cuts(
             )
             got = t.predict(sent)
         local = cut.is_local_only
+        up = (0, 0.0, 0.0) if local else pack_timed(sent)
+        down = (0, 0.0, 0.0) if local else pack_timed(got)
         profiles.append(
             CutProfile(
                 index=cut.index,
@@ -322,8 +360,10 @@ def profile_cuts(
                 head_ms=head_ms,
                 tail_ms=tail_ms,
                 max_abs_error=_max_error(want, restore_outputs(got)),
-                packed_up=0 if local else packed_bytes(sent),
-                packed_down=0 if local else packed_bytes(got),
+                packed_up=up[0],
+                packed_down=down[0],
+                packed_up_ms=up[1],  # the device compresses what it sends
+                packed_down_ms=down[2],  # and decompresses what comes back
             )
         )
     profile = SplitProfile(

@@ -127,6 +127,10 @@ class SplitModel:
                 url, tail_name(profile.model, cut), token=token, transport=transport,  # type: ignore[arg-type]
                 timeout=timeout, compress=compress,
             )  # fmt: skip
+            if slowdown != 1.0:
+                from edgeinfer.netem import EmulatedClient
+
+                tail = EmulatedClient(tail, slowdown)  # its compression work is slower too
         return cls(head, tail, entry, restore_outputs=profile.compress_outputs is not None)
 
     @property
