@@ -13,7 +13,28 @@ from edgeinfer.errors import InputError
 __all__ = ["EmulatedClient", "EmulatedDevice"]
 
 
-class EmulatedDevice:
+class _Slowed:
+    """Wraps ``inner`` for a device ``slowdown`` times slower; everything else is inner's."""
+
+    def __init__(self, inner: Any, slowdown: float) -> None:
+        if slowdown < 1.0:
+            raise InputError(f"slowdown {slowdown!r} must be >= 1 (this machine is the fastest)")
+        self._inner = inner
+        self.slowdown = float(slowdown)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._inner!r}, slowdown={self.slowdown:g})"
+
+    def _slow_down(self, seconds: float) -> None:
+        """Sleep so that ``seconds`` of this machine's work took ``slowdown`` times as long."""
+        if self.slowdown > 1.0 and seconds > 0:
+            time.sleep(seconds * (self.slowdown - 1.0))
+
+
+class EmulatedDevice(_Slowed):
     """A local model made to look ``slowdown`` times slower: emulation, not measurement.
 
     Each ``predict`` runs the real model, then sleeps ``(slowdown - 1)`` times as long as
@@ -22,26 +43,17 @@ class EmulatedDevice:
     """
 
     def __init__(self, model: Any, slowdown: float = 1.0) -> None:
-        if slowdown < 1.0:
-            raise InputError(f"slowdown {slowdown!r} must be >= 1 (this machine is the fastest)")
+        super().__init__(model, slowdown)
         self.model = model
-        self.slowdown = float(slowdown)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def __repr__(self) -> str:
-        return f"EmulatedDevice({self.model!r}, slowdown={self.slowdown:g})"
 
     def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         result: dict[str, np.ndarray] = self.model.predict(inputs, outputs)
-        if self.slowdown > 1.0:
-            time.sleep((time.perf_counter() - start) * (self.slowdown - 1.0))
+        self._slow_down(time.perf_counter() - start)
         return result
 
 
-class EmulatedClient:
+class EmulatedClient(_Slowed):
     """A remote model called from a device ``slowdown`` times slower than this machine.
 
     The network is the link emulator's and the server is the server's, but the client's own
@@ -51,24 +63,14 @@ class EmulatedClient:
     """
 
     def __init__(self, remote: Any, slowdown: float = 1.0) -> None:
-        if slowdown < 1.0:
-            raise InputError(f"slowdown {slowdown!r} must be >= 1 (this machine is the fastest)")
+        super().__init__(remote, slowdown)
         self.remote = remote
-        self.slowdown = float(slowdown)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.remote, name)
-
-    def __repr__(self) -> str:
-        return f"EmulatedClient({self.remote!r}, slowdown={self.slowdown:g})"
 
     def infer(self, *args: Any, **kwargs: Any) -> Any:
         result = self.remote.infer(*args, **kwargs)
-        codec = float(getattr(result.stats, "codec_s", 0.0) or 0.0)
-        if self.slowdown > 1.0 and codec > 0:
-            time.sleep(codec * (self.slowdown - 1.0))
+        self._slow_down(float(getattr(result.stats, "codec_s", 0.0) or 0.0))
         return result
 
     def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-        outputs_: dict[str, np.ndarray] = self.infer(inputs, outputs).outputs
-        return outputs_
+        result: dict[str, np.ndarray] = self.infer(inputs, outputs).outputs
+        return result

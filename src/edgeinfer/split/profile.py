@@ -40,7 +40,6 @@ __all__ = [
     "CutProfile",
     "SplitProfile",
     "pack_timed",
-    "packed_bytes",
     "profile_cuts",
     "time_model",
 ]
@@ -218,11 +217,6 @@ def _optional(value: Any, name: str) -> int | None:
 
 def _optional_ms(value: Any, name: str) -> float | None:
     return None if value is None else float(_nonneg(value, name))
-
-
-def packed_bytes(arrays: Mapping[str, np.ndarray]) -> int:
-    """Bytes of ``arrays`` as an HTTP body compressed by the best available coding."""
-    return pack_timed(arrays)[0]
 
 
 def pack_timed(arrays: Mapping[str, np.ndarray], repeats: int = 3) -> tuple[int, float, float]:
