@@ -149,3 +149,43 @@ def test_model_config_overrides_batching(tmp_path: Path) -> None:
         assert r.status_code == 503 and "unknown keys ['max_batch_sise']" in r.json()["error"]
         (repo / "fixed" / "config.json").write_text('{"max_queue_size": 2}')
         _eventually(lambda: httpx.get(srv.url + "/v2/models/fixed/ready").status_code == 200)
+
+
+class _Cycle:
+    me: object = None
+
+
+def test_freeze_heap(tmp_path: Path) -> None:
+    """With ``freeze_heap`` the server's long-lived heap leaves the garbage collector's full
+    collections once loaded; a model unloaded later is still freed, and answers are the same."""
+    import gc
+    import weakref
+
+    repo = h.repository(tmp_path / "repo")
+    cfg = h.config(repo, grpc_port=None, admin_tokens=(ADMIN,), freeze_heap=True)
+    try:
+        with h.running(cfg) as srv:
+            assert gc.get_freeze_count() > 0
+            # garbage in a cycle that was frozen with the heap (a dropped model's, say) is
+            # collected at the next repository change
+            cycle = _Cycle()
+            cycle.me = cycle
+            gone = weakref.ref(cycle)
+            gc.freeze()
+            del cycle
+            assert _admin(srv.url, "/v2/repository/models/mlp/unload").status_code == 200
+            _eventually(lambda: gone() is None)
+            assert _admin(srv.url, "/v2/repository/models/mlp/load").status_code == 200
+            np.testing.assert_allclose(_logits(srv.url), X @ h.mlp_weights(1), rtol=1e-5)
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
+def test_heap_is_left_alone_by_default(tmp_path: Path) -> None:
+    """An embedding program's heap is its own: the server freezes nothing unless asked."""
+    import gc
+
+    gc.unfreeze()
+    with h.running(h.config(h.repository(tmp_path / "repo"), grpc_port=None)):
+        assert gc.get_freeze_count() == 0

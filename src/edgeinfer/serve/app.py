@@ -351,6 +351,7 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
             from edgeinfer.serve.grpc import start_grpc_server
 
             grpc_server, app.state.grpc_port = await start_grpc_server(config, dp)
+        dp.settle_heap()  # everything the server needs for its life now exists
         try:
             yield
         finally:

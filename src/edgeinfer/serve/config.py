@@ -64,6 +64,11 @@ class ServeConfig:
     # update agents' state dirs: each serves its committed bundle, swapped in on each commit
     # (seen at the next repository scan, so it needs poll_interval_s)
     follow: tuple[Path, ...] = ()
+    # After models (re)load, hand the heap to gc.freeze() so that the garbage collector's
+    # full collections, which otherwise scan every long-lived object (a 9-12 ms pause of the
+    # whole process with one model loaded), stop stalling requests. It acts on the whole
+    # process: the CLI, which owns its process, turns it on; an embedding program decides.
+    freeze_heap: bool = False
 
     def __post_init__(self) -> None:
         if self.compress_min_bytes is not None and self.compress_min_bytes < 0:
