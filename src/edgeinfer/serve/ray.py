@@ -39,7 +39,8 @@ def build_deployment(
     serve = _serve()
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    replica_config = dataclasses.replace(config, grpc_port=None)
+    # a replica's process is Ray's worker, with Ray's own heap: not the server's to freeze
+    replica_config = dataclasses.replace(config, grpc_port=None, freeze_heap=False)
 
     @serve.ingress()
     class EdgeInferReplica:
