@@ -26,18 +26,22 @@ _RATE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmg]?)bit(?:/s)?\s*$"
 _RATE_UNITS = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9}
 
 
+def _quantity(
+    value: str | float, what: str, pattern: re.Pattern[str], units: dict[str, float], expected: str
+) -> float:
+    """A number as is, or a number with a unit that ``pattern`` and ``units`` read."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    m = pattern.match(str(value))
+    if not m:
+        raise InputError(f"{what} {value!r} not understood; expected {expected}")
+    return float(m.group(1)) * units[m.group(2).lower()]
+
+
 def parse_duration(value: str | float, what: str = "duration") -> float:
     """Seconds from ``"50ms"``, ``"2s"``, ``"250us"`` or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise InputError(
-                f"{what} {value!r} not understood; expected a number with a unit, "
-                "such as '50ms', '2s' or '250us'"
-            )
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+    expected = "a number with a unit, such as '50ms', '2s' or '250us'"
+    seconds = _quantity(value, what, _DURATION, _DURATION_UNITS, expected)
     if seconds < 0:
         raise InputError(f"{what} {value!r} is negative; expected a time >= 0")
     return seconds
@@ -50,18 +54,10 @@ def parse_rate(value: str | float | None, what: str = "rate") -> float | None:
     """
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        bits = float(value)
-    elif str(value).strip() in ("0", "none", "unlimited"):
+    if isinstance(value, str) and value.strip() in ("0", "none", "unlimited"):
         return None
-    else:
-        m = _RATE.match(str(value))
-        if not m:
-            raise InputError(
-                f"{what} {value!r} not understood; expected bits per second with a unit, "
-                "such as '10mbit', '500kbit' or '1gbit'"
-            )
-        bits = float(m.group(1)) * _RATE_UNITS[m.group(2).lower()]
+    expected = "bits per second with a unit, such as '10mbit', '500kbit' or '1gbit'"
+    bits = _quantity(value, what, _RATE, _RATE_UNITS, expected)
     if bits < 0:
         raise InputError(f"{what} {value!r} is negative; expected bits per second > 0")
     return bits or None
