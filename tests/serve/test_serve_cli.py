@@ -103,6 +103,8 @@ def test_warns_on_non_loopback_without_token(tmp_path: Path) -> None:
         (["/nonexistent/repo"], "no such model repository"),
         (["{repo}", "--ssl-keyfile", "k.pem"], "both --ssl-keyfile and --ssl-certfile"),
         (["{repo}", "--max-batch-size", "0"], "must be >= 1"),
+        (["{repo}", "--switch-interval-ms", "-1"], "must be between 0"),
+        (["{repo}", "--switch-interval-ms", "5000"], "must be between 0"),
     ],
 )
 def test_bad_arguments(
@@ -119,3 +121,31 @@ def test_is_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
     assert not is_loopback("example.com")
+
+
+@pytest.mark.parametrize(
+    ("args", "freeze", "interval"),
+    [([], True, 1e-4), (["--no-freeze-heap", "--switch-interval-ms", "0"], False, None)],
+)
+def test_process_tuning_defaults(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    freeze: bool,
+    interval: float | None,
+) -> None:
+    """The CLI owns its process, so it tunes it (heap freeze, GIL switch interval) unless told
+    not to; the library's defaults leave an embedding program's process alone."""
+    import edgeinfer.serve.server as server
+    from edgeinfer.serve.config import ServeConfig
+
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(server, "run_server", lambda config, **_: seen.append(config))
+    with pytest.raises(SystemExit) as info:
+        main(["serve", str(h.repository(tmp_path / "repo")), *args])
+    assert info.value.code in (0, None)
+    (config,) = seen
+    assert config.freeze_heap is freeze
+    assert config.switch_interval_s == interval
+    library = ServeConfig(tmp_path)
+    assert not library.freeze_heap and library.switch_interval_s is None

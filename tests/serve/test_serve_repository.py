@@ -14,6 +14,7 @@ import pytest
 import serve_helpers as h
 
 from edgeinfer.bundle import Bundle
+from edgeinfer.errors import InputError
 
 ADMIN = "admin-secret"
 X = np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)
@@ -189,3 +190,20 @@ def test_heap_is_left_alone_by_default(tmp_path: Path) -> None:
     gc.unfreeze()
     with h.running(h.config(h.repository(tmp_path / "repo"), grpc_port=None)):
         assert gc.get_freeze_count() == 0
+
+
+def test_switch_interval_while_serving(tmp_path: Path) -> None:
+    """``switch_interval_s`` holds while the server runs, and the process's own comes back
+    when it stops; by default the server leaves it alone."""
+    import sys
+
+    before = sys.getswitchinterval()
+    repo = h.repository(tmp_path / "repo")
+    with h.running(h.config(repo, grpc_port=None, switch_interval_s=2e-4)) as srv:
+        assert sys.getswitchinterval() == pytest.approx(2e-4)
+        np.testing.assert_allclose(_logits(srv.url), X @ h.mlp_weights(1), rtol=1e-5)
+    assert sys.getswitchinterval() == before
+    with h.running(h.config(repo, grpc_port=None)):
+        assert sys.getswitchinterval() == before
+    with pytest.raises(InputError, match="switch_interval_s 0 must be > 0"):
+        h.config(repo, switch_interval_s=0)

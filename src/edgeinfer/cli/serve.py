@@ -60,6 +60,12 @@ def register(app: typer.Typer) -> None:
             "full collections (gc.freeze), which otherwise pause every request ~10 ms now "
             "and then.",
         ),
+        switch_interval_ms: float = typer.Option(
+            0.1,
+            help="The GIL switch interval while serving, ms (Python's default: 5), so the "
+            "inference threads hand batches back without waiting out a busy event loop; "
+            "0: leave Python's.",
+        ),
     ) -> None:
         """Serve every model in REPOSITORY over the Open Inference Protocol (KServe V2).
 
@@ -111,6 +117,11 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             raise InputError(str(exc)) from None
         size = int(max_body_mb * (1 << 20))
+        if not 0 <= switch_interval_ms <= 1000:
+            raise InputError(
+                f"--switch-interval-ms {switch_interval_ms} must be between 0 (Python's "
+                "default) and 1000"
+            )
         config = ServeConfig(
             repository=repository,
             host=host,
@@ -127,6 +138,7 @@ def register(app: typer.Typer) -> None:
             ssl_certfile=ssl_certfile,
             follow=tuple(dict.fromkeys(p.resolve() for p in follow)),
             freeze_heap=freeze_heap,
+            switch_interval_s=switch_interval_ms / 1e3 if switch_interval_ms else None,
         )
         if ray:
             from edgeinfer.serve.ray import run_ray

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -345,6 +346,20 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if config.switch_interval_s is None:
+            async with _serving(app):
+                yield
+            return
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(config.switch_interval_s)  # see ServeConfig.switch_interval_s
+        try:
+            async with _serving(app):
+                yield
+        finally:
+            sys.setswitchinterval(previous)
+
+    @contextlib.asynccontextmanager
+    async def _serving(app: Starlette) -> AsyncIterator[None]:
         await dp.start()
         grpc_server: Any = None
         if config.grpc_port is not None:

@@ -69,12 +69,23 @@ class ServeConfig:
     # whole process with one model loaded), stop stalling requests. It acts on the whole
     # process: the CLI, which owns its process, turns it on; an embedding program decides.
     freeze_heap: bool = False
+    # The GIL switch interval (sys.setswitchinterval) while the server runs, in seconds; None
+    # leaves the process's own (Python's default is 5 ms). The inference threads need the GIL
+    # for a moment to hand every batch back, and while the event loop is busy -- refusing an
+    # overload, say -- each such moment waits out a whole interval. Process-wide, like
+    # freeze_heap: the CLI sets 0.1 ms, an embedding program decides.
+    switch_interval_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.compress_min_bytes is not None and self.compress_min_bytes < 0:
             raise InputError(
                 f"compress_min_bytes {self.compress_min_bytes} must be >= 0 bytes "
                 "(None: never compress answers)"
+            )
+        if self.switch_interval_s is not None and not 0 < self.switch_interval_s <= 1:
+            raise InputError(
+                f"switch_interval_s {self.switch_interval_s} must be > 0 and <= 1 second "
+                "(None: leave the process's GIL switch interval as it is)"
             )
         if not 0 <= self.port <= 65535:
             raise InputError(f"port {self.port} is out of range; expected 0-65535 (0: any free)")

@@ -39,8 +39,11 @@ def build_deployment(
     serve = _serve()
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
-    # a replica's process is Ray's worker, with Ray's own heap: not the server's to freeze
-    replica_config = dataclasses.replace(config, grpc_port=None, freeze_heap=False)
+    # a replica's process is Ray's worker, with Ray's own heap and threads: not the server's
+    # to freeze or to retune
+    replica_config = dataclasses.replace(
+        config, grpc_port=None, freeze_heap=False, switch_interval_s=None
+    )
 
     @serve.ingress()
     class EdgeInferReplica:
