@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -24,7 +25,7 @@ import serve_helpers as h
 from edgeinfer.protocol import grpc_codec as gc
 from edgeinfer.serve import BackgroundServer, BatchConfig
 from edgeinfer.serve.admission import MIN_RETRY_AFTER_S, Admission
-from edgeinfer.serve.app import retry_headers
+from edgeinfer.serve.app import REPLICA_HEADER, retry_headers
 from edgeinfer.serve.batching import Batcher
 from edgeinfer.serve.grpc import peek_model
 
@@ -119,11 +120,13 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _server(repo: Path, max_queue_size: int) -> contextlib.AbstractContextManager[BackgroundServer]:
+def _server(
+    repo: Path, max_queue_size: int, **changes: Any
+) -> contextlib.AbstractContextManager[BackgroundServer]:
     config = BatchConfig(
         max_batch_size=1, instances=1, max_queue_size=max_queue_size, queue_timeout_s=60.0
     )
-    return h.running(h.config(repo, batching=config))
+    return h.running(h.config(repo, batching=config, **changes))
 
 
 def test_full_queue_refuses_before_decoding_with_retry_after(repo: Path) -> None:
@@ -174,6 +177,19 @@ def test_full_queue_refuses_before_decoding_with_retry_after(repo: Path) -> None
     assert delta("edgeinfer_requests_total", model="m", protocol="rest", status="503") == 2
     assert delta("edgeinfer_requests_total", model="m", protocol="grpc", status="503") == 2
     assert _metric(after, "edgeinfer_queue_depth", model="m") == 1
+
+
+def test_refusal_names_the_replica(repo: Path) -> None:
+    """A refusal is answered before the app's middleware runs, and still says who answered
+    (scale-out: a client behind a load balancer can tell which replica is overloaded)."""
+    with _server(repo, max_queue_size=1, replica_id="r7", grpc_port=None) as srv:
+        ok = httpx.get(srv.url + "/v2/health/live")
+        assert ok.headers[REPLICA_HEADER] == "r7"
+        with _full_queue(srv, queued=1):
+            r = httpx.post(srv.url + "/v2/models/m/infer", json=h.infer_body(X), timeout=30)
+        assert r.status_code == 503, r.text
+        assert r.headers[REPLICA_HEADER] == "r7"
+        assert r.headers.get_list(REPLICA_HEADER) == ["r7"]  # once, not once per layer
 
 
 def test_deadline_aware_admission(repo: Path) -> None:
