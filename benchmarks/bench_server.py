@@ -23,11 +23,15 @@ Measured (issue targets in brackets):
   rejection latency [<= 5 ms], p99 of accepted [<= queue timeout], RSS over the run [flat];
   REST and gRPC, a tight queue and one sized by the rule of thumb, and three kinds of client
   after a refusal: a well-behaved one that waits the server's Retry-After plus jitter, one
-  that retries at once (the harshest), one that pauses a fixed 10 ms (see ``overload_suite``).
+  that retries at once (the harshest), one that pauses a fixed 10 ms (see ``overload_suite``);
+- the refusal floor (``--floor-only``): servers that refuse every request under the same
+  load, bare uvicorn and bare grpc.aio beside edgeinfer's whole refusal path: what any
+  Python server on those stacks pays per refusal (see ``floor_suite``).
 
 The load generator (benchmarks/server_loadgen.py) is closed-loop asyncio on uvloop: raw
 HTTP/1.1 keep-alive connections, or grpc.aio. It shares the machine's cores with the servers.
-Run: .venv/bin/python benchmarks/bench_server.py [--quick] [--overload-only | --big-only]
+Run: .venv/bin/python benchmarks/bench_server.py [--quick] [--overload-only | --big-only |
+--overload-big-only | --floor-only]
 [--mlserver-python PATH]. Writes benchmarks/results/server.json (``--overload-only`` and
 ``--big-only`` replace only their part of it).
 """
@@ -613,6 +617,86 @@ def overload_suite(
     return out, scans
 
 
+FLOORS = (  # (server mode, protocol): see floor_servers.py
+    ("uvicorn-503", "rest_json"),
+    ("edgeinfer-refuse", "rest_json"),
+    ("grpc-ok", "grpc"),
+    ("grpc-abort", "grpc"),
+    ("edgeinfer-refuse", "grpc"),
+)
+FLOOR_CONCURRENCY = (16, 32)  # the tiny model's overload runs use one of these
+
+
+def _start_floor(mode: str, repo: Path, log: Path) -> Server:
+    port = free_port()
+    while True:  # edgeinfer-refuse also takes port + 1 for gRPC
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            port = free_port()
+    cmd = [sys.executable, str(HERE / "floor_servers.py"), mode, str(port), str(repo)]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    grpc = port + 1 if mode == "edgeinfer-refuse" else port
+    deadline = time.monotonic() + 60
+    while True:  # ready once it accepts a connection on the port the load will use
+        try:
+            with socket.create_connection(("127.0.0.1", grpc), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{mode} on port {port} did not start (see {log})") from None
+            time.sleep(0.2)
+    return Server(mode, proc, port, grpc)
+
+
+def floor_suite(work: Path, window_s: float, rounds: int = 3) -> dict[str, Any]:
+    """What a refusal costs: servers that refuse every request (``floor_servers.py``).
+
+    Each (server, protocol) of :data:`FLOORS` under the load generator's instant-retry
+    clients at the tiny model's overload concurrencies, in ``rounds`` rounds of windows (order
+    alternating): answers per second, latency, and server CPU time per answer. Bare uvicorn
+    and bare grpc.aio are the floor of any Python server on those stacks; ``edgeinfer-refuse``
+    is edgeinfer's whole refusal path on the same load.
+    """
+    import psutil
+
+    repo = work / "floor-repo"
+    tiny_model(repo / "tiny" / "1" / "model.onnx")
+    p = payloads("tiny", {"x": np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)})
+    servers = {m: _start_floor(m, repo, work / f"floor-{m}.log") for m in dict(FLOORS)}
+    cases = [(m, k, c) for m, k in FLOORS for c in FLOOR_CONCURRENCY]
+    runs: dict[tuple[str, str, int], list[tuple[Result, float]]] = {f: [] for f in cases}
+    try:
+        for r in range(rounds):
+            for mode, kind, c in cases if r % 2 == 0 else cases[::-1]:
+                proc = psutil.Process(servers[mode].proc.pid)
+                before = sum(proc.cpu_times()[:2])
+                res = asyncio.run(_window(servers[mode], p, kind, c, window_s, INSTANT))
+                cpu = sum(proc.cpu_times()[:2]) - before
+                runs[mode, kind, c].append((res, cpu))
+    finally:
+        for server in servers.values():
+            server.stop()
+    out: dict[str, Any] = {}
+    for (mode, kind, c), pairs in runs.items():
+        merged = Result.merge([r for r, _ in pairs])
+        row = {k: v for k, v in merged.summary().items() if not isinstance(v, list)}
+        answered = sum(r.requests for r, _ in pairs)
+        warm = 1 + WINDOW_WARMUP_S / window_s  # the CPU time covers the unrecorded warm-up too
+        cpu_s = sum(c for _, c in pairs)
+        row.update(
+            concurrency=c,
+            client=INSTANT.label(),
+            server_cpu_ms_per_answer=round(cpu_s / (answered * warm) * 1e3, 4),
+        )
+        key = f"{mode}_{'rest' if kind == 'rest_json' else 'grpc'}_c{c}"
+        out[key] = row
+        print("floor", key, json.dumps(row), flush=True)
+    return out
+
+
 BIG_OVERLOAD_TIMEOUT_S = 1.0  # MiniLM's queue timeout in its overload runs (~15 ms per row)
 BIG_SCENARIOS = (
     ("rest_json", "retry_after"),
@@ -713,6 +797,11 @@ def main() -> None:
         "existing results file",
     )
     ap.add_argument(
+        "--floor-only",
+        action="store_true",
+        help="only the refusal floor (see floor_suite); merged into the existing results file",
+    )
+    ap.add_argument(
         "--paired-rounds", type=int, default=5, help="rounds of the paired MiniLM measurement"
     )
     ap.add_argument(
@@ -726,6 +815,23 @@ def main() -> None:
     seconds = 1.0 if args.quick else 3.0
     load_start = os.getloadavg()[0]  # other work on the machine skews every figure
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
+    if args.floor_only:
+        gc.collect()
+        gc.freeze()  # see below
+        try:
+            floor = floor_suite(work, seconds)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        stored = json.loads((HERE / "results" / "server.json").read_text())
+        stored["refusal_floor"] = {
+            **floor,
+            "window_s": seconds,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        }
+        stored["summary"] = summarize(stored)
+        print("wrote", write("server", stored))
+        return
     if args.overload_big_only:
         gc.collect()
         gc.freeze()  # see below
@@ -959,6 +1065,13 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
                 "rss_growth_mb<=5": o["rss_mb_max"] - o["rss_mb_start"] <= 5.0,
             }
         out[f"overload_{name}"] = row
+    for name, f in res.get("refusal_floor", {}).items():
+        if isinstance(f, dict):
+            out[f"refusal_floor_{name}"] = {
+                k: f.get(k)
+                for k in ("rps", "p50_ms", "p99_ms", "rejected_p50_ms", "rejected_p99_ms")
+                if f.get(k) is not None
+            } | {"server_cpu_ms_per_answer": f["server_cpu_ms_per_answer"]}
     return out
 
 
