@@ -52,6 +52,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -815,39 +816,29 @@ def main() -> None:
     seconds = 1.0 if args.quick else 3.0
     load_start = os.getloadavg()[0]  # other work on the machine skews every figure
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
-    if args.floor_only:
+    # the runs that replace one part of the stored results, under their key
+    parts: dict[str, tuple[bool, Callable[[], dict[str, Any]]]] = {
+        "refusal_floor": (args.floor_only, lambda: floor_suite(work, seconds)),
+        "overload_big": (args.overload_big_only, lambda: overload_big_suite(work, seconds, 2_000)),
+    }
+    for key, (wanted, suite) in parts.items():
+        if not wanted:
+            continue
         gc.collect()
         gc.freeze()  # see below
         try:
-            floor = floor_suite(work, seconds)
+            part = suite()
         finally:
             shutil.rmtree(work, ignore_errors=True)
         stored = json.loads((HERE / "results" / "server.json").read_text())
-        stored["refusal_floor"] = {
-            **floor,
+        stored[key] = {
+            **part,
             "window_s": seconds,
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         }
         stored["summary"] = summarize(stored)
         print("wrote", write("server", stored))
-        return
-    if args.overload_big_only:
-        gc.collect()
-        gc.freeze()  # see below
-        try:
-            big_overload = overload_big_suite(work, seconds, 2_000)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        results = json.loads((HERE / "results" / "server.json").read_text())
-        results["overload_big"] = {
-            **big_overload,
-            "window_s": seconds,
-            "date": time.strftime("%Y-%m-%d %H:%M"),
-            "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
-        }
-        results["summary"] = summarize(results)
-        print("wrote", write("server", results))
         return
     repo = work / "repo"
     tiny = tiny_model(repo / "tiny" / "1" / "model.onnx")
