@@ -37,7 +37,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -358,6 +358,21 @@ class _ReplicaHeader:
         await self.app(scope, receive, send_with_header)
 
 
+@contextlib.contextmanager
+def _switch_interval(seconds: float | None) -> Iterator[None]:
+    """The GIL switch interval set to ``seconds`` for the block (see
+    ``ServeConfig.switch_interval_s``) and the previous one back after; ``None``: untouched."""
+    if seconds is None:
+        yield
+        return
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
+
+
 def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starlette:
     """The REST app; its lifespan loads the repository and runs the gRPC server if asked."""
     dp = dataplane or DataPlane(config)
@@ -365,33 +380,20 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if config.switch_interval_s is None:
-            async with _serving(app):
-                yield
-            return
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(config.switch_interval_s)  # see ServeConfig.switch_interval_s
-        try:
-            async with _serving(app):
-                yield
-        finally:
-            sys.setswitchinterval(previous)
+        with _switch_interval(config.switch_interval_s):
+            await dp.start()
+            grpc_server: Any = None
+            if config.grpc_port is not None:
+                from edgeinfer.serve.grpc import start_grpc_server
 
-    @contextlib.asynccontextmanager
-    async def _serving(app: Starlette) -> AsyncIterator[None]:
-        await dp.start()
-        grpc_server: Any = None
-        if config.grpc_port is not None:
-            from edgeinfer.serve.grpc import start_grpc_server
-
-            grpc_server, app.state.grpc_port = await start_grpc_server(config, dp)
-        dp.settle_heap()  # everything the server needs for its life now exists
-        try:
-            yield
-        finally:
-            if grpc_server is not None:
-                await grpc_server.stop(grace=1.0)
-            await dp.stop()
+                grpc_server, app.state.grpc_port = await start_grpc_server(config, dp)
+            dp.settle_heap()  # everything the server needs for its life now exists
+            try:
+                yield
+            finally:
+                if grpc_server is not None:
+                    await grpc_server.stop(grace=1.0)
+                await dp.stop()
 
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
