@@ -18,6 +18,8 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	# Only nudenet's detector graph (320n.onnx) is used, as a real graph for split tests;
 	# --no-deps keeps its OpenCV dependency out.
 	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
+	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.
+	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4"
 	touch $@
 
 demo: $(VENV)/.demo-installed

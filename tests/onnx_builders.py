@@ -68,3 +68,38 @@ def make_two_input(path: Path) -> Path:
 def make_other_mlp(path: Path) -> Path:
     """Same signature as the default MLP, different weights: golden samples disagree."""
     return make_mlp(path, seed=7)
+
+
+def make_pooled_classifier(path: Path, dims: list[int | str | None], n_out: int = 2) -> Path:
+    """x: [dims...] (rank 4, NCHW) -> probs: [N, n_out], by global average pooling.
+
+    ``dims`` is written as declared, so a test can reproduce an exporter's spelling of
+    unknown dims (``"?"``, ``""``, ``"unk__0"``, ``None``) exactly.
+    """
+    channels = dims[1] if isinstance(dims[1], int) else 3
+    w = np.linspace(-1, 1, channels * n_out, dtype=np.float32).reshape(channels, n_out)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)
+    for d in dims:
+        dim = x.type.tensor_type.shape.dim.add()
+        if isinstance(d, int):
+            dim.dim_value = d
+        elif isinstance(d, str):
+            dim.dim_param = d
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "w"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pooled",
+        [x],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [None, n_out])],
+        [onnx.numpy_helper.from_array(w, "w")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=IR_VERSION
+    )
+    onnx.save(model, path)
+    return path

@@ -10,6 +10,7 @@ from edgeinfer.tensors import (
     dtype_from_numpy,
     dtype_from_oip,
     dtype_from_onnx,
+    is_anonymous,
 )
 
 
@@ -36,7 +37,7 @@ def test_dtype_table_round_trips_between_numpy_onnx_and_oip() -> None:
         (lambda: dtype_from_oip("FP8"), "unknown datatype 'FP8'"),
         (lambda: dtype_from_onnx(999), "unknown ONNX element type 999"),
         (lambda: TensorSpec("x", "float128", (1,)), "unknown dtype 'float128'"),
-        (lambda: TensorSpec("x", "float32", (-1,)), "dimension -1 is not a size"),
+        (lambda: TensorSpec("x", "float32", (-2,)), "dimension -2 is not a size"),
     ],
 )
 def test_bad_dtype_names(call: object, match: str) -> None:
@@ -122,3 +123,29 @@ def test_bytes_inputs() -> None:
     v = InputValidator([TensorSpec("text", "bytes", (None,))])
     out = v(["hello", "world"])
     assert out["text"].dtype == object
+
+
+@pytest.mark.parametrize("unknown", [None, "?", "", " ? ", "-1", -1, "unk__0", "unk__17"])
+def test_every_spelling_of_an_unknown_dim_is_its_own_size(unknown: object) -> None:
+    assert is_anonymous(unknown)
+    spec = TensorSpec("x", "float32", (None, 3, unknown, unknown))  # type: ignore[arg-type]
+    assert spec.shape == (None, 3, None, None)
+    assert spec.describe() == "float32 [?,3,?,?]"
+    out = InputValidator([spec])(np.zeros((1, 3, 48, 192), np.float32))
+    assert out["x"].shape == (1, 3, 48, 192)
+
+
+@pytest.mark.parametrize("name", ["batch", "p2o.DynamicDimension.1", "unk", "unk__x", "?x"])
+def test_named_dims_stay_shared_symbols(name: str) -> None:
+    assert not is_anonymous(name)
+    v = InputValidator([TensorSpec("a", "float32", (name,)), TensorSpec("b", "float32", (name,))])
+    assert v({"a": np.zeros(2, np.float32), "b": np.zeros(2, np.float32)})["b"].shape == (2,)
+    with pytest.raises(InputError, match=r"input 'b': dimension 0 .* is 3, but input 'a' has"):
+        v({"a": np.zeros(2, np.float32), "b": np.zeros(3, np.float32)})
+
+
+def test_a_symbol_repeated_in_one_input_must_agree_with_itself() -> None:
+    v = InputValidator([TensorSpec("square", "float32", ("side", "side"))])
+    assert v(np.zeros((4, 4), np.float32))["square"].shape == (4, 4)
+    with pytest.raises(InputError, match=r"dimension 1 \('side'\) is 5, but input 'square'"):
+        v(np.zeros((4, 5), np.float32))

@@ -6,6 +6,15 @@ A model's signature is a list of :class:`TensorSpec`. Dtypes are spelled the num
 A dimension is an ``int`` (fixed), a ``str`` (symbolic, e.g. ``"batch"``: the same symbol
 must have the same size in every input of one call) or ``None`` (dynamic, unnamed).
 
+Exporters spell "unknown" in several ways: ``?`` (Paddle's exporter and others, for every
+unknown dim), the empty string, ``-1``, and ``unk__N`` (ONNX shape inference). These are
+anonymous: :class:`TensorSpec` reads each of them as ``None``, so two ``?`` dims are two
+independent sizes and a classifier declared ``[N,3,?,?]`` takes a 48x192 image. Every other
+name is a shared symbol, generated ones such as ``p2o.DynamicDimension.1`` included. ONNX
+Runtime itself enforces no name; the ONNX spec says one name is one size, shape inference
+relies on it, and holding callers to it turns a wrong pairing (ids and mask of different
+lengths) into a clear error instead of a runtime failure deep in the graph.
+
 :class:`InputValidator` turns what a caller passes (dicts of arrays, one bare array, nested
 Python lists) into the exact arrays a backend needs, or raises :class:`InputError` with a
 message that names the input, what was expected and what was given. Conversions are made
@@ -15,6 +24,7 @@ int64 -> int32 when every value fits. Floats never silently become integers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +43,7 @@ __all__ = [
     "dtype_from_oip",
     "dtype_from_onnx",
     "format_shape",
+    "is_anonymous",
 ]
 
 Dim = int | str | None
@@ -121,6 +132,25 @@ def format_shape(shape: Sequence[Dim] | None) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
 
+_UNKNOWN_DIM = re.compile(r"^(\?|-1|unk__\d+)?$")
+
+
+def is_anonymous(dim: object) -> bool:
+    """Whether a declared dimension means "any size, unrelated to the others".
+
+    ``None``, ``-1``, and the strings ``"?"``, ``""``, ``"-1"`` and ``"unk__N"`` are; a fixed
+    size or any other name (a shared symbol) is not.
+
+    >>> [is_anonymous(d) for d in (None, "?", "", "unk__3", "batch", 3)]
+    [True, True, True, True, False, False]
+    """
+    if dim is None:
+        return True
+    if isinstance(dim, str):
+        return _UNKNOWN_DIM.match(dim.strip()) is not None
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim == -1
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """Name, dtype and shape of one model input or output.
@@ -131,13 +161,14 @@ class TensorSpec:
 
     name: str
     dtype: str
-    shape: tuple[Dim, ...] | None = None  # None: rank unknown
+    shape: tuple[Dim, ...] | None = None  # None: rank unknown; anonymous dims become None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise _unknown("dtype", self.dtype, list(DTYPES))
         if self.shape is not None:
-            object.__setattr__(self, "shape", tuple(self.shape))
+            shape = tuple(None if is_anonymous(d) else d for d in self.shape)
+            object.__setattr__(self, "shape", shape)
             for d in self.shape:
                 if not (d is None or isinstance(d, str) or (isinstance(d, int) and d >= 0)):
                     raise InputError(

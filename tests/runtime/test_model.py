@@ -121,3 +121,35 @@ def test_sample_inputs_and_warmup(two_input_path: Path) -> None:
         feeds = model.sample_inputs(batch=2, dims={"seq": 5})
         assert feeds["ids"].shape == (2, 5) and (feeds["mask"] == 1).all()
         model.warmup()
+
+
+@pytest.mark.parametrize("unknown", ["?", "", "unk__0", None])
+def test_unknown_dims_are_independent(tmp_path: Path, unknown: str | None) -> None:
+    from onnx_builders import make_pooled_classifier
+
+    path = make_pooled_classifier(tmp_path / "cls.onnx", [None, 3, unknown, unknown])
+    with edgeinfer.load(path) as model:
+        assert model.inputs[0].shape == (None, 3, None, None)
+        out = model.predict(np.ones((1, 3, 48, 192), np.float32))
+        np.testing.assert_allclose(out["probs"].sum(axis=1), [1.0], rtol=1e-5)
+
+
+def test_named_dims_across_inputs_must_agree(two_input_path: Path) -> None:
+    feeds = {"ids": np.ones((1, 3), np.int64), "mask": np.ones((1, 2), np.int64)}
+    with (
+        edgeinfer.load(two_input_path) as model,
+        pytest.raises(InputError, match=r"'seq'\) is 2, but input 'ids' has 'seq' = 3"),
+    ):
+        model.predict(feeds)
+
+
+def test_paddle_exports_take_non_square_images(ppocr_models: Path) -> None:
+    """Paddle writes '?' for every unknown dim: the angle classifier is [?,3,?,?]."""
+    with edgeinfer.load(ppocr_models / "ch_ppocr_mobile_v2.0_cls_infer.onnx") as cls:
+        assert cls.inputs[0].shape == (None, 3, None, None)
+        probs = cls.predict(np.zeros((2, 3, 48, 192), np.float32))
+        assert next(iter(probs.values())).shape == (2, 2)
+    with edgeinfer.load(ppocr_models / "ch_PP-OCRv4_rec_infer.onnx") as rec:
+        assert rec.inputs[0].shape == ("p2o.DynamicDimension.0", 3, None, "p2o.DynamicDimension.1")
+        out = next(iter(rec.predict(np.zeros((1, 3, 48, 320), np.float32)).values()))
+        assert out.shape[0] == 1 and out.shape[2] == 6625
