@@ -175,8 +175,17 @@ BAD_BINARY = [
     (_binary([{**_bin_tensor(8, [2]), "data": [1, 2]}], b"\0" * 8), "both 'data' and"),
     (
         _binary([_bin_tensor(6, [2], "BYTES")], struct.pack("<I", 2) + b"ab"),
+        "6 bytes of BYTES data cannot hold 2 elements",
+    ),
+    (
+        _binary([_bin_tensor(8, [2], "BYTES")], struct.pack("<I", 4) + b"abcd"),
         "ends after 1 of 2 elements",
     ),
+    (  # 64M elements claimed by 4 bytes: refused before anything is allocated
+        _binary([_bin_tensor(4, [1 << 26], "BYTES")], struct.pack("<I", 0)),
+        "4 bytes of BYTES data cannot hold 67108864 elements",
+    ),
+    (_binary([_bin_tensor(0, [0, 2**62])], b""), "is empty, but its other dimensions"),
     (
         _binary([_bin_tensor(8, [1], "BYTES")], struct.pack("<I", 9) + b"abcd"),
         "claims 9 bytes but only 4 remain",
@@ -229,3 +238,52 @@ def test_response_error_and_non_utf8_bytes() -> None:
         rest.encode_response(resp, binary=False)
     enc = rest.encode_response(resp, binary=True)
     assert rest.decode_response(enc.body, enc.header_length).outputs[0].data[0] == b"\xff"
+
+
+def _strict_json(body: bytes) -> object:
+    """``body`` parsed as RFC 8259 JSON: Python's own parser also takes NaN and Infinity."""
+
+    def refuse(token: str) -> object:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(body, parse_constant=refuse)
+
+
+def test_non_finite_floats_are_valid_json_and_round_trip() -> None:
+    x = np.array([[1.5, np.nan, np.inf, -np.inf]], np.float32)
+    resp = InferenceResponse("m", [InferTensor.from_array("y", x)])
+    enc = rest.encode_response(resp, binary=False)
+    doc = _strict_json(enc.body)
+    assert doc["outputs"][0]["data"] == [1.5, "NaN", "Infinity", "-Infinity"]  # type: ignore[index]
+    back = rest.decode_response(enc.body).outputs[0].data
+    np.testing.assert_array_equal(back, x)  # NaN equals NaN here
+    binary = rest.encode_response(resp, binary=True)
+    raw = rest.decode_response(binary.body, binary.header_length).outputs[0].data
+    assert raw.tobytes() == x.tobytes()  # bit for bit
+
+
+@pytest.mark.parametrize(
+    "data", [[1, "NaN", "Infinity", "-Infinity"], [[1, "NaN"], ["Infinity", "-Infinity"]]]
+)
+def test_json_requests_read_non_finite_strings_and_triton_tokens(data: list[object]) -> None:
+    shape = [4] if not isinstance(data[0], list) else [2, 2]
+    for body in (
+        json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP64", "data": data}]}),
+        '{"inputs": [{"name": "x", "shape": [4], "datatype": "FP64", '
+        '"data": [1, NaN, Infinity, -Infinity]}]}',  # as Triton writes them
+    ):
+        got = rest.decode_request(body.encode()).inputs[0].data.reshape(-1)
+        np.testing.assert_array_equal(got, [1, np.nan, np.inf, -np.inf])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1.5", None])
+def test_other_values_in_float_data_are_refused(value: object) -> None:
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, value]}]}
+    with pytest.raises(ProtocolError, match="FP32 data must be numbers"):
+        rest.decode_request(json.dumps(body).encode())
+
+
+def test_a_nan_parameter_is_refused_not_written_as_a_bare_token() -> None:
+    req = InferenceRequest([InferTensor.from_array("x", np.ones(1))], parameters={"t": np.nan})
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        rest.encode_request(req)

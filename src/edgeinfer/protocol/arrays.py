@@ -4,7 +4,15 @@ Shared by the REST codec (JSON ``data`` and the binary tensor data extension) an
 codec (``raw_input_contents`` / ``raw_output_contents``). Raw data is the flattened,
 row-major tensor without padding; a BYTES element is a 4-byte little-endian length followed
 by its bytes. Every decoder checks the claimed shape against :class:`Limits` first and the
-data against the shape after, so a lying message is a :class:`ProtocolError`, never a crash.
+data against the shape after, so a lying message is a :class:`ProtocolError`, never a crash;
+where the data's length already rules a claim out (a BYTES element takes at least 4 bytes, a
+flat JSON list has as many values as its length), that check comes before any allocation.
+
+NaN and the infinities are not JSON numbers (RFC 8259), so JSON data carries them as the
+strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (protobuf's JSON mapping spells them so,
+and ``np.array(data, dtype=np.float32)``, which tritonclient uses, reads them back). Float
+data is read from those strings and from the bare tokens ``NaN``/``Infinity`` that Triton
+writes; the binary encodings carry every value bit for bit.
 """
 
 from __future__ import annotations
@@ -60,8 +68,14 @@ def serialize_bytes(array: np.ndarray) -> bytes:
 def deserialize_bytes(name: str, buf: bytes | memoryview, count: int) -> np.ndarray:
     """Length-prefixed elements -> flat object array of ``count`` bytes objects."""
     view = memoryview(buf)
-    out = np.empty(count, dtype=object)
     pos, end = 0, len(view)
+    if count * _LEN.size > end:  # before allocating: the shape may claim millions
+        raise ProtocolError(
+            f"tensor {name!r}: {end} bytes of BYTES data cannot hold {count} elements "
+            f"(each element is a 4-byte little-endian length, then the bytes: at least "
+            f"{count * _LEN.size} bytes)"
+        )
+    out = np.empty(count, dtype=object)
     for i in range(count):
         if pos + 4 > end:
             raise ProtocolError(
@@ -137,13 +151,14 @@ def array_from_json(
         raise ProtocolError(
             f"tensor {name!r}: 'data' must be a JSON array, got {type(data).__name__}"
         )
-    try:
-        raw = np.array(data, dtype=object if dt.name == "bytes" else None)
-    except (ValueError, TypeError, OverflowError) as exc:
+    if len(data) > max(count, dims[0] if dims else 1):  # before numpy copies it
         raise ProtocolError(
-            f"tensor {name!r}: 'data' is not a regular array of values ({exc}); "
-            f"expected {count} {dt.oip} values, flat or nested as {format_shape(dims)}"
-        ) from None
+            f"tensor {name!r}: 'data' has {len(data)} values, but shape {format_shape(dims)} "
+            f"needs {count}"
+        )
+    raw = _json_array(name, data, dt, dims, count)
+    if dt.numpy.kind == "f" and raw.dtype.kind in "UO":  # strings: "NaN" and the infinities?
+        raw = _json_array(name, _floats_from_json(data), dt, dims, count)
     if raw.ndim != 1 and raw.shape != dims:
         raise ProtocolError(
             f"tensor {name!r}: 'data' is nested as {format_shape(raw.shape)}; expected a flat "
@@ -155,6 +170,35 @@ def array_from_json(
             f"needs {count}"
         )
     return _convert(name, raw, dt).reshape(dims)
+
+
+def _json_array(
+    name: str, data: list[Any], dt: DType, dims: tuple[int, ...], count: int
+) -> np.ndarray:
+    try:
+        return np.array(data, dtype=object if dt.name == "bytes" else None)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(
+            f"tensor {name!r}: 'data' is not a regular array of values ({exc}); "
+            f"expected {count} {dt.oip} values, flat or nested as {format_shape(dims)}"
+        ) from None
+
+
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+_NON_FINITE_JSON = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _floats_from_json(data: list[Any]) -> list[Any]:
+    """``data`` with the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` read as floats
+    (nested lists too); any other string stays, for the kind check to refuse."""
+    return [
+        _floats_from_json(v)
+        if isinstance(v, list)
+        else _NON_FINITE.get(v, v)
+        if isinstance(v, str)
+        else v
+        for v in data
+    ]
 
 
 def _convert(name: str, raw: np.ndarray, dt: DType) -> np.ndarray:
@@ -201,4 +245,8 @@ def array_to_json(name: str, array: np.ndarray, datatype: str) -> list[Any]:
             ) from None
     if datatype == "FP16":
         flat = flat.astype(np.float32)
-    return flat.tolist()  # type: ignore[no-any-return]
+    values: list[Any] = flat.tolist()
+    if flat.dtype.kind == "f" and not np.isfinite(flat).all():
+        for i in np.flatnonzero(~np.isfinite(flat)).tolist():
+            values[i] = _NON_FINITE_JSON[str(values[i])]
+    return values

@@ -3,6 +3,12 @@
 A message's sizes come from whoever sent it. Before a decoder trusts a shape it checks the
 rank, every dimension and the bytes the shape would need (``prod(shape) x itemsize``, in
 Python integers, so nothing overflows), and it checks JSON nesting before parsing deeply.
+A zero-sized shape such as ``[0, 2**62]`` needs no bytes, but numpy still refuses to build
+it, so the dimensions other than the zeros must fit the per-tensor limit too.
+
+:func:`body_bound` turns a model's signature into the most bytes a request for it can need,
+which the server uses in place of the general body limit: a request for a model of four
+float inputs at a batch of eight never needs megabytes, whatever its encoding.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 from edgeinfer.protocol.errors import ProtocolError
 from edgeinfer.tensors import dtype_from_oip
 
-__all__ = ["Limits", "check_json_depth", "element_count"]
+__all__ = ["JSON_BYTES_PER_VALUE", "Limits", "body_bound", "check_json_depth", "element_count"]
 
 
 @dataclass(frozen=True)
@@ -57,16 +63,42 @@ def element_count(
                 "must be sizes >= 0"
             )
         dims.append(int(d))
-    count = 1
+    count = nonzero = 1
     for d in dims:
         count *= d  # Python ints: no overflow, however absurd the dims
+        nonzero *= d or 1
     itemsize = max(dtype_from_oip(datatype).itemsize, 1)  # BYTES: at least 1 byte each
     if count * itemsize > limits.max_tensor_bytes:
         raise ProtocolError(
             f"tensor {name!r}: shape {dims} of {datatype} needs {count * itemsize} bytes, "
             f"more than the limit of {limits.max_tensor_bytes} bytes per tensor"
         )
+    if nonzero * itemsize > limits.max_tensor_bytes:  # [0, 2**62]: empty, yet unbuildable
+        raise ProtocolError(
+            f"tensor {name!r}: shape {dims} of {datatype} is empty, but its other dimensions "
+            f"would need {nonzero * itemsize} bytes, more than the limit of "
+            f"{limits.max_tensor_bytes} bytes per tensor"
+        )
     return tuple(dims), count
+
+
+# The JSON text one tensor value may take in a request: the longest float64 repr is 24
+# characters, and a separator and some indentation come with it.
+JSON_BYTES_PER_VALUE = 48
+_BODY_SLACK = 64 << 10  # bytes: a request's id, parameters, output list and tensor headers
+
+
+def body_bound(values: int | None, limits: Limits) -> int:
+    """The most bytes a request body whose inputs hold at most ``values`` values may take.
+
+    ``values``: the sum over a model's inputs of their element counts at the largest batch
+    the server accepts, or ``None`` when the signature sets no bound (a dynamic dimension
+    other than the batch, or a BYTES input). Covers JSON (``JSON_BYTES_PER_VALUE`` each)
+    and binary data (at most 8 bytes each); never more than ``limits.max_body_bytes``.
+    """
+    if values is None:
+        return limits.max_body_bytes
+    return min(limits.max_body_bytes, _BODY_SLACK + values * JSON_BYTES_PER_VALUE)
 
 
 _OPEN = np.zeros(256, dtype=np.int8)

@@ -106,7 +106,10 @@ def _tensor_json(tensor: InferTensor, binary: bool, buffers: list[bytes]) -> dic
 
 
 def _finish(doc: dict[str, Any], buffers: list[bytes]) -> Encoded:
-    header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    try:  # tensor data spells NaN as "NaN"; a bare NaN token would not be JSON (RFC 8259)
+        header = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        raise ProtocolError(f"a parameter is not valid JSON: {exc}") from None
     if not buffers:
         return Encoded(header)
     return Encoded(b"".join([header, *buffers]), len(header))
