@@ -1,0 +1,120 @@
+"""Realistic inputs for the corpus models, made here from real material, never downloaded.
+
+- images: text lines and pages rendered with Pillow's built-in font (real glyphs: the
+  OCR models see what they were trained on), and a photo-like scene of skin-toned shapes on
+  a textured background for the detector;
+- audio: English speech synthesized by espeak-ng (``scripts/system-deps.sh`` installs it);
+  where it is missing, edgeinfer's deterministic speech-like signal stands in;
+- text: the bytes of Python's own standard-library sources, the kind of file magika types;
+- tabular: scikit-learn's bundled real datasets (breast cancer, diabetes, digits).
+
+Every maker is deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from edgeinfer.zoo import audio as zaudio
+from edgeinfer.zoo._sentences import sentences
+
+__all__ = [
+    "detector_scene",
+    "normalize",
+    "source_bytes",
+    "speech",
+    "text_line",
+    "text_page",
+    "to_chw",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    # Pillow ships a scalable font (no system fonts needed).
+    return ImageFont.load_default(size=size)
+
+
+def text_line(words: str, height: int, width: int, seed: int = 0) -> Image.Image:
+    """One line of dark text on a light, slightly noisy background, ``height`` x ``width``."""
+    rng = np.random.default_rng(seed)
+    bg = int(rng.integers(210, 250))
+    img = Image.new("RGB", (width, height), (bg, bg, bg - 8))
+    draw = ImageDraw.Draw(img)
+    ink = tuple(int(v) for v in rng.integers(0, 60, 3))
+    draw.text((4, height // 8), words, fill=ink, font=_font(int(height * 0.62)))
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 4, (height, width, 3))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def text_page(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A page of several text lines (real English sentences) at a few sizes."""
+    rng = random.Random(seed)
+    img = Image.new("RGB", (width, height), (245, 243, 238))
+    draw = ImageDraw.Draw(img)
+    y = 6
+    for sentence in sentences(12, seed=seed):
+        size = rng.choice((14, 18, 22))
+        draw.text((rng.randint(4, 20), y), sentence[:40], fill=(20, 20, 30), font=_font(size))
+        y += size + rng.randint(6, 14)
+        if y > height - 24:
+            break
+    return img
+
+
+def detector_scene(size: int, seed: int = 0) -> Image.Image:
+    """A photo-like scene: textured background, skin-toned body-like blobs, soft focus."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(60, 180, 3)
+    bg = base[None, None, :] + 40 * np.sin(6 * xx + 3 * yy)[..., None]
+    bg += rng.normal(0, 10, (size, size, 3))
+    img = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    for _ in range(4):
+        skin = tuple(int(rng.integers(lo, lo + 60)) for lo in (180, 130, 100))
+        cx, cy = rng.uniform(0.2, 0.8, 2) * size
+        w, h = rng.uniform(0.08, 0.25, 2) * size
+        draw.ellipse((cx - w, cy - h, cx + w, cy + h), fill=skin)
+    return img.filter(ImageFilter.GaussianBlur(1.2))
+
+
+def to_chw(img: Image.Image) -> np.ndarray:
+    """RGB image -> float32 [3, H, W] in 0..255."""
+    return np.asarray(img.convert("RGB"), dtype=np.float32).transpose(2, 0, 1).copy()
+
+
+def normalize(
+    chw: np.ndarray, mean: tuple[float, ...] = (0.5,) * 3, std: tuple[float, ...] = (0.5,) * 3
+) -> np.ndarray:
+    """0..255 [3, H, W] -> (x / 255 - mean) / std, float32 (Paddle's NormalizeImage)."""
+    m = np.array(mean, np.float32)[:, None, None]
+    s = np.array(std, np.float32)[:, None, None]
+    return ((chw / 255.0 - m) / s).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def speech(text: str) -> np.ndarray:
+    """``text`` spoken at 16 kHz, float32 in [-1, 1]: espeak-ng, or the speech-like signal."""
+    try:
+        pcm = zaudio.speak(text)
+    except zaudio.SpeechSynthesisError:
+        pcm = zaudio.to_int16(zaudio.speech_like(0.4 + 0.08 * len(text.split()), seed=len(text)))
+    return zaudio.to_float(pcm)
+
+
+def source_bytes(n: int, seed: int = 0) -> list[bytes]:
+    """The bytes of ``n`` standard-library source files (real text files of one known type)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.stat().st_size > 4096)
+    picked = random.Random(seed).sample(files, n)
+    return [p.read_bytes() for p in picked]
