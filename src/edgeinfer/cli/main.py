@@ -32,6 +32,7 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.netem",
     "edgeinfer.cli.offload_bench",
     "edgeinfer.cli.optimize",
+    "edgeinfer.cli.convert",
 ]
 
 
