@@ -17,7 +17,7 @@ import serve_helpers as h
 
 from edgeinfer.offload import RemoteModel
 from edgeinfer.protocol import Limits, coding
-from edgeinfer.serve import BackgroundServer
+from edgeinfer.serve import BackgroundServer, BatchConfig
 
 LIMIT = 256 << 10
 WIDE = 4096  # outputs per row of the "wide" model: 2 x 16 kB of float32 per row
@@ -29,7 +29,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
     root = h.repository(tmp_path_factory.mktemp("repo"))
     h.mlp(root / "wide" / "1" / "model.onnx", seed=3, n_out=WIDE)
     limits = Limits(max_body_bytes=LIMIT, max_tensor_bytes=LIMIT)
-    with h.running(h.config(root, limits=limits)) as srv:
+    # batches of up to 1200 rows, so that bodies are large enough to compress
+    batching = BatchConfig(max_batch_size=1200)
+    with h.running(h.config(root, limits=limits, batching=batching)) as srv:
         yield srv
 
 

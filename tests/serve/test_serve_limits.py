@@ -12,7 +12,7 @@ import pytest
 import serve_helpers as h
 
 from edgeinfer.protocol import Limits
-from edgeinfer.serve import BackgroundServer
+from edgeinfer.serve import BackgroundServer, BatchConfig
 
 LIMIT = 64 << 10  # a small body limit so the test does not move megabytes
 
@@ -21,7 +21,8 @@ LIMIT = 64 << 10  # a small body limit so the test does not move megabytes
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
     root = h.repository(tmp_path_factory.mktemp("repo"))
     limits = Limits(max_body_bytes=LIMIT, max_tensor_bytes=LIMIT)
-    with h.running(h.config(root, limits=limits, grpc_port=None)) as srv:
+    batching = BatchConfig(max_batch_size=1000)  # mlp's inputs may take the whole LIMIT
+    with h.running(h.config(root, limits=limits, grpc_port=None, batching=batching)) as srv:
         yield srv
 
 
@@ -69,7 +70,7 @@ CASES = [
     (_json({**X, "data": ["1", "2", "3", "4"]}), {}, "FP32 data must be numbers, got string"),
     (_json({**X, "name": "y"}), {}, "missing input\\(s\\) 'x'; unknown input\\(s\\) 'y'"),
     (_json({**X, "shape": [1, 5], "data": [1] * 5}), {}, "dimension 1 is 5, expected 4"),
-    (_json({**X, "datatype": "BYTES", "data": ["a"] * 4}), {}, "expected float32"),
+    (_json({**X, "datatype": "BYTES", "data": ["a"] * 4}), {}, "declared BYTES, .* expects FP32"),
     (_json(X, outputs=[{"name": "nope"}]), {}, "requested outputs \\['nope'\\]"),
     (_json(X, parameters={"timeout": -5}), {}, "'timeout' must be a positive integer"),
     # binary tensor data extension

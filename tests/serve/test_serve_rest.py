@@ -108,11 +108,18 @@ def test_infer_nested_data_and_requested_outputs(http: httpx.Client) -> None:
     np.testing.assert_allclose(np.array(outs[0]["data"]).reshape(2, 3).sum(1), 1.0, rtol=1e-5)
 
 
-def test_infer_converts_losslessly(http: httpx.Client) -> None:
-    """INT64 data for an FP32 input is converted (as Model.predict does); FP64 too."""
+def test_infer_holds_the_declared_datatype_to_the_models(http: httpx.Client) -> None:
+    """On the wire the declared datatype is a contract, as in Triton: INT64 or FP64 data for
+    an FP32 input is refused, not converted (Model.predict, called locally, still converts)."""
     for datatype in ("INT64", "FP64"):
         r = http.post("/v2/models/mlp/infer", json=h.infer_body([[1, 2, 3, 4]], datatype=datatype))
-        assert r.status_code == 200, r.text
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == (
+            f"model 'mlp': input 'x' is declared {datatype}, but the model expects FP32; "
+            "send FP32 data"
+        )
+    r = http.post("/v2/models/mlp/infer", json=h.infer_body([[1, 2, 3, 4]], datatype="FP32"))
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize("binary_out", [True, False])

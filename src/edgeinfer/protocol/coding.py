@@ -31,6 +31,7 @@ from edgeinfer.protocol.errors import ProtocolError
 __all__ = [
     "LEVELS",
     "MIN_BYTES",
+    "BodyTooLarge",
     "UnsupportedCoding",
     "available",
     "decode",
@@ -46,6 +47,10 @@ _PREFERENCE = ("zstd", "gzip", "deflate")  # when a client accepts several equal
 
 class UnsupportedCoding(ProtocolError):
     """A ``Content-Encoding`` this side cannot decode (HTTP 415)."""
+
+
+class BodyTooLarge(ProtocolError):
+    """A body that inflates past the caller's limit (so the caller can say whose limit)."""
 
 
 @functools.cache
@@ -108,7 +113,7 @@ def decode(body: bytes, coding: str | None, *, limit: int) -> bytes:
 
 
 def _too_big(limit: int) -> ProtocolError:
-    return ProtocolError(f"the body decompresses to more than the limit of {limit} bytes")
+    return BodyTooLarge(f"the body decompresses to more than the limit of {limit} bytes")
 
 
 def _decode_one(body: bytes, coding: str, limit: int) -> bytes:

@@ -14,12 +14,16 @@ Routes (``open_inference_rest.yaml``; ``[/versions/V]`` is optional everywhere):
 Every error is ``{"error": "..."}`` with the status :func:`error_status` gives it, written by
 one exception handler; a 503 also carries ``Retry-After`` (whole seconds, at least 1, as
 RFC 9110 has it) and ``Retry-After-Ms`` (the server's estimate of when the queue has drained,
-for clients that read it). Bodies are read up to ``limits.max_body_bytes`` and no further.
+for clients that read it). Bodies are read up to ``limits.max_body_bytes`` and no further;
+an inference body only up to what its model can need (:meth:`DataPlane.request_limits`: a
+request for a model of four floats at a batch of eight never needs more than about 64 kB).
 
 Compression (:mod:`edgeinfer.protocol.coding`, as Triton's HTTP endpoint): an inference body
 sent with ``Content-Encoding: zstd | gzip | deflate`` is decoded (to at most the same limit;
 an unknown coding is a 415), and an answer of at least ``compress_min_bytes`` is compressed
-when the request's ``Accept-Encoding`` asks for a coding the server has.
+when the request's ``Accept-Encoding`` asks for a coding the server has. Inflating and
+parsing a large body run on a worker thread, at most ``_DECODERS`` at a time, so the event
+loop keeps answering other clients meanwhile.
 
 Overload is refused before anything else runs: :class:`_RefuseOverload` sits in front of
 the app (Starlette's own middleware included) and answers an inference request for an
@@ -38,7 +42,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -49,7 +53,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.protocol import coding, rest
-from edgeinfer.protocol.limits import Limits
+from edgeinfer.protocol.coding import BodyTooLarge
+from edgeinfer.protocol.types import InferenceRequest
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
@@ -86,45 +91,64 @@ async def _on_error(request: Request, exc: Exception) -> Response:
     return error_response(exc)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused as soon as it is known to exceed ``limit`` bytes."""
+async def read_body(request: Request, limit: int, why: str = "") -> bytes:
+    """The request body, refused as soon as it is known to exceed ``limit`` bytes
+    (``why``: where the limit comes from, for the message)."""
+    because = f" ({why})" if why else ""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.strip().isdigit():
             raise BadRequest("Content-Length must be a non-negative integer")
         if int(declared) > limit:
             raise BadRequest(
-                f"request body of {int(declared)} bytes is larger than the limit of {limit} bytes"
+                f"request body of {int(declared)} bytes is larger than the limit of {limit} "
+                f"bytes{because}"
             )
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BadRequest(f"request body is larger than the limit of {limit} bytes")
+            raise BadRequest(f"request body is larger than the limit of {limit} bytes{because}")
         chunks.append(chunk)
     return b"".join(chunks)
 
 
-_ON_LOOP_BYTES = 256 << 10  # (de)compressing a larger body runs on a worker thread
+_ON_LOOP_BYTES = 256 << 10  # decoding a larger body runs on a worker thread
+# Large bodies decoded at once: each holds its body, inflated, and the arrays parsed from it,
+# and each worker takes a core while the event loop needs one too.
+_DECODERS = 2
+_T = TypeVar("_T")
 
 
-async def _off_loop(fn: Any, body: bytes, *args: Any, **kwargs: Any) -> bytes:
-    """``fn(body, ...)``, on a worker thread when the body is large enough to stall the loop."""
-    if len(body) <= _ON_LOOP_BYTES:
-        result: bytes = fn(body, *args, **kwargs)
-        return result
-    return await asyncio.to_thread(fn, body, *args, **kwargs)
+class _OffLoop:
+    """Runs ``fn(body, ...)`` on a worker thread, at most ``_DECODERS`` at once, when the
+    body is large enough to stall the event loop; small bodies are decoded in place."""
+
+    def __init__(self) -> None:
+        self._slots: asyncio.Semaphore | None = None  # made on the server's own loop
+
+    async def __call__(self, fn: Any, body: bytes, *args: Any, **kwargs: Any) -> _T:
+        if len(body) <= _ON_LOOP_BYTES:
+            result: _T = fn(body, *args, **kwargs)
+            return result
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(_DECODERS)
+        async with self._slots:
+            return await asyncio.to_thread(fn, body, *args, **kwargs)  # type: ignore[no-any-return]
 
 
 async def _decoded(
-    body: bytes, content_encoding: str | None, limits: Limits
+    off_loop: _OffLoop, body: bytes, content_encoding: str | None, limit: int, why: str
 ) -> tuple[bytes, float]:
-    """A request body with its ``Content-Encoding`` undone (inflating to at most the limit),
-    and the seconds that took."""
+    """A request body with its ``Content-Encoding`` undone (inflating to at most ``limit``
+    bytes), and the seconds that took."""
     if not content_encoding or content_encoding.strip().lower() == "identity":
         return body, 0.0
     start = time.perf_counter()
-    plain = await _off_loop(coding.decode, body, content_encoding, limit=limits.max_body_bytes)
+    try:
+        plain: bytes = await off_loop(coding.decode, body, content_encoding, limit=limit)
+    except BodyTooLarge as exc:
+        raise BadRequest(f"{exc} ({why})") from None
     return plain, time.perf_counter() - start
 
 
@@ -133,6 +157,7 @@ class _Routes:
         self.dp = dataplane
         self.auth = auth
         self.limits = dataplane.config.limits
+        self.off_loop = _OffLoop()
 
     def _check(self, request: Request, admin: bool = False) -> None:
         self.auth.check(request.headers.get("authorization"), admin=admin)
@@ -176,12 +201,19 @@ class _Routes:
             self._check(request)
             await self.dp.start()
             self.dp.admit(name, version)  # overload: refuse before reading the body
-            body = await read_body(request, self.limits.max_body_bytes)
+            limits, why = self.dp.request_limits(name, version)
+            body = await read_body(request, limits.max_body_bytes, why)
             body, decode_s = await _decoded(
-                body, request.headers.get("content-encoding"), self.limits
+                self.off_loop,
+                body,
+                request.headers.get("content-encoding"),
+                limits.max_body_bytes,
+                why,
             )
             header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
-            req = rest.decode_request(body, header_length, self.limits)
+            req: InferenceRequest = await self.off_loop(
+                rest.decode_request, body, header_length, limits
+            )
             req.model_name, req.model_version = name, version or ""
             resp, timing = await self.dp.infer_timed(req)
             binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
@@ -193,7 +225,7 @@ class _Routes:
                 chosen = coding.negotiate(request.headers.get("accept-encoding"))
                 if chosen is not None:
                     t1 = time.perf_counter()
-                    out = await _off_loop(coding.encode, out, chosen)
+                    out = await self.off_loop(coding.encode, out, chosen)
                     encode_s = time.perf_counter() - t1
                     headers["Content-Encoding"] = chosen
                     headers["Vary"] = "Accept-Encoding"

@@ -4,17 +4,26 @@ The REST routes (:mod:`edgeinfer.serve.app`) and the gRPC servicer
 (:mod:`edgeinfer.serve.grpc`) decode a message with the protocol codecs, call one method
 here, and encode the answer; errors are exceptions mapped to a status in one place
 (:func:`edgeinfer.serve.errors.error_status`). Nothing here knows about HTTP or protobuf.
+
+On the wire a request is held to what the model declares, as Triton does: each input's
+datatype must be the model's (the local :meth:`Model.predict` still converts, since its caller
+is trusted), and a model that batches takes at most ``max_batch_size`` rows per request (the
+number its metadata advertises). Together they bound what one request can make the server
+hold: :meth:`DataPlane.request_limits` turns the signature at that many rows into a body
+limit that the transports apply before they read, inflate or parse a request.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgeinfer.errors import InputError
+from edgeinfer.protocol.limits import Limits, body_bound
 from edgeinfer.protocol.types import (
     InferenceRequest,
     InferenceResponse,
@@ -34,8 +43,9 @@ from edgeinfer.serve.repository import (
     check_model_name,
     check_version,
 )
+from edgeinfer.tensors import DTYPES, format_shape
 
-__all__ = ["EXTENSIONS", "DataPlane"]
+__all__ = ["EXTENSIONS", "DataPlane", "RequestLimits", "max_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +54,40 @@ _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_tflite"}
 
 
 def _metadata_tensors(specs: Any) -> tuple[TensorMetadata, ...]:
-    from edgeinfer.tensors import DTYPES
-
     return tuple(TensorMetadata(s.name, DTYPES[s.dtype].oip, tuple(s.oip_shape())) for s in specs)
+
+
+def max_rows(loaded: LoadedVersion) -> int | None:
+    """The most rows one request may carry: ``max_batch_size`` for a model that batches
+    (what its metadata advertises), ``None`` for one that does not (metadata says 0)."""
+    batcher = loaded.batcher
+    return batcher.config.max_batch_size if batcher.batching else None
+
+
+def _input_values(model: Model, rows: int | None) -> int | None:
+    """The values all of ``model``'s inputs hold at ``rows`` rows; ``None`` when the signature
+    sets no bound (a dynamic dimension besides the batch, a BYTES input)."""
+    total = 0
+    for spec in model.inputs:
+        if spec.shape is None or spec.dtype == "bytes":
+            return None
+        n = 1
+        for axis, dim in enumerate(spec.shape):
+            if isinstance(dim, int):
+                n *= dim
+            elif axis == 0 and rows is not None:
+                n *= rows
+            else:
+                return None
+        total += n
+    return total
+
+
+class RequestLimits(NamedTuple):
+    """The limits one request for a model is read under, and where the body limit comes from."""
+
+    limits: Limits
+    why: str  # says where limits.max_body_bytes comes from, for a refusal's message
 
 
 class DataPlane:
@@ -160,6 +201,21 @@ class DataPlane:
             properties=props,
         )
 
+    def request_limits(self, name: str, version: str | None = None) -> RequestLimits:
+        """The limits to read a request for this model under: the server's, with the body
+        limit lowered to what the model's inputs can need at :func:`max_rows` rows."""
+        loaded = self.resolve(name, version)
+        limits = self.config.limits
+        rows = max_rows(loaded)
+        bound = body_bound(_input_values(loaded.model, rows), limits)
+        if bound >= limits.max_body_bytes:
+            return RequestLimits(limits, "the server's limit")
+        at = f"at max_batch_size {rows}" if rows is not None else "at their fixed shapes"
+        return RequestLimits(
+            dataclasses.replace(limits, max_body_bytes=bound),
+            f"the most a request for model {loaded.name!r} can need, its inputs {at}",
+        )
+
     def metrics_label(self, name: str) -> str:
         """The model label for metrics: the name if the repository knows it."""
         return name if self.repository.is_known(name) else UNKNOWN_MODEL
@@ -191,6 +247,7 @@ class DataPlane:
         """:meth:`infer`, and how long the request queued and the model ran (``Server-Timing``)."""
         loaded = self.resolve(request.model_name, request.model_version or None)
         model = loaded.model
+        self._check_contract(loaded, request)
         try:
             feeds = model.validate(request.arrays())
         except InputError as exc:
@@ -215,6 +272,30 @@ class DataPlane:
             outputs=[InferTensor.from_array(n, a) for n, a in outputs.items()],
         )
         return response, timing
+
+    @staticmethod
+    def _check_contract(loaded: LoadedVersion, request: InferenceRequest) -> None:
+        """Each input's declared datatype is the model's, and the batch is within
+        ``max_batch_size``: refused before anything is converted, queued or run."""
+        specs = {s.name: s for s in loaded.model.inputs}
+        limit = max_rows(loaded)
+        for tensor in request.inputs:
+            spec = specs.get(tensor.name)
+            if spec is None:
+                continue  # validation names the inputs that are missing or unknown
+            expected = DTYPES[spec.dtype].oip
+            if tensor.datatype != expected:
+                raise BadRequest(
+                    f"model {loaded.name!r}: input {tensor.name!r} is declared {tensor.datatype},"
+                    f" but the model expects {expected}; send {expected} data"
+                )
+            shape = tensor.data.shape
+            if limit is not None and shape and shape[0] > limit:
+                raise BadRequest(
+                    f"model {loaded.name!r}: input {tensor.name!r} has {shape[0]} rows "
+                    f"(shape {format_shape(shape)}), more than its max_batch_size of {limit}; "
+                    f"send at most {limit} rows per request"
+                )
 
     def _timeout(self, request: InferenceRequest) -> float | None:
         """The request's ``timeout`` parameter (microseconds, as Triton) caps the queue wait."""

@@ -12,11 +12,14 @@ from the first bytes of the message (:func:`peek_model`; serializers write field
 order, so they come first), checks the token and the model's admission with the client's
 deadline, and answers ``UNAVAILABLE`` with ``retry-after-ms`` trailing metadata (and gRPC's
 own ``grpc-retry-pushback-ms``, which a client's retry policy obeys). The full parse and the
-authoritative admission check follow only for admitted requests.
+authoritative admission check follow only for admitted requests. A message longer than its
+model can need (:meth:`DataPlane.request_limits`) is refused there too, before it is parsed,
+and a large message is parsed on a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +34,7 @@ from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
-from edgeinfer.serve.errors import QueueFull, error_status, retry_after
+from edgeinfer.serve.errors import BadRequest, QueueFull, error_status, retry_after
 
 __all__ = ["RETRY_AFTER_MS_KEY", "SERVICE", "peek_model", "start_grpc_server"]
 
@@ -40,6 +43,7 @@ RETRY_AFTER_MS_KEY = "retry-after-ms"
 _PUSHBACK_KEY = "grpc-retry-pushback-ms"  # gRPC's retry pushback (gRFC A6)
 
 Handler = Callable[[Any, Any], Awaitable[Any]]
+_ON_LOOP_BYTES = 256 << 10  # a longer message is parsed on a worker thread
 
 # ModelInferRequest: model_name = 1, model_version = 2, both strings (wire type 2).
 _NAME_TAG, _VERSION_TAG = 0x0A, 0x12
@@ -139,7 +143,11 @@ class _Servicer:
         try:
             self._check(context)
             await self.dp.start()
-            req = grpc_codec.request_from_proto(request, self.dp.config.limits)
+            limits = self.dp.config.limits
+            if request.ByteSize() > _ON_LOOP_BYTES:
+                req = await asyncio.to_thread(grpc_codec.request_from_proto, request, limits)
+            else:
+                req = grpc_codec.request_from_proto(request, limits)
             resp, timing = await self.dp.infer_timed(req, _deadline(context))
             context.set_trailing_metadata((("server-timing", timing.header()),))
             return grpc_codec.response_to_proto(resp, raw=True)
@@ -165,15 +173,29 @@ def _infer_handler(servicer: _Servicer) -> Any:
         target = peek_model(raw)
         if target is not None:
             started = time.perf_counter()
+            refusal: QueueFull | BadRequest | None = None
             try:
                 if not auth.open:
                     auth.check(dict(context.invocation_metadata() or ()).get("authorization"))
-                dp.admit(target[0], target[1] or None, _deadline(context))
+                version = target[1] or None
+                dp.admit(target[0], version, _deadline(context))
+                limits, why = dp.request_limits(target[0], version)
+                if len(raw) > limits.max_body_bytes:
+                    refusal = BadRequest(
+                        f"message of {len(raw)} bytes is larger than the limit of "
+                        f"{limits.max_body_bytes} bytes ({why})"
+                    )
             except QueueFull as exc:
-                dp.metrics.observe_request(target[0], "grpc", 503, time.perf_counter() - started)
-                await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc), _trailers(exc))
+                refusal = exc
             except Exception:  # not ours to answer: the full handling gives the right error
                 pass
+            if refusal is not None:
+                err = error_status(refusal)
+                dp.metrics.observe_request(
+                    target[0], "grpc", err.status, time.perf_counter() - started
+                )
+                code = getattr(grpc.StatusCode, err.grpc_code)
+                await context.abort(code, err.message, _trailers(refusal))
         return await parse_and_infer(raw, context)
 
     return grpc.unary_unary_rpc_method_handler(
@@ -187,7 +209,10 @@ def _unary(message_type: Any, method: Handler) -> Any:
     async def handle(raw: bytes, context: Any) -> Any:
         try:
             try:
-                request = message_type.FromString(raw)
+                if len(raw) > _ON_LOOP_BYTES:
+                    request = await asyncio.to_thread(message_type.FromString, raw)
+                else:
+                    request = message_type.FromString(raw)
             except DecodeError as exc:
                 raise ProtocolError(f"not a valid {message_type.DESCRIPTOR.name}: {exc}") from None
             return await method(request, context)
