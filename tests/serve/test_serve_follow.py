@@ -175,6 +175,33 @@ def test_a_trial_or_a_broken_commit_never_replaces_the_committed_model(tmp_path:
     asyncio.run(scenario())
 
 
+def test_each_switch_is_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state"
+
+    def switches() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "switched" in r.getMessage()]
+
+    async def scenario() -> None:
+        repo = ModelRepository(None, _make_batcher, threads=1, follow=(state,))
+        try:
+            _commit(tmp_path, state, 1)
+            await repo.refresh()
+            assert switches() == []  # the first version is a load, not a switch
+            _commit(tmp_path, state, 2)
+            await repo.refresh()
+            await repo.refresh()  # nothing changed: nothing more to say
+            assert switches() == [
+                f"model mlp: switched from version 1 to version 2 (committed in {state})"
+            ]
+            (record,) = [r for r in caplog.records if "switched" in r.getMessage()]
+            assert record.levelname == "INFO"
+        finally:
+            await repo.close()
+
+    with caplog.at_level("INFO", logger="edgeinfer.serve.repository"):
+        asyncio.run(scenario())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

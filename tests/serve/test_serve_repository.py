@@ -101,6 +101,12 @@ def test_load_unload_index(tmp_path: Path) -> None:
         )
         # not every model is ready -> the server is not ready; others still serve
         assert httpx.get(srv.url + "/v2/health/ready").status_code == 503
+        # a 404 lists the models served, and the one that failed apart from them
+        r = httpx.post(srv.url + "/v2/models/nope/infer", json=h.infer_body(X))
+        assert r.status_code == 404
+        assert r.json()["error"] == (
+            "unknown model 'nope'; this server serves 'fixed', 'mlp'; failed to load: 'broken'"
+        )
         ready_only = httpx.post(
             srv.url + "/v2/repository/index",
             json={"ready": True},

@@ -28,7 +28,11 @@ of its manifest. When the agent commits a new version the next scan loads it, ch
 golden sample and swaps it in; the old version's batcher then lets what is queued and running
 finish before the old model is closed, so no request fails. A followed model keeps its last
 good version while a new one fails to load. A state directory with nothing committed yet
-keeps the server not ready.
+keeps the server not ready. Each switch is logged on one INFO line (model, old and new
+version, state directory), so an operator can tell which version answered when.
+
+A request for a model the server does not know is answered 404 with the models it serves,
+and apart from them the ones that failed to load (their reasons are in the repository index).
 """
 
 from __future__ import annotations
@@ -161,7 +165,7 @@ class ModelRepository:
     ) -> None:
         self.root = None if root is None else Path(root)
         self.follow = tuple(Path(p) for p in follow)
-        self._followed: set[str] = set()  # model names the followed state dirs give now
+        self._followed: dict[str, Path] = {}  # model name -> the followed state dir giving it
         self._waiting: tuple[Path, ...] = ()  # followed state dirs with nothing committed
         self._make_batcher = make_batcher
         self._batching = batching or BatchConfig()
@@ -183,7 +187,7 @@ class ModelRepository:
         """The version to serve, or :class:`ModelNotFound` / :class:`ModelNotReady`."""
         entry = self._entries.get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model {name!r}; this server has {self._list()}")
+            raise ModelNotFound(f"unknown model {name!r}; {self._list()}")
         if version is None:
             if not entry.versions:
                 raise ModelNotReady(self._why(name, entry))
@@ -226,7 +230,13 @@ class ModelRepository:
         return rows
 
     def _list(self) -> str:
-        return ", ".join(repr(n) for n in sorted(self._entries)) or "no models"
+        """The models served and, apart, those that failed to load (for a 404's message)."""
+        served = [n for n, e in sorted(self._entries.items()) if e.versions]
+        failed = [n for n, e in sorted(self._entries.items()) if not e.versions and e.errors]
+        text = "this server serves " + (", ".join(map(repr, served)) or "no models")
+        if failed:
+            text += f"; failed to load: {', '.join(map(repr, failed))}"
+        return text
 
     def _why(self, name: str, entry: _Entry) -> str:
         if entry.unloaded:
@@ -264,7 +274,7 @@ class ModelRepository:
         """Add the committed bundle of every followed state dir to ``found``."""
         from edgeinfer.deliver.slots import SlotStore  # the deliver extra, only when following
 
-        followed: set[str] = set()
+        followed: dict[str, Path] = {}
         waiting: list[Path] = []
         for state_dir in self.follow:
             store = SlotStore(state_dir)
@@ -282,7 +292,7 @@ class ModelRepository:
                 )
             else:
                 found[info.name] = {info.version: store.bundle_dir(info)}
-                followed.add(info.name)
+                followed[info.name] = state_dir
         self._followed, self._waiting = followed, tuple(waiting)
 
     # ------------------------------------------------------------ changing
@@ -296,7 +306,17 @@ class ModelRepository:
                 if entry.unloaded and not force:
                     continue
                 keep_last = name in self._followed
+                before = max(entry.versions, default=None)
                 await self._sync(name, entry, disk.get(name, {}), force, keep_last=keep_last)
+                after = max(entry.versions, default=None)
+                if keep_last and before is not None and after is not None and before != after:
+                    log.info(
+                        "model %s: switched from version %s to version %s (committed in %s)",
+                        name,
+                        before,
+                        after,
+                        self._followed[name],
+                    )
                 if name not in disk:
                     del self._entries[name]
             self.scanned = True
@@ -400,7 +420,7 @@ class ModelRepository:
         async with self._lock:
             entry = self._entries.get(name)
             if entry is None:
-                raise ModelNotFound(f"unknown model {name!r}; this server has {self._list()}")
+                raise ModelNotFound(f"unknown model {name!r}; {self._list()}")
             entry.unloaded = True
             for version in list(entry.versions):
                 await self._drop(entry.versions.pop(version))
