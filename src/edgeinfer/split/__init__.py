@@ -15,7 +15,7 @@ estimates, :func:`write_split` packages head and tail bundles with the profile (
 
 from edgeinfer.split.adaptive import AdaptiveResult, AdaptiveSplit, LinkLearner
 from edgeinfer.split.extract import SplitFiles, extract
-from edgeinfer.split.graph import Cut, CutTensor, cut_points, select_cuts
+from edgeinfer.split.graph import Cut, CutTensor, cut_points, input_dims, select_cuts
 from edgeinfer.split.package import SplitPackage, write_split
 from edgeinfer.split.placements import SplitSet, estimates_from, split_options
 from edgeinfer.split.planner import CutCost, Energy, Estimates, Plan, cut_cost, plan
@@ -43,6 +43,7 @@ __all__ = [
     "cut_points",
     "estimates_from",
     "extract",
+    "input_dims",
     "plan",
     "profile_cuts",
     "select_cuts",

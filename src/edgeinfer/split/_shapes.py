@@ -1,12 +1,17 @@
 """Sizes of the tensors inside a graph, for the bytes that would cross a cut.
 
-ONNX shape inference runs twice on a copy whose inputs have fixed sizes: batch 1 and
-batch 2 (other dynamic dimensions from the caller's ``dims``). The first gives the bytes
-per sample; comparing both tells batched tensors from per-request ones (shape tensors).
-Whatever static inference cannot resolve (shapes computed from data in ways it does not
-follow) is measured instead, by one ONNX Runtime run on sample inputs with those tensors
-added as outputs. The shapes as the model declares them, symbols kept, come from
-inference on the unmodified graph.
+ONNX shape inference runs on a copy whose inputs have fixed sizes: batch 1 and batch 2
+(other dynamic dimensions from the caller's ``dims``), then batch 1 with each of those
+dimensions doubled in turn. The first gives the bytes per sample; comparing it with the
+others tells batched tensors from per-request ones (shape tensors) and which axes follow
+a dynamic input dimension (those stay dynamic in the halves). Whatever static inference
+cannot resolve (shapes computed from data in ways it does not follow) is measured instead,
+by one ONNX Runtime run on sample inputs with those tensors added as outputs. The shapes
+as the model declares them, symbols kept, come from inference on the unmodified graph.
+
+A dynamic input dimension is sized by its symbol (``sequence``), or, when it has none,
+by ``input:axis`` (``x:2``): exporters write unnamed dimensions as a missing size, as
+``-1`` or as ``"?"``, and none of those says two axes have the same size.
 """
 
 from __future__ import annotations
@@ -24,10 +29,18 @@ from edgeinfer.tensors import dtype_from_numpy, dtype_from_onnx
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["InputShape", "TensorInfo", "input_shapes", "sample_feeds", "tensor_infos"]
+__all__ = [
+    "InputShape",
+    "TensorInfo",
+    "dims_from_inputs",
+    "input_shapes",
+    "sample_feeds",
+    "tensor_infos",
+]
 
 _MAX_PROTO = 2_000_000_000  # bytes: protobuf's limit for one serialized model
 _SKELETON_ABOVE = 4096  # bytes: initializers larger than this lose their data for inference
+_UNNAMED = frozenset({"?"})  # dim_params that mean "unknown", not a shared symbol
 
 
 @dataclass(frozen=True)
@@ -42,36 +55,46 @@ class TensorInfo:
 class InputShape:
     name: str
     elem_type: int
-    declared: tuple[int | str | None, ...]
+    declared: tuple[int | str | None, ...]  # None: dynamic without a name
     batch_axis: bool  # the first axis is dynamic: the batch
+
+    def key(self, axis: int) -> str | None:
+        """What sizes this axis in ``dims``: its symbol, ``"<input>:<axis>"`` for an
+        unnamed dynamic axis, ``None`` for a fixed one or the batch."""
+        d = self.declared[axis]
+        if isinstance(d, int) or (axis == 0 and self.batch_axis):
+            return None
+        return d if isinstance(d, str) else f"{self.name}:{axis}"
 
     def concrete(self, batch: int, dims: Mapping[str, int]) -> list[int]:
         out = []
         for axis, d in enumerate(self.declared):
-            if axis == 0 and self.batch_axis:
-                out.append(batch)
+            key = self.key(axis)
+            if key is not None:
+                out.append(dims[key])
             elif isinstance(d, int):
                 out.append(d)
             else:
-                out.append(dims[str(d)])
+                out.append(batch)
         return out
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    if d.HasField("dim_value"):
+        return d.dim_value if d.dim_value >= 0 else None  # -1: some exporters' "dynamic"
+    return d.dim_param if d.dim_param and d.dim_param not in _UNNAMED else None
 
 
 def _declared(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
     tt = vi.type.tensor_type
     if not tt.HasField("shape"):
         return None
-    return tuple(
-        d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-    )
+    return tuple(_dim(d) for d in tt.shape.dim)
 
 
-def input_shapes(
-    model: onnx.ModelProto, dims: Mapping[str, int], where: str = "model"
-) -> list[InputShape]:
-    """The model inputs with their batch axis found, checking ``dims`` sizes the rest."""
+def _shapes_of(model: onnx.ModelProto, where: str) -> list[InputShape]:
     inits = {t.name for t in model.graph.initializer}
-    shapes, missing = [], []
+    shapes = []
     for vi in model.graph.input:
         if vi.name in inits:
             continue
@@ -79,28 +102,65 @@ def input_shapes(
         if declared is None:
             raise InputError(f"{where}: input {vi.name!r} has no declared rank; cannot size cuts")
         batch = bool(declared) and not isinstance(declared[0], int)
-        for axis, d in enumerate(declared):
-            if axis == 0 and batch:
-                continue
-            if d is None:
-                raise InputError(
-                    f"{where}: input {vi.name!r} axis {axis} is dynamic without a name; "
-                    "give the model fixed or named dimensions to size its cuts"
-                )
-            if isinstance(d, str) and d not in dims:
-                missing.append(d)
         shapes.append(InputShape(vi.name, vi.type.tensor_type.elem_type, declared, batch))
+    return shapes
+
+
+def _describe(key: str, shapes: Sequence[InputShape]) -> str:
+    for s in shapes:
+        for axis in range(len(s.declared)):
+            if s.key(axis) == key and s.declared[axis] is None:
+                return f"{key!r} (input {s.name!r} axis {axis}, unnamed)"
+    return repr(key)
+
+
+def input_shapes(
+    model: onnx.ModelProto, dims: Mapping[str, int], where: str = "model"
+) -> list[InputShape]:
+    """The model inputs with their batch axis found, checking ``dims`` sizes the rest."""
+    shapes = _shapes_of(model, where)
     bad = {k: v for k, v in dims.items() if not isinstance(v, int) or v < 1}
     if bad:
         raise InputError(f"{where}: dimension sizes must be integers >= 1, got {bad}")
+    keys = (s.key(axis) for s in shapes for axis in range(len(s.declared)))
+    missing = list(dict.fromkeys(k for k in keys if k is not None and k not in dims))
     if missing:
-        wanted = ", ".join(f"{m}=N" for m in dict.fromkeys(missing))
         raise InputError(
-            f"{where}: dynamic dimension(s) {', '.join(map(repr, dict.fromkeys(missing)))} "
-            f"besides the batch need a size to compute the bytes crossing each cut; pass "
-            f"dims={{...}} (CLI: --dim {wanted})"
+            f"{where}: dynamic dimension(s) besides the batch need a size to compute the bytes "
+            f"crossing each cut: {', '.join(_describe(m, shapes) for m in missing)}; pass real "
+            f"inputs (CLI: --inputs FILE) or sizes (CLI: "
+            f"{' '.join(f'--dim {m}=N' for m in missing)}; API: dims={{...}})"
         )
     return shapes
+
+
+def dims_from_inputs(model: onnx.ModelProto, inputs: Any, where: str = "model") -> dict[str, int]:
+    """The sizes real ``inputs`` (name -> array, or one array for a one-input model) give
+    the dynamic dimensions besides the batch, keyed as ``dims`` is (see
+    :meth:`InputShape.key`). Inputs missing or of another rank are left to the model's own
+    input check; one symbol with two sizes is an error here."""
+    shapes = _shapes_of(model, where)
+    if not isinstance(inputs, Mapping):
+        inputs = {shapes[0].name: inputs} if len(shapes) == 1 else {}
+    found: dict[str, tuple[int, str]] = {}
+    for s in shapes:
+        value = inputs.get(s.name)
+        shape = getattr(value, "shape", None)
+        if shape is None and value is not None:
+            shape = np.shape(value)
+        if shape is None or len(shape) != len(s.declared):
+            continue
+        for axis, size in enumerate(shape):
+            key = s.key(axis)
+            if key is None:
+                continue
+            seen = found.setdefault(key, (int(size), s.name))
+            if seen[0] != size:
+                raise InputError(
+                    f"{where}: dimension {key!r} is {seen[0]} in input {seen[1]!r} but {size} "
+                    f"in input {s.name!r}; inputs of one request must agree on it"
+                )
+    return {k: v[0] for k, v in found.items()}
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -207,21 +267,23 @@ def _nbytes(elem_type: int, shape: Sequence[int]) -> int:
 def _signature(
     declared: tuple[int | str | None, ...] | None,
     concrete: Mapping[int, list[int]],
+    doubled: Mapping[int, str],
     dims: Mapping[str, int],
     symbols: set[str],
     batch_name: str,
 ) -> tuple[int | str | None, ...]:
     """The shape a head output / tail input is declared with.
 
-    ``concrete``: sizes measured at batch 1 (key 1), batch 2 (key 2) and, when there are
-    dynamic dims besides the batch, batch 1 with those doubled (key 3). Kept: the model's
-    own symbols where they are the inputs'. Named: the axis that grew with the batch, and
-    an axis that is exactly one dynamic dim's size and doubled with it. Otherwise the
-    measured size: a runtime filling unknown dims with 1 would feed mismatched sizes to a
-    multi-input tail, and the profile holds for these sizes anyway.
+    ``concrete``: sizes measured at batch 1 (key 1), batch 2 (key 2) and batch 1 with one
+    dynamic dim doubled (the other keys; ``doubled`` names which). Kept: the model's own
+    symbols where they are the inputs'. Named: the axis that grew with the batch, and an
+    axis that is exactly one named dim's size and doubled with it alone. Left dynamic
+    (``None``): any other axis that changed with a dim, so the halves take every size the
+    model takes (a feature map's width in an image of any width). Otherwise the measured
+    size.
     """
     one = concrete[1]
-    two, three = concrete.get(2), concrete.get(3)
+    two = concrete.get(2)
     if declared is None or len(declared) != len(one):
         declared = (None,) * len(one)
     shape: list[int | str | None] = []
@@ -232,11 +294,20 @@ def _signature(
         if two is not None and len(two) == len(one) and one[axis] != two[axis]:
             shape.append(batch_name)
             continue
-        named = None
-        if three is not None and len(three) == len(one) and three[axis] == 2 * one[axis]:
-            matches = [k for k, v in dims.items() if v == one[axis]]
-            named = matches[0] if len(matches) == 1 else None
-        shape.append(named if named is not None else one[axis])
+        moved = {
+            key: concrete[key][axis]
+            for key in doubled
+            if key in concrete
+            and len(concrete[key]) == len(one)
+            and concrete[key][axis] != one[axis]
+        }
+        if not moved:
+            shape.append(one[axis])
+            continue
+        (key, size), *others = moved.items()
+        name = doubled[key]
+        follows = not others and name in symbols and one[axis] == dims[name]
+        shape.append(name if follows and size == 2 * one[axis] else None)
     return tuple(shape)
 
 
@@ -248,12 +319,20 @@ def tensor_infos(
     batched_model = any(s.batch_axis for s in shapes)
     skeleton = _skeleton(model)
     declared = _infer(skeleton, None)
-    # configurations: 1 = batch 1, 2 = batch 2, 3 = batch 1 with the other dims doubled
+    used = list(
+        dict.fromkeys(
+            k for s in shapes for axis in range(len(s.declared)) if (k := s.key(axis)) is not None
+        )
+    )
+    symbols = {k for s in shapes for k in s.declared if isinstance(k, str)}
+    # configurations: 1 = batch 1, 2 = batch 2, 3.. = batch 1 with one dim doubled
     configs: dict[int, tuple[int, Mapping[str, int]]] = {1: (1, dims)}
     if batched_model:
         configs[2] = (2, dims)
-    if dims:
-        configs[3] = (1, {k: 2 * v for k, v in dims.items()})
+    doubled: dict[int, str] = {}
+    for i, k in enumerate(used, start=3):
+        configs[i] = (1, {**dims, k: 2 * dims[k]})
+        doubled[i] = k
     runs = {
         key: _infer(skeleton, {s.name: s.concrete(b, d) for s in shapes})
         for key, (b, d) in configs.items()
@@ -297,8 +376,8 @@ def tensor_infos(
         feeds = [sample_feeds(shapes, *configs[key]) for key in keys]
         for key, values in zip(keys, _measure(model, wanted, feeds), strict=True):
             if values is None:
-                if key == 3:  # doubled sizes may not fit the model (position tables): skip
-                    del found[3]
+                if key in doubled:  # a doubled size may not fit the model (position tables)
+                    del found[key]
                     continue
                 raise BackendError(
                     f"{where}: running the model on sample inputs failed while measuring "
@@ -307,15 +386,20 @@ def tensor_infos(
             for n, a in values.items():
                 found[key][n] = (dtype_from_numpy(a.dtype).onnx, list(a.shape))
     batch_name = next(iter(sorted(batch_symbols)), "batch")
+    by_input = {s.name: s for s in shapes}
     out = {}
     for n in names:
         elem = found[1][n][0]
         concrete = {key: found[key][n][1] for key in found}
         size = {key: _nbytes(elem, shape) for key, shape in concrete.items()}
         batched = size[2] != size[1] if 2 in size else True
-        decl = _signature(
-            declared.get(n, (elem, None))[1], concrete, dims, batch_symbols | set(dims),
-            batch_name,
-        )  # fmt: skip
+        if n in by_input:  # a raw input crosses as the model declares it, any size it takes
+            s = by_input[n]
+            first = s.declared[:1] if s.declared[:1] != (None,) else (batch_name,)
+            decl = (*first, *s.declared[1:]) if s.batch_axis else s.declared
+        else:
+            decl = _signature(
+                declared.get(n, (elem, None))[1], concrete, doubled, dims, symbols, batch_name
+            )
         out[n] = TensorInfo(dtype_from_onnx(elem).name, decl, size[1], batched)
     return out

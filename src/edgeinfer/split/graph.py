@@ -23,9 +23,10 @@ Sizes come from shape inference with the batch at 1 (and 2, to tell batched tens
 per-request shape tensors) and the other dynamic dimensions at the given ``dims`` (and
 doubled, to find the axes that follow them); what inference cannot resolve is measured
 by one ONNX Runtime run on sample inputs. A crossing tensor is declared with the inputs'
-symbols where its axes follow them (``["batch", "sequence", 384]``) and with the measured
-size elsewhere (a conv feature map's height): the halves then take any batch and, for a
-transformer, any sequence length, but an image model's halves only the image size given.
+symbols where its axes follow them (``["batch", "sequence", 384]``), dynamic where they
+follow a dynamic input dimension otherwise (a conv feature map's width in a model that
+takes any image width) and with the measured size elsewhere: the halves take every size
+the whole model takes, and ``dims`` only sizes the bytes in the profile.
 
 >>> cuts = cut_points("digits.onnx")                                      # doctest: +SKIP
 >>> [(c.index, c.tensors, c.bytes_per_sample) for c in cuts][:2]          # doctest: +SKIP
@@ -41,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeinfer.errors import InputError
-from edgeinfer.split._shapes import TensorInfo, tensor_infos
+from edgeinfer.split._shapes import TensorInfo, dims_from_inputs, tensor_infos
 from edgeinfer.split._sort import node_inputs, topological_nodes
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ __all__ = [
     "CutTensor",
     "GraphIndex",
     "cut_points",
+    "input_dims",
     "load_model",
     "select_cuts",
 ]
@@ -298,15 +300,28 @@ def cut_points(
     """The cuts of an ONNX model, in topological order, from remote-only to local-only.
 
     ``dims`` sizes the dynamic dimensions other than the batch (``{"sequence": 128}``,
-    ``{"height": 320, "width": 320}``); the batch (a dynamic first axis) is taken as 1, so
-    ``bytes_per_sample`` is per sample. ``max_tensors`` bounds the tensors crossing an
-    interior cut. Raises ``BundleError`` for a file that is not an ONNX model and
-    :class:`InputError` for a dynamic dimension with no size.
+    ``{"height": 320, "width": 320}``, ``{"x:2": 48}`` for axis 2 of input ``x`` when it
+    has no name; :func:`input_dims` reads them off real inputs); the batch (a dynamic
+    first axis) is taken as 1, so ``bytes_per_sample`` is per sample. ``max_tensors``
+    bounds the tensors crossing an interior cut. Raises ``BundleError`` for a file that
+    is not an ONNX model and :class:`InputError` for a dynamic dimension with no size.
     """
     if max_tensors < 1:
         raise InputError(f"max_tensors must be >= 1, got {max_tensors}")
     model = load_model(model_path)
     return cuts_of(model, dims=dims, max_tensors=max_tensors, where=str(model_path))
+
+
+def input_dims(model_path: str | os.PathLike[str], inputs: Any) -> dict[str, int]:
+    """The ``dims`` that real ``inputs`` (input name -> array, or one array) give the
+    model's dynamic dimensions besides the batch, for :func:`cut_points` to size cuts as
+    they will run.
+
+    >>> input_dims("rec.onnx", {"x": np.zeros((1, 3, 48, 320), np.float32)})  # doctest: +SKIP
+    {'x:2': 48, 'p2o.DynamicDimension.1': 320}
+    """
+    model = load_model(model_path, weights=False)
+    return dims_from_inputs(model, inputs, where=str(model_path))
 
 
 def cuts_of(

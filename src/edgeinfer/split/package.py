@@ -66,6 +66,15 @@ def read_cut_record(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _sample_inputs(source: Bundle, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
+    """Sample inputs sized as the cuts were (unnamed dims too: ``x:2``)."""
+    from edgeinfer.split._shapes import input_shapes, sample_feeds
+    from edgeinfer.split.graph import load_model
+
+    model = load_model(source.model_path, weights=False)
+    return sample_feeds(input_shapes(model, dims or {}, source.name), 1, dims or {})
+
+
 def write_split(
     source: Bundle,
     cuts: Sequence[Cut],
@@ -89,10 +98,10 @@ def write_split(
     out_dir = Path(out)
     name = source.name
     version = max(source.version, 1)
+    if inputs is None:
+        golden = source.golden()
+        inputs = golden.inputs if golden is not None else _sample_inputs(source, dims)
     with load(source.model_path, providers=["cpu"]) as full:
-        if inputs is None:
-            golden = source.golden()
-            inputs = golden.inputs if golden is not None else full.sample_inputs(dims=dims)
         feeds = full.validate(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".split-", dir=out_dir) as tmp:
