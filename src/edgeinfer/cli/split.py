@@ -11,14 +11,17 @@ Remote-only has no head (cut 0: the tail is the whole model) and local-only no t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from rich.table import Table
 
+    from edgeinfer.bundle import Bundle
     from edgeinfer.split.graph import Cut
     from edgeinfer.split.profile import SplitProfile
 
@@ -41,7 +44,11 @@ def split(
         help="Quantize what the server returns (uint8 or fp16); the device restores it.",
     ),
     dim: list[str] | None = typer.Option(
-        None, "--dim", help="Size of a dynamic dimension besides the batch, e.g. sequence=128."
+        None,
+        "--dim",
+        help="Size of a dynamic dimension besides the batch, for the profile (the halves stay "
+        "dynamic), e.g. sequence=128; repeat it or separate with commas; an unnamed axis "
+        "is INPUT:AXIS=N. Default: read off --inputs.",
     ),
     inputs: Path | None = typer.Option(
         None, "--inputs", "-i", help="Real inputs (.npy/.npz/.json); default: the golden sample."
@@ -66,10 +73,16 @@ def split(
         if mode is not None and mode not in MODES:
             raise InputError(f"{flag} {mode!r}: expected one of {', '.join(MODES)}")
     source = Bundle.open(model)
-    dims = parse_dims(dim)
+    feeds = read_inputs(inputs) if inputs is not None else None
+    given = parse_dims([part for d in dim or [] for part in d.split(",") if part.strip()])
+    where = str(inputs) if inputs is not None else "the golden sample"
+    dims = _dims(source, given, feeds, where)
     cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors)
+    if len(cuts) <= 2:
+        console.print(_no_cuts(source.name, cuts, max_tensors), soft_wrap=True)
     if list_only:
-        _print_cuts(console, source.name, cuts)
+        if len(cuts) > 2:
+            _print_cuts(console, source.name, cuts)
         return
     if out is None:
         raise InputError("--out DIR is required (or pass --list to only list the cuts)")
@@ -83,9 +96,6 @@ def split(
         chosen = sorted({cuts[0], cuts[cut], cuts[-1]}, key=lambda c: c.index)
     else:
         chosen = select_cuts(cuts, max_cuts)
-    feeds = None
-    if inputs is not None:
-        feeds = read_inputs(inputs)
     result = write_split(
         source,
         chosen,
@@ -98,46 +108,117 @@ def split(
         threads=threads,
     )
     _print_profile(console, result.profile)
-    console.print(f"profile: {result.profile_path}")
-    console.print(f"device bundles: {out / 'heads'}")
-    console.print(f"server repository: {out / 'tails'}  (edgeinfer serve {out / 'tails'})")
+    console.print(f"profile: {result.profile_path}", soft_wrap=True)
+    console.print(f"device bundles: {out / 'heads'}", soft_wrap=True)
+    console.print(
+        f"server repository: {out / 'tails'}  (edgeinfer serve {out / 'tails'})", soft_wrap=True
+    )
+
+
+def _dims(source: Bundle, given: dict[str, int], feeds: Any, where: str) -> dict[str, int]:
+    """``--dim`` sizes, the rest read off the real inputs (or the golden sample); a size
+    that disagrees with the inputs is an error rather than a profile of other sizes."""
+    from edgeinfer.errors import InputError
+    from edgeinfer.split import input_dims
+
+    if feeds is None:
+        golden = source.golden()
+        feeds = golden.inputs if golden is not None else None
+    if feeds is None:
+        return given
+    found = input_dims(source.model_path, feeds)
+    for key, size in given.items():
+        if key in found and found[key] != size:
+            raise InputError(
+                f"--dim {key}={size} disagrees with {where}, where {key} is {found[key]}; "
+                "drop --dim to profile the inputs as they are"
+            )
+    return {**found, **given}
+
+
+def _no_cuts(name: str, cuts: list[Cut], max_tensors: int) -> str:
+    nodes = cuts[-1].total_nodes
+    why = (
+        f"the graph has {nodes} node{'s' if nodes != 1 else ''}"
+        if nodes < 2
+        else f"every position between has more than --max-tensors {max_tensors} tensors crossing"
+    )
+    return (
+        f"{name}: no cut points besides remote-only and local-only ({why}); "
+        "it runs whole on one side"
+    )
+
+
+def kb(n: int) -> str:
+    """Bytes as kB (1000 bytes), in at most 7 characters up to 10 GB."""
+    k = n / 1000
+    if n == 0:
+        return "0"
+    if k >= 100:
+        return f"{k:,.0f}"
+    return f"{k:.1f}" if k >= 1 else f"{k:.2f}"
+
+
+def _table(
+    title: str,
+    columns: tuple[str, ...],
+    rows: Sequence[tuple[str, ...]],
+    names: str | None = None,
+    width: int = 80,
+) -> Table:
+    """Numbers right-aligned and never cut (each column as wide as its widest cell, no
+    vertical rules, two spaces between columns: 80 columns hold a profile whole); ``names``,
+    a last column of tensor names, takes what ``width`` leaves and ends in an ellipsis."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
+                  pad_edge=False, title_justify="left")  # fmt: skip
+    used = 0
+    for i, col in enumerate(columns):
+        cells = max(len(col), *(len(r[i]) for r in rows)) if rows else len(col)
+        table.add_column(col, justify="right", no_wrap=True, min_width=cells)
+        used += cells + 2  # a space each side
+    left = max(width - used - 2, len(names or ""))  # more, and rich drops whole columns
+    if names is not None:
+        table.add_column(names, no_wrap=True, max_width=left)
+    for row in rows:
+        if names is not None:
+            row = (*row[:-1], row[-1] if len(row[-1]) <= left else row[-1][: left - 1] + "…")
+        table.add_row(*row)
+    return table
 
 
 def _print_cuts(console: Console, name: str, cuts: list[Cut]) -> None:
-    from rich.table import Table
-
-    table = Table(title=f"{name}: {len(cuts)} cut points")
-    for col in ("index", "position", "kind", "bytes/sample", "crossing tensors"):
-        table.add_column(col)
-    for c in cuts:
-        shown = ", ".join(c.tensors[:3]) + (", ..." if len(c.tensors) > 3 else "")
-        table.add_row(str(c.index), str(c.position), c.kind, f"{c.bytes_per_sample:,}", shown)
-    console.print(table)
+    rows = [
+        (str(c.index), str(c.position), c.kind, kb(c.bytes_per_sample),
+         f"{len(c.tensors)}: {', '.join(c.tensors)}")
+        for c in cuts
+    ]  # fmt: skip
+    cols = ("cut", "position", "kind", "kB/sample")
+    title = f"{name}: {len(cuts)} cut points"
+    console.print(_table(title, cols, rows, "crossing tensors", console.width))
 
 
 def _print_profile(console: Console, profile: SplitProfile) -> None:
-    from rich.table import Table
-
-    table = Table(
-        title=f"{profile.model}: per-cut profile (batch {profile.batch}, "
-        f"compression {profile.compress or 'none'}, "
-        f"output compression {profile.compress_outputs or 'none'})"
-    )
     cols = (
-        "index", "kind", "tensors", "bytes up", "compressed", "bytes down", "compressed",
-        "head ms", "tail ms", "max error",
+        "cut", "kind", "up kB", "packed", "down kB", "packed", "head ms", "tail ms", "max err",
     )  # fmt: skip
-    for col in cols:
-        table.add_column(col, justify="right")
-    for c in profile.cuts:
-        packed = "-" if c.packed_up is None else f"{c.packed_up:,}"
-        packed_down = "-" if c.packed_down is None else f"{c.packed_down:,}"
-        table.add_row(
-            str(c.index), c.kind, str(len(c.tensors)), f"{c.bytes_up:,}", packed,
-            f"{c.bytes_down:,}", packed_down, f"{c.head_ms:.3f}", f"{c.tail_ms:.3f}",
-            f"{c.max_abs_error:.2g}",
-        )  # fmt: skip
-    console.print(table)
+    rows = [
+        (
+            str(c.index), c.kind, kb(c.bytes_up), "-" if c.packed_up is None else kb(c.packed_up),
+            kb(c.bytes_down), "-" if c.packed_down is None else kb(c.packed_down),
+            f"{c.head_ms:.2f}", f"{c.tail_ms:.2f}", f"{c.max_abs_error:.2g}",
+        )
+        for c in profile.cuts
+    ]  # fmt: skip
+    console.print(_table(f"{profile.model}: per-cut profile", cols, rows))
+    console.print(
+        f"batch {profile.batch}, compression {profile.compress or 'none'}, "
+        f"output compression {profile.compress_outputs or 'none'}",
+        soft_wrap=True,
+    )
+    console.print("kB: 1000 bytes; packed: as HTTP compression sends it", soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
