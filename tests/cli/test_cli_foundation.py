@@ -73,7 +73,7 @@ def test_bench_json(mlp_path: Path) -> None:
             r"expected float32 \[N,4\], got int64 \[1,3\]",
         ),
         (["run", "{tmp}/nothing.onnx", "--input", "{tmp}/bad.json"], "no such bundle"),
-        (["bench", "{model}", "--dim", "sequence"], "expected SYMBOL=SIZE"),
+        (["bench", "{model}", "--dim", "sequence"], "expected NAME=SIZE"),
         (["inspect", "{tmp}/bad.json"], "unsupported model file type '.json'"),
     ],
 )

@@ -1,16 +1,43 @@
-"""Helpers shared by CLI commands: reading input files, writing outputs, parsing options."""
+"""Helpers shared by CLI commands: reading input files, writing outputs, parsing options,
+and progress that reads well both on a terminal and in a log file."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgeinfer.errors import InputError
 
-__all__ = ["parse_dims", "read_inputs", "write_outputs"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["parse_dims", "read_inputs", "status", "write_outputs"]
+
+
+@contextmanager
+def status(console: Console, message: str) -> Iterator[Callable[[str], None]]:
+    """Show progress: a spinner on a terminal, one flushed line per update elsewhere.
+
+    Yields ``update(text)``. Rich draws spinners and progress bars only on a terminal;
+    written to a file or a pipe they show nothing until the end, so a log of a long run
+    would say nothing while it runs. There every update becomes its own line, printed
+    without markup (progress text quotes shapes and paths).
+    """
+    if console.is_terminal:
+        with console.status(message) as spinner:
+            yield lambda text: spinner.update(text)
+        return
+
+    def line(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)  # rich flushes
+
+    line(message)
+    yield line
 
 
 def read_inputs(path: Path) -> Any:
@@ -53,13 +80,18 @@ def write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
 
 
 def parse_dims(values: list[str] | None) -> dict[str, int]:
-    """``["sequence=128", "batch=4"]`` -> ``{"sequence": 128, "batch": 4}``."""
+    """``["sequence=128", "x.2=48,x.3=320"]`` -> ``{"sequence": 128, "x.2": 48, "x.3": 320}``.
+
+    Each value of a repeatable ``--dim`` may hold several comma-separated ``NAME=SIZE``.
+    """
     dims: dict[str, int] = {}
-    for item in values or []:
-        name, sep, size = item.partition("=")
-        if not sep or not size.strip().isdigit() or int(size) <= 0:
-            raise InputError(
-                f"--dim {item!r}: expected SYMBOL=SIZE with SIZE > 0, e.g. sequence=128"
-            )
-        dims[name.strip()] = int(size)
+    for value in values or []:
+        for item in value.split(","):
+            name, sep, size = item.partition("=")
+            if not sep or not name.strip() or not size.strip().isdigit() or int(size) <= 0:
+                raise InputError(
+                    f"--dim {item!r}: expected NAME=SIZE with SIZE > 0, e.g. sequence=128 "
+                    "or x.2=48 (INPUT.AXIS for an unnamed dim)"
+                )
+            dims[name.strip()] = int(size)
     return dims

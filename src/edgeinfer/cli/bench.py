@@ -8,13 +8,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def bench(
     path: Path = typer.Argument(..., help="Bundle directory, packed .tar, or .onnx/.tflite file."),
-    batch: int = typer.Option(1, min=1, help="Batch size of the random inputs."),
+    batch: int = typer.Option(1, min=1, help="Size of a dynamic first (batch) axis."),
     dim: list[str] = typer.Option(
-        [], "--dim", help="Size of a symbolic dimension, e.g. --dim sequence=128 (repeatable)."
+        [],
+        "--dim",
+        help="Size of a dynamic dim by symbol or INPUT.AXIS: --dim sequence=128, "
+        "--dim x.2=48,x.3=320 (repeatable).",
     ),
     input: Path | None = typer.Option(None, "--input", "-i", help="Real inputs (.npy/.npz/.json)."),
     threads: int | None = typer.Option(None, help="Intra-op threads (default: runtime's)."),
@@ -23,8 +27,12 @@ def bench(
     concurrency: int = typer.Option(0, min=0, help="Also measure throughput with N threads."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
-    """Measure a model on this machine."""
-    from edgeinfer.cli._common import parse_dims, read_inputs
+    """Measure a model on this machine.
+
+    Random inputs need a size for every dynamic dim: the batch axis takes --batch, the
+    others --dim (or time real inputs with --input). The shapes timed are shown.
+    """
+    from edgeinfer.cli._common import parse_dims, read_inputs, status
     from edgeinfer.runtime.bench import bench as run_bench
 
     plist = "auto" if providers == "auto" else [p.strip() for p in providers.split(",")]
@@ -38,7 +46,7 @@ def bench(
             with load(path, providers=plist) as m:
                 inputs = m.validate(raw)
     console = Console(stderr=as_json)
-    with console.status("benchmarking..."):
+    with status(console, f"benchmarking {path.name} for at least {seconds:g} s..."):
         result = run_bench(
             path,
             batch=batch,
@@ -52,9 +60,10 @@ def bench(
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
         return
-    table = Table(title=f"{result.model} on {', '.join(result.providers)} (batch {result.batch})")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
+    title = f"{result.model} on {', '.join(result.providers)} (batch {result.batch})"
+    table = Table(title=Text(title))
+    table.add_column("measure", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     rows = [
         ("cold start (load + first inference)", f"{result.cold_start_s * 1e3:.1f} ms"),
         ("  load", f"{result.load_s * 1e3:.1f} ms"),
@@ -73,8 +82,10 @@ def bench(
                 f"{result.concurrent_throughput_per_s:,.1f} samples/s",
             )
         )
+    for spec in result.inputs:
+        rows.append((f"input {spec.name}", spec.describe()))
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(Text, row))  # names and shapes are not markup
     console.print(table)
 
 

@@ -2,8 +2,11 @@
 
 Used by ``edgeinfer bench`` and the benchmarks. Latencies are wall-clock per call through
 :class:`~edgeinfer.runtime.model.Model`, after warm-up; percentiles are over all timed
-calls. Peak RSS is the process's high-water mark (``getrusage``), so it includes whatever
-the process held before.
+calls. Latency depends on input sizes, so the result records the shapes it timed, and random
+inputs are only made where every size is known: a fixed dim, the batch axis, or one the
+caller names in ``dims``; otherwise :class:`~edgeinfer.errors.InputError` lists what is
+missing instead of timing a guess. Peak RSS is the process's high-water mark
+(``getrusage``), so it includes whatever the process held before.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.runtime.model import Model, load
+from edgeinfer.tensors import TensorSpec, dtype_from_numpy
 
 __all__ = ["BenchResult", "bench", "peak_rss_mb", "time_calls"]
 
@@ -61,6 +65,7 @@ class BenchResult:
     concurrent_throughput_per_s: float | None  # samples per second with `concurrency` threads
     concurrency: int
     peak_rss_mb: float
+    inputs: tuple[TensorSpec, ...] = ()  # what was timed: concrete shapes
 
     @property
     def cold_start_s(self) -> float:
@@ -68,6 +73,7 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
         d["cold_start_s"] = self.cold_start_s
         return d
 
@@ -85,12 +91,23 @@ def bench(
     min_seconds: float = 2.0,
     concurrency: int = 0,
 ) -> BenchResult:
-    """Load ``path`` and time it; ``dims`` sets symbolic dims (e.g. ``{"sequence": 128}``)."""
+    """Load ``path`` and time it on ``inputs``, or on random inputs of the signature's shapes.
+
+    ``dims`` sizes the dynamic dims (``{"sequence": 128}``, ``{"x.2": 48}`` for an unnamed
+    one, see :func:`~edgeinfer.runtime.model.sample_shapes`); ``batch`` sizes a dynamic
+    first axis.
+    """
     t0 = time.perf_counter()
     model: Model = load(path, threads=threads, providers=providers)
     t1 = time.perf_counter()
-    feeds = dict(inputs) if inputs is not None else model.sample_inputs(batch, dims)
-    feeds = model.validate(feeds)
+    try:
+        feeds = (
+            dict(inputs) if inputs is not None else model.sample_inputs(batch, dims, strict=True)
+        )
+        feeds = model.validate(feeds)
+    except BaseException:
+        model.close()
+        raise
     model.predict(feeds)
     t2 = time.perf_counter()
     for _ in range(warmup):
@@ -134,6 +151,9 @@ def bench(
         concurrent_throughput_per_s=concurrent,
         concurrency=concurrency,
         peak_rss_mb=peak_rss_mb(),
+        inputs=tuple(
+            TensorSpec(k, dtype_from_numpy(v.dtype).name, v.shape) for k, v in feeds.items()
+        ),
     )
     model.close()
     return result

@@ -25,7 +25,82 @@ from edgeinfer.tensors import InputValidator, TensorSpec
 if TYPE_CHECKING:
     from edgeinfer.bundle import Bundle
 
-__all__ = ["Model", "backend_for", "load"]
+__all__ = ["Model", "backend_for", "dim_names", "load", "sample_shapes"]
+
+
+def dim_names(spec: TensorSpec, axis: int) -> str:
+    """How ``--dim`` names one dynamic axis: its symbol, else ``INPUT.AXIS`` (``x.2``)."""
+    d = spec.shape[axis] if spec.shape is not None else None
+    return d if isinstance(d, str) else f"{spec.name}.{axis}"
+
+
+def sample_shapes(
+    specs: Sequence[TensorSpec],
+    batch: int = 1,
+    dims: Mapping[str, int] | None = None,
+    *,
+    strict: bool = False,
+) -> dict[str, tuple[int, ...]]:
+    """Concrete shapes for a signature: fixed dims as declared, dynamic ones chosen.
+
+    ``dims`` names a size by symbol (``{"sequence": 128}``) or by ``INPUT.AXIS`` for an
+    unnamed dim (``{"x.2": 48}``). A dynamic first axis not named there is the batch axis
+    and takes ``batch``. Any other dynamic dim takes 1, unless ``strict``: then an
+    :class:`InputError` lists every dim that needs a size (a benchmark of a 1-pixel image
+    measures nothing a user runs), and names in ``dims`` the model lacks are refused.
+    """
+    given = dict(dims or {})
+    symbols = {d for s in specs for d in (s.shape or ()) if isinstance(d, str)}
+    axes = {f"{s.name}.{i}" for s in specs for i in range(len(s.shape or ()))}
+    unknown = [k for k in given if k not in symbols and k not in axes]
+    if unknown and strict:
+        dynamic = [
+            dim_names(s, i)
+            for s in specs
+            for i, d in enumerate(s.shape or ())
+            if not isinstance(d, int)
+        ]
+        raise InputError(
+            f"unknown dimension(s) {', '.join(map(repr, unknown))}; this model's dynamic "
+            f"dimensions are {', '.join(dict.fromkeys(dynamic)) or '(none)'}"
+        )
+    sizes: dict[str, int] = {}  # symbol -> size, so one symbol has one size everywhere
+    missing: list[str] = []
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        if spec.shape is None:
+            if strict:
+                missing.append(f"{spec.name} (rank unknown)")
+            shapes[spec.name] = (batch,)
+            continue
+        shape = []
+        for axis, d in enumerate(spec.shape):
+            key = f"{spec.name}.{axis}"
+            if isinstance(d, int):
+                size = d
+            elif key in given:
+                size = given[key]
+            elif isinstance(d, str) and d in given:
+                size = given[d]
+            elif isinstance(d, str) and d in sizes:
+                size = sizes[d]
+            elif axis == 0:
+                size = batch
+            else:
+                if strict and dim_names(spec, axis) not in missing:
+                    missing.append(dim_names(spec, axis))
+                size = 1
+            if isinstance(d, str):
+                sizes.setdefault(d, size)
+            shape.append(size)
+        shapes[spec.name] = tuple(shape)
+    if missing:
+        example = ",".join(f"{m}=N" for m in missing if " " not in m) or "NAME=N"
+        raise InputError(
+            f"no size for dynamic dimension(s) {', '.join(missing)}; give each a size "
+            f"(--dim {example}, or dims= from Python) or time real inputs (--input FILE)"
+        )
+    return shapes
 
 
 def backend_for(
@@ -117,26 +192,24 @@ class Model:
         return dict(zip(names, self.backend.run(feeds, names), strict=True))
 
     def sample_inputs(
-        self, batch: int = 1, dims: Mapping[str, int] | None = None, seed: int = 0
+        self,
+        batch: int = 1,
+        dims: Mapping[str, int] | None = None,
+        seed: int = 0,
+        *,
+        strict: bool = False,
     ) -> dict[str, np.ndarray]:
         """Random inputs that fit the signature (for warm-up and benchmarks).
 
-        Dynamic dims take ``dims[symbol]`` if given, the batch size for the first axis,
-        else 1. Inputs named like a mask are all ones, token-type inputs zeros, other
-        integer inputs small ids.
+        Sizes come from :func:`sample_shapes` (``strict``: refuse to guess a dynamic dim
+        other than the batch axis). Inputs named like a mask are all ones, token-type inputs
+        zeros, other integer inputs small ids.
         """
         rng = np.random.default_rng(seed)
-        dims = dict(dims or {})
+        shapes = sample_shapes(self.inputs, batch, dims, strict=strict)
         out = {}
         for spec in self.inputs:
-            shape = []
-            for axis, d in enumerate(spec.shape or (batch,)):
-                if isinstance(d, int):
-                    shape.append(d)
-                elif isinstance(d, str) and d in dims:
-                    shape.append(dims[d])
-                else:
-                    shape.append(batch if axis == 0 else 1)
+            shape = shapes[spec.name]
             dt = spec.dt.numpy
             if spec.dtype == "bytes":
                 out[spec.name] = np.full(shape, b"edgeinfer", dtype=object)
