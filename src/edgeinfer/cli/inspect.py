@@ -8,6 +8,52 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+
+
+def _size(tensor: Any) -> int:
+    """Elements of a TensorProto (or SparseTensorProto: its stored values)."""
+    dims = tensor.values.dims if hasattr(tensor, "values") else tensor.dims
+    n = 1
+    for d in dims:
+        n *= int(d)
+    return n
+
+
+def count_parameters(graph: Any) -> int:
+    """What a user means by a model's parameters, however the exporter stored them.
+
+    Initializers of every dtype (quantized weights are int8), sparse initializers, the
+    tensors of ``Constant`` nodes (Paddle's exporter writes every weight that way), the
+    float lists and tensors of ``ai.onnx.ml`` operators (a random forest's thresholds and
+    leaf weights are attributes of one TreeEnsemble node), and all of it inside subgraphs
+    (``If``, ``Loop``, ``Scan`` bodies).
+    """
+    from onnx import AttributeProto
+
+    total = sum(_size(t) for t in graph.initializer)
+    total += sum(_size(t) for t in graph.sparse_initializer)
+    for node in graph.node:
+        ml = node.domain == "ai.onnx.ml"
+        for attr in node.attribute:
+            if attr.type == AttributeProto.GRAPH:
+                total += count_parameters(attr.g)
+            elif attr.type == AttributeProto.GRAPHS:
+                total += sum(count_parameters(g) for g in attr.graphs)
+            elif node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                if attr.type == AttributeProto.TENSOR:
+                    total += _size(attr.t)
+                elif attr.type == AttributeProto.SPARSE_TENSOR:
+                    total += _size(attr.sparse_tensor)
+                elif attr.type in (AttributeProto.FLOATS, AttributeProto.INTS):
+                    total += len(attr.floats) + len(attr.ints)
+                elif attr.type in (AttributeProto.FLOAT, AttributeProto.INT):
+                    total += 1
+            elif ml and attr.type == AttributeProto.FLOATS:
+                total += len(attr.floats)
+            elif ml and attr.type == AttributeProto.TENSOR:
+                total += _size(attr.t)
+    return total
 
 
 def _onnx_facts(path: Path) -> dict[str, Any]:
@@ -22,7 +68,7 @@ def _onnx_facts(path: Path) -> dict[str, Any]:
         "opset": ", ".join(f"{d.domain or 'ai.onnx'} {d.version}" for d in proto.opset_import),
         "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
         "nodes": len(proto.graph.node),
-        "parameters": sum(int(__import__("numpy").prod(t.dims)) for t in proto.graph.initializer),
+        "parameters": count_parameters(proto.graph),
     }
 
 
@@ -37,6 +83,7 @@ def inspect(
     from edgeinfer.bundle import Bundle
     from edgeinfer.runtime.model import load
     from edgeinfer.runtime.providers import available_providers
+    from edgeinfer.tensors import format_shape
 
     bundle = Bundle.open(path)
     plist = "auto" if providers == "auto" else [p.strip() for p in providers.split(",")]
@@ -69,17 +116,22 @@ def inspect(
         facts["outputs"] = [s.to_dict() for s in model.outputs]
         typer.echo(json.dumps(facts, indent=2, default=str))
         return
+    # Cells are Text, not markup ("[N,3,64,64]" would vanish), and long values (paths,
+    # hashes, shape expressions) fold onto further lines rather than being cut at 80 columns.
     console = Console()
-    table = Table(title=f"{m.name} v{m.version}", show_header=False)
+    table = Table(title=Text(f"{m.name} v{m.version}"), show_header=False)
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
     for key, value in facts.items():
-        table.add_row(key, str(value))
+        shown = f"{value:,}" if key == "parameters" else str(value)
+        table.add_row(key, Text(shown))
     console.print(table)
     sig = Table(title="signature")
     for col in ("", "name", "dtype", "shape"):
-        sig.add_column(col)
+        sig.add_column(col, overflow="fold")
     for kind, specs in (("input", model.inputs), ("output", model.outputs)):
         for s in specs:
-            sig.add_row(kind, s.name, s.dtype, str(list(s.shape) if s.shape is not None else "?"))
+            sig.add_row(kind, Text(s.name), s.dtype, Text(format_shape(s.shape)))
     console.print(sig)
     model.close()
 

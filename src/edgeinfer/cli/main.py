@@ -3,6 +3,9 @@
 Each command module defines ``register(app)`` and imports its heavy dependencies inside
 the command, so ``edgeinfer --help`` stays fast. Errors edgeinfer raises on purpose are
 printed as one red line (exit code 2); anything else is a bug and keeps its traceback.
+An error's text is printed as is, never read as rich markup: messages quote shapes such as
+``[batch,3,64,64]``, which markup would swallow. Help is click's plain layout, which keeps
+every option name whole at 80 columns (rich's boxed panels cut long ones).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import sys
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from edgeinfer.errors import EdgeInferError
 
@@ -43,7 +47,7 @@ def build_app() -> typer.Typer:
         no_args_is_help=True,
         pretty_exceptions_enable=False,
         add_completion=False,
-        rich_markup_mode="rich",
+        rich_markup_mode=None,  # plain help: option names are never cut at 80 columns
     )
 
     @app.callback()
@@ -61,11 +65,17 @@ def build_app() -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Written to a file or pipe, stdout is block-buffered: progress printed with print()
+    # would appear only at exit. One line at a time keeps logs live (rich flushes itself).
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and not stream.isatty():
+            stream.reconfigure(line_buffering=True)
     app = build_app()
     try:
         app(args=argv, prog_name="edgeinfer")
     except EdgeInferError as exc:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        message = Text.assemble(("error:", "bold red"), " ", str(exc))
+        Console(stderr=True, soft_wrap=True).print(message, highlight=False)
         sys.exit(2)
 
 
