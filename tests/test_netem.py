@@ -347,3 +347,22 @@ def test_stop_right_after_an_outage_ends_closes_the_new_listener(echo: str) -> N
         with _connect(proxy) as s:  # restore() returns once connections are accepted again
             assert _roundtrip(s, b"x") == b"x"
     gc.collect()  # an unclosed socket would surface here as an unraisable ResourceWarning
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc")
+def test_netem_child_gets_its_key_over_a_pipe_not_its_argv(echo: str) -> None:
+    """Any local user can read /proc/PID/cmdline; the key there would let them send the
+    parent pickles. It travels on the child's stdin instead."""
+    import re
+
+    from edgeinfer.netem import NetemProcess
+
+    with NetemProcess(echo) as proxy:
+        pid = proxy._proc.pid
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        with _connect(proxy) as s:  # the child did get the key: the control channel works
+            assert _roundtrip(s, b"hi") == b"hi"
+        assert proxy.conditions.rtt == 0.0
+    assert len(argv) == 5 and argv[4] == b""  # python -c CODE HOST:PORT, nothing more
+    assert argv[1] == b"-c" and re.fullmatch(rb"127\.0\.0\.1:\d+", argv[3])
+    assert [a for a in argv if re.search(rb"[0-9a-f]{32}", a)] == []

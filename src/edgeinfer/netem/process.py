@@ -22,11 +22,15 @@ _CHILD = "from edgeinfer.netem.process import _child_main; _child_main()"
 
 
 def _child_main() -> None:
-    """Entry point of :class:`NetemProcess`'s child: argv is ``HOST:PORT`` and the key."""
+    """Entry point of :class:`NetemProcess`'s child: argv is the parent's ``HOST:PORT``; the
+    key comes on stdin, since any local user can read a process's argv (and environment is
+    readable by the same user and inherited by what it starts)."""
     from multiprocessing.connection import Client
 
     host, _, port = sys.argv[1].rpartition(":")
-    conn = Client((host, int(port)), authkey=bytes.fromhex(sys.argv[2]))
+    key = bytes.fromhex(sys.stdin.readline().strip())
+    sys.stdin.close()
+    conn = Client((host, int(port)), authkey=key)
     target, listen, seed, cond = conn.recv()
     try:
         proxy = NetemProxy(target, listen, seed=seed).start()
@@ -88,9 +92,15 @@ class NetemProcess(_Endpoint):
         with Listener(("127.0.0.1", 0), authkey=key) as listener:
             host, port = listener.address
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD, f"{host}:{port}", key.hex()],
-                stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                [sys.executable, "-c", _CHILD, f"{host}:{port}"], stdin=subprocess.PIPE
+            )
+            # The key goes over a pipe only the child holds: never in its argv, which
+            # /proc/PID/cmdline shows to every local user (who could then send this
+            # process pickles to load).
+            stdin = self._proc.stdin
+            with contextlib.suppress(OSError):  # a child that died is reported by _accept
+                stdin.write(key.hex().encode() + b"\n")
+                stdin.close()
             self._conn = self._accept(listener)
         self._conn.send(
             (
