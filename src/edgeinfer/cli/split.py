@@ -48,7 +48,7 @@ def split(
         "--dim",
         help="Size of a dynamic dimension besides the batch, for the profile (the halves stay "
         "dynamic), e.g. sequence=128; repeat it or separate with commas; an unnamed axis "
-        "is INPUT:AXIS=N. Default: read off --inputs.",
+        "is INPUT.AXIS=N. Default: read off --inputs.",
     ),
     inputs: Path | None = typer.Option(
         None, "--inputs", "-i", help="Real inputs (.npy/.npz/.json); default: the golden sample."
@@ -74,7 +74,7 @@ def split(
             raise InputError(f"{flag} {mode!r}: expected one of {', '.join(MODES)}")
     source = Bundle.open(model)
     feeds = read_inputs(inputs) if inputs is not None else None
-    given = parse_dims([part for d in dim or [] for part in d.split(",") if part.strip()])
+    given = parse_dims(dim)
     where = str(inputs) if inputs is not None else "the golden sample"
     dims = _dims(source, given, feeds, where)
     cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors)

@@ -10,8 +10,9 @@ by one ONNX Runtime run on sample inputs with those tensors added as outputs. Th
 as the model declares them, symbols kept, come from inference on the unmodified graph.
 
 A dynamic input dimension is sized by its symbol (``sequence``), or, when it has none,
-by ``input:axis`` (``x:2``): exporters write unnamed dimensions as a missing size, as
-``-1`` or as ``"?"``, and none of those says two axes have the same size.
+by ``INPUT.AXIS`` (``x.2``, as everywhere ``--dim`` is taken): exporters write unnamed
+dimensions as a missing size, as ``-1`` or as ``"?"``, and none of those says two axes
+have the same size.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ class InputShape:
     batch_axis: bool  # the first axis is dynamic: the batch
 
     def key(self, axis: int) -> str | None:
-        """What sizes this axis in ``dims``: its symbol, ``"<input>:<axis>"`` for an
+        """What sizes this axis in ``dims``: its symbol, ``"<input>.<axis>"`` for an
         unnamed dynamic axis, ``None`` for a fixed one or the batch."""
         d = self.declared[axis]
         if isinstance(d, int) or (axis == 0 and self.batch_axis):
             return None
-        return d if isinstance(d, str) else f"{self.name}:{axis}"
+        return d if isinstance(d, str) else f"{self.name}.{axis}"
 
     def concrete(self, batch: int, dims: Mapping[str, int]) -> list[int]:
         out = []
@@ -122,8 +123,14 @@ def input_shapes(
     bad = {k: v for k, v in dims.items() if not isinstance(v, int) or v < 1}
     if bad:
         raise InputError(f"{where}: dimension sizes must be integers >= 1, got {bad}")
-    keys = (s.key(axis) for s in shapes for axis in range(len(s.declared)))
-    missing = list(dict.fromkeys(k for k in keys if k is not None and k not in dims))
+    keys = list(dict.fromkeys(k for s in shapes for a in range(len(s.declared)) if (k := s.key(a))))
+    unknown = [k for k in dims if k not in keys]
+    if unknown:
+        raise InputError(
+            f"{where}: unknown dimension(s) {', '.join(map(repr, unknown))}; the dynamic "
+            f"dimensions besides the batch are {', '.join(map(repr, keys)) or '(none)'}"
+        )
+    missing = [k for k in keys if k not in dims]
     if missing:
         raise InputError(
             f"{where}: dynamic dimension(s) besides the batch need a size to compute the bytes "

@@ -300,7 +300,7 @@ def cut_points(
     """The cuts of an ONNX model, in topological order, from remote-only to local-only.
 
     ``dims`` sizes the dynamic dimensions other than the batch (``{"sequence": 128}``,
-    ``{"height": 320, "width": 320}``, ``{"x:2": 48}`` for axis 2 of input ``x`` when it
+    ``{"height": 320, "width": 320}``, ``{"x.2": 48}`` for axis 2 of input ``x`` when it
     has no name; :func:`input_dims` reads them off real inputs); the batch (a dynamic
     first axis) is taken as 1, so ``bytes_per_sample`` is per sample. ``max_tensors``
     bounds the tensors crossing an interior cut. Raises ``BundleError`` for a file that
@@ -318,7 +318,7 @@ def input_dims(model_path: str | os.PathLike[str], inputs: Any) -> dict[str, int
     they will run.
 
     >>> input_dims("rec.onnx", {"x": np.zeros((1, 3, 48, 320), np.float32)})  # doctest: +SKIP
-    {'x:2': 48, 'p2o.DynamicDimension.1': 320}
+    {'x.2': 48, 'p2o.DynamicDimension.1': 320}
     """
     model = load_model(model_path, weights=False)
     return dims_from_inputs(model, inputs, where=str(model_path))
