@@ -208,3 +208,55 @@ def test_with_metrics_rewrites_manifest_atomically(bundle: Bundle) -> None:
     updated = bundle.with_metrics(latency_ms=1.5)
     assert Bundle.open(bundle.path).manifest.metrics == {"accuracy": 0.9, "latency_ms": 1.5}
     assert updated.manifest.metrics["latency_ms"] == 1.5
+
+
+def _edit_manifest(bundle: Bundle, edit: object) -> None:
+    path = bundle.path / MANIFEST_FILE
+    data = json.loads(path.read_text())
+    edit(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (
+            lambda d: d["inputs"][0].update(shape=["N", 5]),
+            r"input 'x' is float32 \[N,5\] in the manifest, float32 \[N,4\] in the model "
+            r"\(dimension 1: 5 vs 4\)",
+        ),
+        (lambda d: d["inputs"][0].update(shape=["N"]), r"\(rank 1 vs 2\)"),
+        (lambda d: d["inputs"][0].update(shape=["N", None]), r"\(dimension 1: \? vs 4\)"),
+        (lambda d: d["inputs"][0].update(dtype="float64"), r"\(dtype float64 vs float32\)"),
+        (
+            lambda d: d["inputs"][0].update(name="pixels"),
+            r"the model's input\(s\) 'x' missing; input\(s\) 'pixels' not in the model",
+        ),
+        (lambda d: d["outputs"][0].update(shape=["N", 10]), r"output 'logits' is .*10 vs 3"),
+        (
+            lambda d: d.update(labels=["a", "b", "c", "d"]),
+            r"4 labels, but the model's class output\(s\) 'logits' \[N,3\] have 3 classes",
+        ),
+    ],
+)
+def test_manifest_that_disagrees_with_the_model_is_refused(
+    bundle: Bundle, edit: object, match: str
+) -> None:
+    _edit_manifest(bundle, edit)
+    Bundle.open(bundle.path)  # hashes still match: only the model can tell
+    with pytest.raises(BundleError, match=r"manifest\.json does not match model\.onnx: .*" + match):
+        edgeinfer.load(bundle.path)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d["inputs"][0].update(shape=[2, 4]),  # pins a size the model leaves open
+        lambda d: d["inputs"][0].update(shape=["?", 4]),  # Paddle's spelling of unknown
+        lambda d: d.update(labels=None),
+    ],
+)
+def test_manifest_may_be_narrower_than_the_model(bundle: Bundle, edit: object) -> None:
+    _edit_manifest(bundle, edit)
+    with edgeinfer.load(bundle.path) as model:
+        assert model.predict(np.ones((2, 4), np.float32))["logits"].shape == (2, 3)

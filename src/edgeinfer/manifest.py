@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import BundleError, InputError
-from edgeinfer.tensors import TensorSpec
+from edgeinfer.tensors import TensorSpec, format_shape
 
 __all__ = [
     "GOLDEN_FILE",
@@ -135,6 +135,50 @@ class Manifest:
             "files": [ref(f) for f in self.files],
         }
 
+    def signature_mismatches(
+        self, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+    ) -> list[str]:
+        """Where this manifest's signature and labels disagree with the model's; empty: agree.
+
+        Compared: tensor names, dtypes, ranks, every dimension the model fixes (the manifest
+        may fix a size the model leaves dynamic, never contradict one it fixes), and the
+        number of labels against a classifier output's fixed class dimension (``[N, C]``).
+        A hand-edited manifest that disagrees would have clients send what the model refuses.
+        """
+        problems: list[str] = []
+        for kind, declared, actual in (
+            ("input", self.inputs, inputs),
+            ("output", self.outputs, outputs),
+        ):
+            have = {s.name: s for s in actual}
+            said = {s.name: s for s in declared}
+            missing = [n for n in have if n not in said]
+            extra = [n for n in said if n not in have]
+            if missing:
+                problems.append(f"the model's {kind}(s) {', '.join(map(repr, missing))} missing")
+            if extra:
+                problems.append(f"{kind}(s) {', '.join(map(repr, extra))} not in the model")
+            for name in (n for n in said if n in have):
+                why = _spec_mismatch(said[name], have[name])
+                if why:
+                    problems.append(
+                        f"{kind} {name!r} is {said[name].describe()} in the manifest, "
+                        f"{have[name].describe()} in the model ({why})"
+                    )
+        if self.labels is not None:
+            classes = [
+                s
+                for s in outputs
+                if s.shape is not None and len(s.shape) == 2 and isinstance(s.shape[1], int)
+            ]
+            if classes and all(s.shape[1] != len(self.labels) for s in classes):  # type: ignore[index]
+                shapes = ", ".join(f"{s.name!r} {format_shape(s.shape)}" for s in classes)
+                problems.append(
+                    f"{len(self.labels)} labels, but the model's class output(s) {shapes} "
+                    f"have {', '.join(str(s.shape[1]) for s in classes)} classes"  # type: ignore[index]
+                )
+        return problems
+
     @classmethod
     def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
         if not isinstance(data, dict):
@@ -184,6 +228,20 @@ class Manifest:
         except (KeyError, TypeError, ValueError, InputError) as exc:
             what = f"missing field {exc}" if isinstance(exc, KeyError) else str(exc)
             raise BundleError(f"{where}: invalid manifest: {what}") from None
+
+
+def _spec_mismatch(declared: TensorSpec, actual: TensorSpec) -> str:
+    """Why a manifest's spec contradicts the model's ("" when it does not)."""
+    if declared.dtype != actual.dtype:
+        return f"dtype {declared.dtype} vs {actual.dtype}"
+    if declared.shape is None or actual.shape is None:
+        return ""
+    if len(declared.shape) != len(actual.shape):
+        return f"rank {len(declared.shape)} vs {len(actual.shape)}"
+    for axis, (d, a) in enumerate(zip(declared.shape, actual.shape, strict=True)):
+        if isinstance(a, int) and d != a:
+            return f"dimension {axis}: {'?' if d is None else d} vs {a}"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,8 @@ def verify(
     path: Path = typer.Argument(..., help="Bundle directory or packed .tar."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Check hashes and sizes, load the model and reproduce the golden sample."""
+    """Check hashes and sizes, the manifest's signature and labels against the model, and
+    reproduce the golden sample."""
     from edgeinfer.bundle import Bundle
     from edgeinfer.errors import BundleError
     from edgeinfer.runtime.model import load
@@ -89,7 +90,11 @@ def verify(
         typer.echo(json.dumps(b.manifest.to_dict(), indent=2))
         return
     golden = "reproduced" if b.manifest.golden else "none"
-    Console().print(f"[green]ok[/] {b.name} v{b.version}: hashes match, golden sample {golden}")
+    Console().print(
+        f"[green]ok[/] {b.name} v{b.version}: hashes match, signature matches the model, "
+        f"golden sample {golden}",
+        highlight=False,
+    )
 
 
 @bundle_app.command("pack")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeinfer.errors import InputError
+from edgeinfer.errors import BundleError, InputError
 from edgeinfer.runtime.base import Backend
 from edgeinfer.tensors import InputValidator, TensorSpec
 
@@ -247,12 +247,16 @@ def load(
 ) -> Model:
     """Load a bundle directory, a packed bundle ``.tar``, or a bare ``.onnx``/``.tflite`` file.
 
+    A bundle's hashes are verified and its manifest's signature and labels are compared
+    with the model's (:meth:`~edgeinfer.manifest.Manifest.signature_mismatches`): a
+    disagreement is a :class:`~edgeinfer.errors.BundleError` naming it.
+
     ``providers``: ``"auto"`` (best available accelerator, then CPU), or an explicit list
     such as ``["cuda", "cpu"]``; an unavailable provider is an error unless ``fallback``.
     ``threads``: intra-op threads (``None``: the runtime's default).
     Further ``options`` go to the backend (``graph_optimization``, ``spinning``).
     """
-    from edgeinfer.bundle import MODEL_FORMATS, Bundle
+    from edgeinfer.bundle import MANIFEST_FILE, MODEL_FORMATS, Bundle
 
     p = Path(path)
     bundle = None
@@ -264,4 +268,13 @@ def load(
     backend = backend_for(
         model_file, providers=providers, threads=threads, fallback=fallback, **options
     )
+    if bundle is not None:
+        # A manifest edited by hand can promise a signature the model does not have.
+        problems = bundle.manifest.signature_mismatches(backend.inputs, backend.outputs)
+        if problems:
+            backend.close()
+            raise BundleError(
+                f"{bundle.path}: {MANIFEST_FILE} does not match {bundle.manifest.model.file}: "
+                + "; ".join(problems)
+            )
     return Model(backend, bundle)
