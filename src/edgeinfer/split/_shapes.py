@@ -11,13 +11,14 @@ as the model declares them, symbols kept, come from inference on the unmodified 
 
 A dynamic input dimension is sized by its symbol (``sequence``), or, when it has none,
 by ``INPUT.AXIS`` (``x.2``, as everywhere ``--dim`` is taken): exporters write unnamed
-dimensions as a missing size, as ``-1`` or as ``"?"``, and none of those says two axes
-have the same size.
+dimensions as a missing size, as ``-1``, as ``"?"`` or ``"unk__N"``, and none of those
+says two axes have the same size.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,7 @@ __all__ = [
 
 _MAX_PROTO = 2_000_000_000  # bytes: protobuf's limit for one serialized model
 _SKELETON_ABOVE = 4096  # bytes: initializers larger than this lose their data for inference
-_UNNAMED = frozenset({"?"})  # dim_params that mean "unknown", not a shared symbol
+_UNNAMED = re.compile(r"\?|unk__\d+")  # dim_params that mean "unknown", not a shared symbol
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class InputShape:
 def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
     if d.HasField("dim_value"):
         return d.dim_value if d.dim_value >= 0 else None  # -1: some exporters' "dynamic"
-    return d.dim_param if d.dim_param and d.dim_param not in _UNNAMED else None
+    return d.dim_param if d.dim_param and not _UNNAMED.fullmatch(d.dim_param) else None
 
 
 def _declared(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
