@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import edgeinfer
-from edgeinfer import InputError
+from edgeinfer import BackendError, InputError
 
 wakeword = pytest.importorskip("pymicro_wakeword", reason="needs the 'models' extra")
 pytest.importorskip("ai_edge_litert", reason="needs the 'litert' extra")
@@ -55,3 +55,23 @@ def test_reset_state_makes_streaming_runs_repeatable() -> None:
             return [int(next(iter(model.predict(f).values()))[0, 0]) for f in clip]
 
         assert stream() == stream()
+
+
+def test_dynamic_model_that_cannot_prepare_at_its_placeholder_shape() -> None:
+    """openWakeWord's melspectrogram declares [-1,-1] audio stored as [1,1]: one sample is too
+    short for its STFT, so the graph is prepared at the first call's length instead."""
+    oww = pytest.importorskip("wyoming_openwakeword", reason="wyoming-openwakeword (--no-deps)")
+    path = Path(oww.__file__).parent / "models" / "melspectrogram.tflite"
+    if not path.is_file():
+        pytest.skip(f"{path} missing")
+    audio = np.random.default_rng(2).uniform(-3000, 3000, (1, 1280)).astype(np.float32)
+    with edgeinfer.load(path) as model:
+        assert model.inputs[0].shape == (None, None)
+        first = next(iter(model.predict(audio).values()))
+        assert first.shape == (1, 1, 5, 32)
+        with pytest.raises(BackendError, match="LiteRT inference failed"):
+            model.predict(audio[:, :1])  # too short for one frame: an error, not a crash
+        again = next(iter(model.predict(audio).values()))  # and the model still works
+        np.testing.assert_array_equal(first, again)
+        longer = next(iter(model.predict(np.tile(audio, 2)).values()))
+        assert longer.shape[2] > first.shape[2]

@@ -45,7 +45,7 @@ class LiteRTBackend:
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None) -> None:
         self.path = os.fspath(model)
         self._threads = threads
-        self._interp = self._new_interpreter()
+        self._interp, self._shapes = self._new_interpreter()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
         self.inputs = tuple(_spec(d) for d in in_details)
@@ -55,19 +55,31 @@ class LiteRTBackend:
         }
         self._in_index = {str(d["name"]): int(d["index"]) for d in in_details}
         self._out_index = {str(d["name"]): int(d["index"]) for d in out_details}
-        self._shapes = {str(d["name"]): tuple(int(x) for x in d["shape"]) for d in in_details}
         self._lock = threading.Lock()
 
-    def _new_interpreter(self) -> Any:
+    def _new_interpreter(self) -> tuple[Any, dict[str, tuple[int, ...]]]:
+        """A fresh interpreter and the input shapes its tensors are allocated for.
+
+        A model with dynamic inputs stores a placeholder shape (``[1, 1]`` for audio of any
+        length); some graphs cannot be prepared at it (a spectrogram needs more than one
+        sample). Such a model is allocated at the first call's shapes instead: the shapes
+        returned are then empty, so the first call resizes.
+        """
         interpreter_cls = _interpreter_class()
         try:
             interp = interpreter_cls(model_path=self.path, num_threads=self._threads)
-            interp.allocate_tensors()
         except ValueError as exc:
             raise BundleError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
         except Exception as exc:
             raise BackendError(f"{self.path}: LiteRT could not load the model ({exc})") from exc
-        return interp
+        details = interp.get_input_details()
+        try:
+            interp.allocate_tensors()
+        except Exception as exc:
+            if not any(-1 in list(d.get("shape_signature", ())) for d in details):
+                raise BackendError(f"{self.path}: LiteRT could not load the model ({exc})") from exc
+            return interp, {}
+        return interp, {str(d["name"]): tuple(int(x) for x in d["shape"]) for d in details}
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         with self._lock:
@@ -75,7 +87,7 @@ class LiteRTBackend:
             try:
                 shapes = self._shapes
                 for name, value in feeds.items():
-                    if value.shape != shapes[name]:
+                    if value.shape != shapes.get(name):
                         self._resize(feeds)
                         break
                 index = self._in_index
@@ -90,10 +102,14 @@ class LiteRTBackend:
     def _resize(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes (caller holds the lock)."""
         for name, value in feeds.items():
-            if value.shape != self._shapes[name]:
+            if value.shape != self._shapes.get(name):
                 self._interp.resize_tensor_input(self._in_index[name], value.shape)
-                self._shapes[name] = value.shape
-        self._interp.allocate_tensors()
+        try:
+            self._interp.allocate_tensors()
+        except Exception:
+            self._shapes = {}  # tensors are half-resized: the next call resizes them all
+            raise
+        self._shapes = {name: value.shape for name, value in feeds.items()}
 
     def reset_state(self) -> None:
         """Start a stateful (streaming) model, such as a wake-word detector, from scratch.
@@ -103,11 +119,7 @@ class LiteRTBackend:
         under a millisecond for the small models that stream).
         """
         with self._lock:
-            self._interp = self._new_interpreter()
-            self._shapes = {
-                str(d["name"]): tuple(int(x) for x in d["shape"])
-                for d in self._interp.get_input_details()
-            }
+            self._interp, self._shapes = self._new_interpreter()
 
     def close(self) -> None:
         self._interp = None
