@@ -43,3 +43,17 @@ def test_hand_edited_labels_of_a_paddle_classifier(
     code, text = verify(out, capsys)
     assert code == 2 and "Traceback" not in text
     assert "4 labels, but the model's class output(s)" in text and "have 2 classes" in text, text
+
+
+def test_unreadable_labels_file_is_one_line(
+    mlp_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([
+            "bundle", "create", str(mlp_path), "--out", str(tmp_path / "b"), "--name", "m",
+            "--labels", str(tmp_path / "missing [v2].txt"),
+        ])  # fmt: skip
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --labels ") and "missing [v2].txt" in err
+    assert err.count("\n") == 1 and "Traceback" not in err

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 bundle_app = typer.Typer(
     help="Create, verify, pack and unpack model bundles.", no_args_is_help=True
@@ -50,7 +51,14 @@ def create(
     golden_inputs = read_inputs(golden) if golden is not None else None
     label_list = None
     if labels is not None:
-        label_list = [ln.strip() for ln in labels.read_text().splitlines() if ln.strip()]
+        from edgeinfer.errors import InputError
+
+        try:
+            text = labels.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = getattr(exc, "strerror", None) or exc
+            raise InputError(f"--labels {labels}: not a readable text file ({why})") from None
+        label_list = [ln.strip() for ln in text.splitlines() if ln.strip()]
     b = Bundle.create(
         model,
         out,
@@ -64,7 +72,7 @@ def create(
         overwrite=overwrite,
     )
     Console().print(
-        f"[green]created[/] {b.name} v{b.version} at {b.path} "
+        f"[green]created[/] {b.name} v{b.version} at {escape(str(b.path))} "
         f"({b.manifest.model.size / 1e6:.2f} MB, "
         f"golden sample: {'yes' if b.manifest.golden else 'no'})"
     )
@@ -106,7 +114,10 @@ def pack(
     from edgeinfer.bundle import Bundle
 
     dest = Bundle.open(path).pack(out)
-    Console().print(f"[green]packed[/] {path} -> {dest} ({dest.stat().st_size / 1e6:.2f} MB)")
+    Console().print(
+        f"[green]packed[/] {escape(str(path))} -> {escape(str(dest))} "
+        f"({dest.stat().st_size / 1e6:.2f} MB)"
+    )
 
 
 @bundle_app.command("unpack")
@@ -118,7 +129,7 @@ def unpack(
     from edgeinfer.bundle import Bundle
 
     b = Bundle.unpack(tar, out)
-    Console().print(f"[green]unpacked[/] {b.name} v{b.version} into {b.path}")
+    Console().print(f"[green]unpacked[/] {b.name} v{b.version} into {escape(str(b.path))}")
 
 
 def register(app: typer.Typer) -> None:

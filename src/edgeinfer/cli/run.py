@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 def run(
@@ -35,7 +36,9 @@ def run(
     if output is not None:
         write_outputs(output, outputs)
     console = Console()
-    table = Table(title=f"{model.name}: outputs ({elapsed * 1e3:.2f} ms on {model.providers[0]})")
+    # Names, labels and values are Text, not markup: "[cat]" or "[1,3]" must print as is.
+    title = f"{model.name}: outputs ({elapsed * 1e3:.2f} ms on {model.providers[0]})"
+    table = Table(title=Text(title))
     for col in ("name", "dtype", "shape", "values"):
         table.add_column(col)
     labels = model.bundle.manifest.labels if model.bundle is not None else None
@@ -43,13 +46,15 @@ def run(
         preview = np.array2string(value.ravel()[:8], precision=4, separator=", ")
         if value.size > 8:
             preview = preview[:-1] + ", ...]"
-        table.add_row(name, str(value.dtype), str(list(value.shape)), preview)
+        table.add_row(Text(name), str(value.dtype), Text(str(list(value.shape))), Text(preview))
         if labels and value.ndim == 2 and value.shape[1] == len(labels):
             top = [labels[int(i)] for i in value.argmax(axis=1)[:16]]
-            table.add_row(f"{name} (argmax)", "label", str([value.shape[0]]), ", ".join(top))
+            table.add_row(
+                Text(f"{name} (argmax)"), "label", Text(str([value.shape[0]])), Text(", ".join(top))
+            )
     console.print(table)
     if output is not None:
-        console.print(f"outputs written to {output}")
+        console.print(f"outputs written to {output}", markup=False, highlight=False)
     model.close()
 
 
