@@ -13,6 +13,11 @@ trial is let through; the offloader makes it a cheap probe (the ready endpoint) 
 user request waits on a server that may still be down. A failed trial doubles the open
 time (up to ``max_open_s``). A breaker closed by a probe stays wary: the first failed call
 opens it again at once, because a server that answers probes may still fail real work.
+
+The cap is what a server that comes back waits, at worst, before it is used again; a trial
+is one ready probe with no tensors, so a cap of 2 s costs a dead server one tiny request
+every 2 s and keeps the promise that offloading resumes within about 2 s of the server's
+return, however long it was away (with a 10 s cap, a server back after 8 s waited 7 s).
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ class BreakerConfig:
     """When a breaker opens and how long it stays open."""
 
     failures: int = 3  # consecutive failures that open it
-    open_s: float = 1.0  # seconds open before the first trial
-    max_open_s: float = 10.0  # seconds: cap of the doubling after failed trials
+    open_s: float = 0.5  # seconds open before the first trial
+    max_open_s: float = 2.0  # seconds: cap of the doubling after failed trials
 
 
 class CircuitBreaker:
