@@ -143,8 +143,15 @@ class GrpcTransport:
             raise RemoteUnavailable(f"model {model!r} is not ready", url=self.url, status=503)
 
     def infer(
-        self, request: InferenceRequest, version: str | None, timeout: float
+        self,
+        request: InferenceRequest,
+        version: str | None,
+        timeout: float,
+        *,
+        max_bytes: int | None = None,
     ) -> tuple[InferenceResponse, CallStats]:
+        # grpc bounds the whole call by its deadline, and a message (decompressed) by
+        # _MAX_MESSAGE; a larger answer than max_bytes is refused once it is here.
         request.model_version = version or ""
         try:
             message = grpc_codec.request_to_proto(request, raw=self.binary)
@@ -152,6 +159,12 @@ class GrpcTransport:
             raise RemoteProtocolError(f"cannot encode the request: {exc}", url=self.url) from exc
         start = time.perf_counter()
         response, call = self._call(self._stub.ModelInfer, message, timeout)
+        if max_bytes is not None and response.ByteSize() > max_bytes:
+            raise RemoteProtocolError(
+                f"the answer is {response.ByteSize()} bytes, more than the model's outputs "
+                f"can take ({max_bytes})",
+                url=self.url,
+            )
         try:
             decoded = grpc_codec.response_from_proto(response)
         except ProtocolError as exc:

@@ -5,23 +5,34 @@
 reads (MLServer rejects binary tensors). ``compress="zstd" | "gzip" | "deflate"`` sends
 request bodies of at least :data:`~edgeinfer.protocol.coding.MIN_BYTES` compressed
 (``edgeinfer serve`` reads all three, Triton gzip and deflate); answers are always accepted
-compressed in the codings this process can decode, and decoded here with a size limit, so
-the call's byte counts are what crossed the wire. httpx exceptions are mapped to the
+compressed in the codings this process can decode, and decoded here in bounded steps
+under the answer's size limit and the call's deadline (:mod:`._inflate`), so the call's
+byte counts are what crossed the wire.
+
+A call's timeout bounds the whole call. httpx applies its timeout to each socket read, so
+a server that sends its headers one byte at a time could hold a call for ever; here every
+read, write and connect of a call waits at most until the call's deadline
+(:class:`_DeadlineBackend`, under httpx's connection pool). httpx exceptions are mapped to the
 :class:`~edgeinfer.offload.errors.RemoteError` tree in :func:`map_httpx_error`, the one
 place that knows them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+import httpcore
 import httpx
 
 from edgeinfer.errors import InputError
+from edgeinfer.offload._inflate import inflate
 from edgeinfer.offload.errors import (
     RemoteConnectTimeout,
     RemoteError,
@@ -43,7 +54,7 @@ from edgeinfer.protocol.types import (
 __all__ = ["HttpTransport", "map_httpx_error"]
 
 _MIN_STREAMED = 8192  # bytes: a download shorter than this is too short to time alone
-MAX_RESPONSE_BYTES = 1 << 30  # a compressed answer may not inflate past this
+MAX_RESPONSE_BYTES = 1 << 30  # bytes: the cap of an answer whose size the model cannot bound
 
 # Most specific first: the first class an exception is an instance of decides.
 _HTTPX_ERRORS: tuple[tuple[type[Exception], type[RemoteError], str], ...] = (
@@ -115,6 +126,96 @@ def _header_bytes(headers: Any) -> int:
     return sum(len(k) + len(v) + 4 for k, v in headers.raw) + 32  # + request/status line
 
 
+_calls = threading.local()  # .deadline: perf_counter() time the current call must end by
+
+
+@contextlib.contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    """Every socket operation of this thread waits at most until ``deadline``."""
+    before = getattr(_calls, "deadline", None)
+    _calls.deadline = deadline
+    try:
+        yield
+    finally:
+        _calls.deadline = before
+
+
+def _bounded(timeout: float | None, late: type[Exception]) -> float | None:
+    """``timeout`` cut to what is left of the call's deadline; ``late`` once it passed."""
+    deadline: float | None = getattr(_calls, "deadline", None)
+    if deadline is None:
+        return timeout
+    left = deadline - time.perf_counter()
+    if left <= 0:
+        raise late("the call's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every wait ends at the deadline of the call using it."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        t = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, t))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend, with connections bounded by the calling call's deadline."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        t = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._backend.connect_tcp(host, port, t, local_address, socket_options)
+        )
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        t = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, t, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+def _deadline_transport() -> httpx.HTTPTransport:
+    """httpx's transport with :class:`_DeadlineBackend` under its connection pool."""
+    transport = httpx.HTTPTransport()
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if not isinstance(backend, httpcore.NetworkBackend):  # pragma: no cover - httpx changed
+        raise RuntimeError("httpx's connection pool has no network backend to bound")
+    pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
 class HttpTransport:
     """OIP REST client for one server (thread-safe; keeps connections alive)."""
 
@@ -136,7 +237,9 @@ class HttpTransport:
         base = {"Accept-Encoding": ", ".join(coding.available()), **(headers or {})}
         if token:
             base["Authorization"] = f"Bearer {token}"
-        self._client = httpx.Client(base_url=self.url, headers=base, timeout=10.0)
+        self._client = httpx.Client(
+            base_url=self.url, headers=base, timeout=10.0, transport=_deadline_transport()
+        )
 
     def _path(self, model: str, version: str | None, tail: str = "") -> str:
         path = f"/v2/models/{quote(model, safe='')}"
@@ -146,7 +249,8 @@ class HttpTransport:
 
     def _get(self, path: str, timeout: float) -> httpx.Response:
         try:
-            response = self._client.get(path, timeout=timeout)
+            with _until(time.perf_counter() + timeout):
+                response = self._client.get(path, timeout=timeout)
         except httpx.HTTPError as exc:
             raise map_httpx_error(exc, self.url) from exc
         except httpx.StreamError as exc:
@@ -172,7 +276,12 @@ class HttpTransport:
             raise RemoteUnavailable(f"model {model!r} is not ready", url=self.url, status=503)
 
     def infer(
-        self, request: InferenceRequest, version: str | None, timeout: float
+        self,
+        request: InferenceRequest,
+        version: str | None,
+        timeout: float,
+        *,
+        max_bytes: int | None = None,
     ) -> tuple[InferenceResponse, CallStats]:
         if self.binary:
             request.parameters[BINARY_DATA_OUTPUT] = True
@@ -181,6 +290,7 @@ class HttpTransport:
         except ProtocolError as exc:  # e.g. bytes that are not text, in JSON
             raise RemoteProtocolError(f"cannot encode the request: {exc}", url=self.url) from exc
         path = self._path(request.model_name, version, "/infer")
+        limit = MAX_RESPONSE_BYTES if max_bytes is None else max_bytes
         start = time.perf_counter()
         deadline = start + timeout
         content, headers = encoded.body, dict(encoded.headers)
@@ -189,24 +299,35 @@ class HttpTransport:
             headers["Content-Encoding"] = self.compress
         codec_s = time.perf_counter() - start
         chunks: list[bytes] = []
+        received = 0
         first_at = end = start
         try:
-            req = self._client.build_request(
-                "POST", path, content=content, headers=headers, timeout=timeout
-            )
-            response = self._client.send(req, stream=True)
-            try:
-                for chunk in response.iter_raw():
-                    end = time.perf_counter()
-                    if not chunks:
-                        first_at = end
-                    chunks.append(chunk)
-                    if end > deadline:  # a trickle of bytes must not outlive the timeout
-                        raise RemoteTimeout(
-                            f"the answer was still arriving after {timeout:.3g} s", url=self.url
-                        )
-            finally:
-                response.close()
+            with _until(deadline):
+                req = self._client.build_request(
+                    "POST", path, content=content, headers=headers, timeout=timeout
+                )
+                response = self._client.send(req, stream=True)
+                try:
+                    for chunk in response.iter_raw():
+                        end = time.perf_counter()
+                        if not chunks:
+                            first_at = end
+                        chunks.append(chunk)
+                        received += len(chunk)
+                        if received > limit:
+                            raise RemoteProtocolError(
+                                f"the answer is longer than the model's outputs can be "
+                                f"({limit} bytes)",
+                                url=self.url,
+                            )
+                        if end > deadline:  # a trickle of bytes must not outlive the timeout
+                            raise self._late(timeout)
+                finally:
+                    response.close()
+        except httpx.TimeoutException as exc:
+            if time.perf_counter() >= deadline:
+                raise self._late(timeout) from exc
+            raise map_httpx_error(exc, self.url) from exc
         except httpx.HTTPError as exc:
             raise map_httpx_error(exc, self.url) from exc
         except httpx.StreamError as exc:
@@ -214,9 +335,11 @@ class HttpTransport:
         wire = b"".join(chunks)
         t_decode = time.perf_counter()
         try:
-            body = coding.decode(
-                wire, response.headers.get("content-encoding"), limit=MAX_RESPONSE_BYTES
+            body = inflate(
+                wire, response.headers.get("content-encoding"), limit=limit, deadline=deadline
             )
+        except TimeoutError as exc:
+            raise self._late(timeout) from exc
         except ProtocolError as exc:
             if response.status_code != 200:  # the status says more than its body could
                 raise status_error(
@@ -243,6 +366,11 @@ class HttpTransport:
             codec_s=codec_s,
         )
         return decoded, stats
+
+    def _late(self, timeout: float) -> RemoteTimeout:
+        return RemoteTimeout(
+            f"no answer in time: not complete within {timeout:.3g} s", url=self.url
+        )
 
     def close(self) -> None:
         self._client.close()

@@ -4,12 +4,14 @@ It works against ``edgeinfer serve`` and any OIP server (Triton, KServe, MLServe
 
     remote = RemoteModel("http://edge:8000", "digits")             # REST, binary tensors
     remote = RemoteModel("http://mlserver:8080", "m", binary=False)  # MLServer: JSON only
-    remote = RemoteModel("grpc://edge:8001", "digits", transport="grpc")
+    remote = RemoteModel("grpc://edge:8001", "digits")              # gRPC
     remote.predict(x)["logits"]
 
 Inputs are validated against the server's model metadata (fetched once, on first use)
 exactly as :class:`~edgeinfer.runtime.Model` validates them, so a bad input is an
-``InputError`` raised here, not a round trip. Transport failures are
+``InputError`` raised here, not a round trip. Answers are checked against the same
+metadata (:mod:`.answers`): an answer larger than the outputs can be, or whose outputs do
+not match their names, dtypes and shapes, is a failure, never a result. Transport failures are
 :class:`~edgeinfer.offload.errors.RemoteError` s; :meth:`RemoteModel.infer` also returns the
 call's sizes and timings, which the :class:`~edgeinfer.offload.Offloader` learns from.
 """
@@ -25,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from edgeinfer.errors import InputError, MissingDependencyError
+from edgeinfer.offload.answers import answer_limit, batch_rows, check_answer
+from edgeinfer.offload.errors import RemoteTimeout
 from edgeinfer.offload.transport import CallStats, Transport
 from edgeinfer.protocol.types import (
     InferenceRequest,
@@ -37,6 +41,7 @@ from edgeinfer.tensors import InputValidator, TensorSpec, dtype_from_oip
 __all__ = ["RemoteModel", "RemoteResult", "specs_from_metadata"]
 
 TransportName = Literal["http", "grpc"]
+_SCHEMES: dict[str, TransportName] = {"http": "http", "https": "http", "grpc": "grpc"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,36 @@ def specs_from_metadata(meta: ModelMetadata) -> Signature:
     return specs(meta.inputs), specs(meta.outputs)
 
 
+def transport_of(url: str, transport: str | None = None) -> TransportName:
+    """The transport a URL names (``grpc://``: gRPC; ``http(s)://``: REST), checked against
+    an explicit ``transport``; a bare ``HOST:PORT`` names none, so it needs ``"grpc"``.
+
+    >>> transport_of("grpc://edge:8001")
+    'grpc'
+    """
+    if transport is not None and transport not in ("http", "grpc"):
+        raise InputError(f"unknown transport {transport!r}; expected 'http' or 'grpc'")
+    scheme, sep, _ = url.partition("://")
+    if not sep:  # HOST:PORT, as grpc writes a target
+        if transport is None:
+            raise InputError(
+                f"remote URL {url!r}: expected http://HOST:PORT, https://... or "
+                "grpc://HOST:PORT (or transport='grpc' with HOST:PORT)"
+            )
+        return transport  # type: ignore[return-value]
+    named = _SCHEMES.get(scheme.lower())
+    if named is None:
+        raise InputError(
+            f"remote URL {url!r}: unknown scheme {scheme!r}; expected http://, https:// or grpc://"
+        )
+    if named == "grpc" and transport == "http":
+        raise InputError(
+            f"remote URL {url!r} is a gRPC address but transport='http'; drop transport= "
+            "or give an http:// URL"
+        )
+    return named if transport is None else transport  # type: ignore[return-value]
+
+
 def _make_transport(
     url: str,
     transport: str,
@@ -92,7 +127,9 @@ def _make_transport(
 class RemoteModel:
     """A model served over the Open Inference Protocol, with ``Model``'s ``predict``.
 
-    ``url``: ``http://HOST:PORT`` (REST) or ``grpc://HOST:PORT`` / ``HOST:PORT`` (gRPC).
+    ``url``: ``http://HOST:PORT`` (REST) or ``grpc://HOST:PORT`` (gRPC), whose scheme
+    picks the ``transport`` (``"http"`` or ``"grpc"``) unless it is given; a bare
+    ``HOST:PORT`` with ``transport="grpc"``.
     ``model``/``version``: what to run (``version=None``: the server's choice).
     ``token``: a bearer token. ``binary``: binary tensor data (REST extension, raw gRPC
     contents); ``False`` for plain JSON. ``timeout``: seconds per call unless a call gives
@@ -108,7 +145,7 @@ class RemoteModel:
         model: str,
         version: str | int | None = None,
         token: str | None = None,
-        transport: TransportName = "http",
+        transport: TransportName | None = None,
         binary: bool = True,
         timeout: float = 10.0,  # seconds per call
         headers: dict[str, str] | None = None,
@@ -121,13 +158,15 @@ class RemoteModel:
         self.url = url.rstrip("/")
         self.name = model
         self.version = None if version is None else str(version)
-        self.transport_name = transport
+        self.transport_name: TransportName = transport_of(self.url, transport)
         self.binary = binary
         self.timeout = float(timeout)
         self._token = token
         self._headers = None if headers is None else dict(headers)
         self.compress = compress
-        self.transport = _make_transport(self.url, transport, token, binary, headers, compress)
+        self.transport = _make_transport(
+            self.url, self.transport_name, token, binary, headers, compress
+        )
         self._meta: ModelMetadata | None = None
         self._validate: InputValidator | None = None
         self._specs: Signature | None = None
@@ -215,23 +254,36 @@ class RemoteModel:
             feeds: Mapping[str, np.ndarray] = inputs
         else:
             feeds = self.validate(inputs)
+        start = time.perf_counter()
+        limit = timeout or self.timeout
+        if self._specs is None:  # the answer is checked against the outputs: know them
+            self.metadata(timeout=limit)
+        assert self._specs is not None
+        specs = self._specs[1]
         if outputs is not None:
-            names = list(outputs)
-            if self._specs is not None:
-                known = {s.name for s in self._specs[1]}
-                unknown = [n for n in names if n not in known]
-                if unknown:
-                    raise InputError(
-                        f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
-                        f"{', '.join(map(repr, sorted(known)))}"
-                    )
+            by_name = {s.name: s for s in specs}
+            unknown = [n for n in outputs if n not in by_name]
+            if unknown:
+                raise InputError(
+                    f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
+                    f"{', '.join(map(repr, sorted(by_name)))}"
+                )
+            specs = tuple(by_name[n] for n in outputs)
         request = InferenceRequest(
             inputs=[InferTensor.from_array(n, a) for n, a in feeds.items()],
             outputs=None if outputs is None else [RequestedOutput(n) for n in outputs],
             model_name=self.name,
         )
-        response, stats = self.transport.infer(request, self.version, timeout or self.timeout)
-        return RemoteResult(response.arrays(), stats)
+        left = limit - (time.perf_counter() - start)
+        if left <= 0:
+            raise RemoteTimeout(
+                f"no time left for the call after fetching the metadata ({limit:.3g} s)",
+                url=self.url,
+            )
+        response, stats = self.transport.infer(
+            request, self.version, left, max_bytes=answer_limit(specs, batch_rows(feeds))
+        )
+        return RemoteResult(check_answer(response.arrays(), specs, self.url), stats)
 
     def predict(self, inputs: Any, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
         """Run the model on the server; same contract as :meth:`Model.predict`."""

@@ -59,9 +59,16 @@ class Transport(Protocol):
         ...
 
     def infer(
-        self, request: InferenceRequest, version: str | None, timeout: float
+        self,
+        request: InferenceRequest,
+        version: str | None,
+        timeout: float,
+        *,
+        max_bytes: int | None = None,
     ) -> tuple[InferenceResponse, CallStats]:
-        """Run one request (``request.model_name`` names the model)."""
+        """Run one request (``request.model_name`` names the model) within ``timeout``
+        seconds in all, the answer included; ``max_bytes``: the most its decoded answer may
+        take (``None``: the transport's own cap)."""
         ...
 
     def close(self) -> None: ...
