@@ -75,6 +75,20 @@ class ServeConfig:
     # overload, say -- each such moment waits out a whole interval. Process-wide, like
     # freeze_heap: the CLI sets 0.1 ms, an embedding program decides.
     switch_interval_s: float | None = None
+    # What a REST client may send before the application sees its request, and for how long
+    # (serve/_http.py). Beyond a limit the server answers 431, 408 or 503 and closes.
+    max_header_bytes: int = 16384  # bytes: request line and headers of one request
+    max_headers: int = 100  # header fields in one request
+    # seconds from a connection's start (on a kept-alive one: from a request's first byte)
+    # to the end of the request's headers
+    header_timeout_s: float = 60.0
+    # seconds from the end of the headers to the end of the body, plus one second per
+    # min_body_rate bytes received (so a large body on a slow link is not cut)
+    body_timeout_s: float = 60.0
+    min_body_rate: float = 1024.0  # bytes per second
+    # REST connections served at once; one more is answered 503 and closed. None: no cap
+    # (keep it below the process's open-file limit, ulimit -n).
+    max_connections: int | None = 1000
 
     def __post_init__(self) -> None:
         if self.compress_min_bytes is not None and self.compress_min_bytes < 0:
@@ -87,6 +101,16 @@ class ServeConfig:
                 f"switch_interval_s {self.switch_interval_s} must be > 0 and <= 1 second "
                 "(None: leave the process's GIL switch interval as it is)"
             )
+        if self.max_header_bytes < 256 or self.max_headers < 1:
+            raise InputError(
+                f"max_header_bytes {self.max_header_bytes} and max_headers {self.max_headers}: "
+                "expected at least 256 bytes and 1 field"
+            )
+        for name in ("header_timeout_s", "body_timeout_s", "min_body_rate"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} {getattr(self, name)} must be > 0")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise InputError(f"max_connections {self.max_connections} must be >= 1 (None: no cap)")
         if not 0 <= self.port <= 65535:
             raise InputError(f"port {self.port} is out of range; expected 0-65535 (0: any free)")
         if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:

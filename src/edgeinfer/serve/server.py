@@ -3,6 +3,9 @@
 Both run uvicorn with the REST app; the app's lifespan starts the gRPC server on the same
 event loop, so REST and gRPC share one dataplane, one set of queues and one metrics registry.
 A port of 0 picks a free port; :class:`BackgroundServer` reports the ports it got.
+Each REST connection is bounded by serve/_http.py (head size, head and body deadlines,
+a connection cap). A port that cannot be bound, REST or gRPC, is one ``InputError`` line
+naming it, not a traceback.
 
 >>> config = ServeConfig(Path("models"), port=0, grpc_port=0)
 >>> with BackgroundServer(config) as srv:  # doctest: +SKIP
@@ -11,13 +14,17 @@ A port of 0 picks a free port; :class:`BackgroundServer` reports the ports it go
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import socket
+import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.serve.config import ServeConfig
 
 __all__ = ["BackgroundServer", "is_loopback", "run_server"]
@@ -35,20 +42,102 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _socket(host: str, port: int) -> socket.socket:
+def _bind_error(what: str, host: str, port: int, reason: str) -> InputError:
+    hint = {
+        "REST": "choose another --port (0: any free port)",
+        "gRPC": "choose another --grpc-port (0: any free port, -1: no gRPC)",
+    }[what]
+    return InputError(f"cannot listen on {what} port {port} of {host}: {reason}; {hint}")
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "it is already in use"
+    return exc.strerror or str(exc)
+
+
+def _socket(host: str, port: int, what: str = "REST") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(what, host, port, _reason(exc)) from None
     sock.set_inheritable(True)
     return sock
+
+
+def _check_grpc_port(config: ServeConfig) -> None:
+    """Fail before startup if the gRPC port is taken (gRPC's own failure is a traceback
+    from deep inside the app's startup; :class:`_StartupErrors` still catches the race)."""
+    if config.grpc_port:
+        probe = _socket(config.host, config.grpc_port, "gRPC")
+        try:
+            probe.listen(1)
+        except OSError as exc:
+            raise _bind_error("gRPC", config.host, config.grpc_port, _reason(exc)) from None
+        finally:
+            probe.close()
+
+
+_Scope = MutableMapping[str, Any]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _StartupErrors:
+    """The ASGI app, with a failed startup told in one line instead of a traceback.
+
+    An ``EdgeInferError`` while the app starts (models loading, the gRPC server binding)
+    is kept in ``error`` and taken out of uvicorn's log; the caller raises it once uvicorn
+    has given up. Any other exception is a bug and keeps its traceback.
+    """
+
+    def __init__(self, app: Any, config: ServeConfig) -> None:
+        self.app, self.config = app, config
+        self.error: EdgeInferError | None = None
+
+    async def __call__(self, scope: _Scope, receive: Any, send: _Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def lifespan_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "lifespan.startup.failed":
+                # sent from inside the handler of the failure, so it is the one in flight
+                self.error = self._one_line(sys.exc_info()[1])
+                if self.error is not None:
+                    message = {**message, "message": ""}
+            await send(message)
+
+        await self.app(scope, receive, lifespan_send)
+
+    def _one_line(self, exc: BaseException | None) -> EdgeInferError | None:
+        if isinstance(exc, EdgeInferError):
+            return exc
+        port = self.config.grpc_port
+        if isinstance(exc, RuntimeError) and "Failed to bind" in str(exc) and port is not None:
+            return _bind_error(
+                "gRPC", self.config.host, port, "it is already in use or not available here"
+            )
+        return None
+
+
+def _raise_startup_error(app: _StartupErrors, exc: BaseException) -> None:
+    if app.error is not None:
+        raise app.error from None
+    raise exc
 
 
 def _uvicorn_config(config: ServeConfig, app: Any, log_level: str) -> Any:
     import uvicorn
 
+    from edgeinfer.serve._http import protocol_class
+
     return uvicorn.Config(
         app,
+        http=protocol_class(config),
         log_level=log_level,
         access_log=False,
         lifespan="on",
@@ -65,10 +154,16 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
 
     from edgeinfer.serve.app import create_app
 
-    app = create_app(config)
+    app = _StartupErrors(create_app(config), config)
     sock = _socket(config.host, config.port)
+    _check_grpc_port(config)
     server = uvicorn.Server(_uvicorn_config(config, app, log_level))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except SystemExit as exc:  # uvicorn's answer to a failed startup
+        _raise_startup_error(app, exc)
+    finally:
+        sock.close()
 
 
 class BackgroundServer:
@@ -83,7 +178,8 @@ class BackgroundServer:
         self.app = create_app(config)
         self._sock = _socket(config.host, config.port)
         self.port: int = self._sock.getsockname()[1]
-        self._server = uvicorn.Server(_uvicorn_config(config, self.app, log_level))
+        self._asgi = _StartupErrors(self.app, config)
+        self._server = uvicorn.Server(_uvicorn_config(config, self._asgi, log_level))
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -110,7 +206,7 @@ class BackgroundServer:
         try:
             self._server.run(sockets=[self._sock])
         except BaseException as exc:  # reported by start()
-            self._error = exc
+            self._error = self._asgi.error or exc
 
     def start(self, timeout_s: float = 60.0) -> BackgroundServer:
         """Start and wait until the server answers (models loaded)."""
@@ -120,6 +216,8 @@ class BackgroundServer:
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
+                if isinstance(self._error, EdgeInferError):
+                    raise self._error
                 raise RuntimeError(
                     f"the server did not start within {timeout_s:.0f} s"
                     + (f": {self._error!r}" if self._error else "")
