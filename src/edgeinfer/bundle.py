@@ -199,7 +199,10 @@ class Bundle:
             raise BundleError(f"version {version!r} must be an integer >= 0")
         out = Path(out_dir)
         if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise BundleError(f"{out} already exists and is not empty (pass overwrite=True)")
+            raise BundleError(
+                f"{out} already exists and is not empty "
+                "(pass --overwrite, or overwrite=True from Python)"
+            )
         out.parent.mkdir(parents=True, exist_ok=True)
         with _staging(out) as stage:
             model_file = stage / f"model.{fmt}"

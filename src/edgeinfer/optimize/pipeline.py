@@ -52,7 +52,10 @@ def _source(model: str | os.PathLike[str]) -> Bundle:
 
 def _check_out(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise BundleError(f"{out_dir} already exists and is not empty (pass overwrite)")
+        raise BundleError(
+            f"{out_dir} already exists and is not empty "
+            "(pass --overwrite, or overwrite=True from Python)"
+        )
 
 
 def _bundle(
