@@ -27,6 +27,18 @@ def agent(
         min=0.1,
         help="Seconds without data before a download is abandoned (it resumes next cycle).",
     ),
+    cycle_timeout: float = typer.Option(
+        3600.0,
+        "--cycle-timeout",
+        min=1.0,
+        help="Seconds one update cycle may spend on the network; downloads resume next cycle.",
+    ),
+    min_rate: float = typer.Option(
+        1024.0,
+        "--min-rate",
+        min=0.0,
+        help="Bytes/s a transfer must average over 30 s, or it is abandoned (0: no minimum).",
+    ),
 ) -> None:
     """Refresh signed metadata, install updates into the idle slot, health-check, commit.
 
@@ -48,7 +60,8 @@ def agent(
         version_floor=version_floor,
         min_free_bytes=int(min_free_mb * 1e6),
         report_url=report_url,
-        download=DownloadConfig(read_timeout=read_timeout),
+        cycle_timeout=cycle_timeout,
+        download=DownloadConfig(read_timeout=read_timeout, min_rate=min_rate),
     )
     the_agent = Agent(config)
     console = Console()

@@ -19,6 +19,12 @@ One cycle (:meth:`Agent.run_once`)::
 Every refusal leaves the device on exactly the version it had. Only one agent runs per
 state directory (a lock file). ``CycleResult`` and ``status.json`` say what happened.
 
+A cycle has a deadline (``cycle_timeout``) and every transfer a minimum average rate
+(``DownloadConfig.min_rate``): a server that trickles or never answers ends the cycle as
+``failed`` and releases the lock; downloads resume next cycle. A full disk, at any step, is
+a ``failed`` cycle retried later -- never a strike against the version being installed.
+Credentials in the repository URL never reach a log line or ``status.json``.
+
 >>> agent = Agent(AgentConfig("http://updates.local/repo", "/var/lib/edgeinfer",
 ...                           root=Path("root.json")))                 # doctest: +SKIP
 >>> agent.run_once().result                                            # doctest: +SKIP
@@ -37,7 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.deliver._fsutil import crash_point, read_json, write_json
+from edgeinfer.deliver._fsutil import crash_point, read_json
+from edgeinfer.deliver._transfer import check_http_url, disk_full, scrub, split_userinfo
+from edgeinfer.deliver._tuf_client import PacedFetcher, open_updater, refresh_targets
 from edgeinfer.deliver.delta import apply_delta
 from edgeinfer.deliver.download import DownloadConfig, Downloader, target_url
 from edgeinfer.deliver.errors import (
@@ -50,7 +58,14 @@ from edgeinfer.deliver.errors import (
 from edgeinfer.deliver.gate import GateConfig, GateResult, run_gate
 from edgeinfer.deliver.select import Device, choose
 from edgeinfer.deliver.slots import SlotStore
-from edgeinfer.deliver.state import CycleResult, History, device_id, utc_now
+from edgeinfer.deliver.state import (
+    CycleResult,
+    History,
+    device_id,
+    report_status,
+    utc_now,
+    write_status,
+)
 from edgeinfer.errors import BundleError
 
 __all__ = ["Agent", "AgentConfig"]
@@ -72,6 +87,7 @@ class AgentConfig:
     report_url: str | None = None  # POST status.json here after each cycle
     report_timeout: float = 5.0  # seconds
     max_trial_crashes: int = 2  # trials cut short by a crash before a version counts as bad
+    cycle_timeout: float = 3600.0  # seconds; transfers stop here (downloads resume next cycle)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     gate: GateConfig = field(default_factory=GateConfig)
 
@@ -83,6 +99,7 @@ class _Cycle:
     from_version: int | None = None
     to_version: int | None = None
     notes: list[str] = field(default_factory=list)
+    step: str = "recovering"  # what the cycle was doing, for a failure's message
 
 
 class Agent:
@@ -91,7 +108,14 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         from edgeinfer import __version__
 
+        for option, url in (("--repo-url", config.repo_url), ("--report-url", config.report_url)):
+            if url is not None and (problem := check_http_url(url)) is not None:
+                raise AgentError(f"{option} {problem}")
+        if not config.cycle_timeout > 0:
+            raise AgentError(f"cycle timeout {config.cycle_timeout!r}: expected seconds > 0")
         self.config = config
+        # credentials travel as basic auth, never inside a URL that httpx or ngclient logs
+        self._repo_base, self._auth = split_userinfo(config.repo_url.rstrip("/"))
         self.state_dir = Path(config.state_dir)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -114,19 +138,23 @@ class Agent:
         cycle = _Cycle()
         with self._locked():
             history = History(self.state_dir)
-            self._recover(history)
             committed = self.slots.committed()
             cycle.from_version = None if committed is None else committed.version
             try:
-                result, reason = self._cycle(cycle, history)
+                self._recover(history)
+                result, reason = self._cycle(cycle, history, start + self.config.cycle_timeout)
             except UpdateRefused as exc:
                 result, reason = "refused", str(exc)
             except DiskSpaceError as exc:
                 result, reason = "refused", str(exc)
-            except (UpdateDownloadError, DeltaError, OSError) as exc:
+            except (UpdateDownloadError, DeltaError) as exc:
                 result, reason = "failed", str(exc)
+            except OSError as exc:
+                result, reason = "failed", self._os_failure(exc, cycle)
             if cycle.notes:
                 reason = "; ".join([*cycle.notes, *([reason] if reason else [])])
+            if reason is not None:  # no URL inside carries credentials; this makes sure
+                reason = scrub(reason, self.config.repo_url, self.config.report_url)
             outcome = CycleResult(
                 result,
                 cycle.via,
@@ -155,9 +183,20 @@ class Agent:
         return data if isinstance(data, dict) else None
 
     # ------------------------------------------------------------ the cycle
-    def _cycle(self, cycle: _Cycle, history: History) -> tuple[str, str | None]:
-        updater = self._updater()
-        targets = self._refresh(updater)
+    def _cycle(self, cycle: _Cycle, history: History, deadline: float) -> tuple[str, str | None]:
+        cycle.step = "refreshing metadata"
+        fetcher = PacedFetcher(
+            self.config.download,
+            deadline=deadline,
+            deadline_s=self.config.cycle_timeout,
+            user_agent=f"edgeinfer-agent/{self.agent_version}",
+            auth=self._auth,
+        )
+        try:
+            updater = open_updater(self.metadata_dir, self._repo_base, self.config.root, fetcher)
+            targets = refresh_targets(updater, self.metadata_dir, self._repo_base)
+        finally:
+            fetcher.close()
         committed = self.slots.committed()
         device = Device(
             self.device_id,
@@ -189,7 +228,13 @@ class Agent:
             raise UpdateRefused(f"{full.path} vanished from the verified metadata")
         delta = choice.delta if self.config.use_deltas else None
         self._clean_downloads(keep={full.sha256, *([delta.sha256] if delta else [])})
-        with Downloader(self.config.download) as downloader:
+        cycle.step = f"downloading version {full.version}"
+        with Downloader(
+            self.config.download,
+            deadline=deadline,
+            deadline_s=self.config.cycle_timeout,
+            auth=self._auth,
+        ) as downloader:
             try:
                 packed = None
                 if delta is not None and committed is not None:
@@ -206,25 +251,42 @@ class Agent:
                     packed, _ = downloader.fetch(url, full_tf, self.downloads)
             finally:
                 cycle.received = downloader.received
+        cycle.step = f"installing version {full.version}"
         try:
             info = self.slots.install(packed, full.model, full.version, full.sha256)
         except (BundleError, UpdateRefused) as exc:
+            if (full_disk := disk_full(exc)) is not None:  # the device's fault, not the bundle's
+                raise full_disk from None
             # signed, hash-correct, and still not a usable bundle: never fetch it again
             history.mark_bad(full.sha256, full.model, full.version, f"install: {exc}")
             raise UpdateRefused(f"version {full.version} cannot be installed: {exc}") from None
         finally:
             self._clean_downloads(keep=set())
         previous = None if committed is None else self.slots.bundle_dir(committed)
+        cycle.step = f"switching to version {full.version}"
         self.slots.switch(info, history.strikes.get(full.sha256, 0) + 1)
+        cycle.step = f"health-checking version {full.version}"
         try:
             gate = run_gate(self.slots.bundle_dir(info), previous, self.config.gate)
         except Exception as exc:  # whatever breaks inside the gate fails the gate
+            if (full_disk := disk_full(exc)) is not None:
+                self._end_trial_quietly()
+                raise full_disk from None
             gate = GateResult(False, f"health gate crashed: {type(exc).__name__}: {exc}")
         if gate.ok:
-            self.slots.commit()
+            cycle.step = f"committing version {full.version}"
+            try:
+                self.slots.commit()
+            except OSError:
+                self._end_trial_quietly()
+                raise
             crash_point("commit")
-            history.clear_strikes(full.sha256)
+            try:
+                history.clear_strikes(full.sha256)
+            except OSError as exc:  # the update is done; stale strikes only count crashes
+                logger.warning("could not clear the crash count of v%d: %s", full.version, exc)
             return "updated", None
+        cycle.step = f"rolling back version {full.version}"
         self.slots.rollback()
         history.mark_bad(full.sha256, full.model, full.version, gate.reason or "health gate")
         return "rolled-back", f"version {full.version} failed its health gate: {gate.reason}"
@@ -261,71 +323,22 @@ class Agent:
                 ) from None
         return out
 
-    # ------------------------------------------------------------ TUF
     @property
     def _targets_url(self) -> str:
-        return self.config.repo_url.rstrip("/") + "/targets"
-
-    def _updater(self) -> Any:
-        from tuf.api.exceptions import RepositoryError
-        from tuf.ngclient import Updater, UpdaterConfig  # type: ignore[attr-defined]
-        from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
-
-        self.metadata_dir.mkdir(parents=True, exist_ok=True)
-        bootstrap = None
-        if not (self.metadata_dir / "root.json").exists():
-            if self.config.root is None:
-                raise AgentError(
-                    f"{self.state_dir} has no trusted root yet; provision one on the first run "
-                    "with --root ROOT_JSON (the repository's root.json, obtained securely)"
-                )
-            try:
-                bootstrap = Path(self.config.root).read_bytes()
-            except OSError as exc:
-                raise AgentError(f"cannot read trusted root {self.config.root}: {exc}") from None
-        fetcher = Urllib3Fetcher(
-            socket_timeout=max(1, round(self.config.download.read_timeout)),
-            app_user_agent=f"edgeinfer-agent/{self.agent_version}",
-        )
-        base = self.config.repo_url.rstrip("/")
-        try:
-            return Updater(
-                str(self.metadata_dir),
-                f"{base}/metadata/",
-                target_base_url=f"{base}/targets/",
-                fetcher=fetcher,
-                config=UpdaterConfig(),
-                bootstrap=bootstrap,
-            )
-        except (RepositoryError, ValueError) as exc:
-            raise AgentError(f"trusted root is not valid TUF root metadata: {exc}") from None
-
-    def _refresh(self, updater: Any) -> dict[str, Any]:
-        from tuf.api import exceptions
-        from tuf.api.metadata import Metadata, Targets  # type: ignore[attr-defined]
-
-        try:
-            updater.refresh()
-        except exceptions.RepositoryError as exc:
-            raise UpdateRefused(
-                f"repository metadata refused ({type(exc).__name__}: {exc})"
-            ) from None
-        except exceptions.DownloadError as exc:
-            cause = exc.__cause__ or exc.__context__
-            raise UpdateDownloadError(
-                f"cannot fetch repository metadata from {self.config.repo_url} "
-                f"({type(exc).__name__}: {exc}{f'; {cause}' if cause else ''})"
-            ) from None
-        # ngclient persisted targets.json only after verifying it in this refresh
-        md = Metadata[Targets].from_file(str(self.metadata_dir / "targets.json"))
-        return dict(md.signed.targets)
+        return self._repo_base + "/targets"
 
     # ------------------------------------------------------------ housekeeping
     def _recover(self, history: History) -> None:
         interrupted = self.slots.recover()
         if interrupted is not None:
             n = history.strike(interrupted.sha256)
-            logger.warning("rolled back %s v%d: its trial was cut short", interrupted.name, n)
+            logger.warning(
+                "rolled back %s v%d: its trial was cut short by a crash (%d of %d allowed)",
+                interrupted.name,
+                interrupted.version,
+                n,
+                self.config.max_trial_crashes,
+            )
             if n >= self.config.max_trial_crashes:
                 history.mark_bad(
                     interrupted.sha256,
@@ -339,6 +352,30 @@ class Agent:
         if self.downloads.is_dir():
             for tmp in self.downloads.glob(".*"):
                 tmp.unlink(missing_ok=True)
+
+    def _end_trial_quietly(self) -> None:
+        """A trial that ended in a failed write (a full disk): back to the committed bundle.
+
+        Never a strike against the version. When even the rollback cannot be written, the
+        pointer stays on trial without its crash marker, and the next cycle's recovery
+        finishes the rollback.
+        """
+        try:
+            self.slots.rollback()
+        except OSError as exc:
+            logger.warning("could not write the rollback yet (%s); the next cycle will", exc)
+
+    def _os_failure(self, exc: OSError, cycle: _Cycle) -> str:
+        """A failed cycle's reason for an ``OSError``: a full disk said plainly."""
+        if disk_full(exc) is not None:
+            stays = "nothing installed yet"
+            if cycle.from_version is not None:
+                stays = f"the device stays on version {cycle.from_version}"
+            return (
+                f"the disk holding {self.state_dir} is full ({exc.strerror}) while "
+                f"{cycle.step}; {stays} and tries again next cycle"
+            )
+        return f"{cycle.step}: {exc}"
 
     def _clean_downloads(self, keep: set[str]) -> None:
         if not self.downloads.is_dir():
@@ -397,15 +434,9 @@ class Agent:
             "last_cycle": outcome.to_dict(),
             "bad_versions": history.bad_list(),
         }
-        write_json(self.status_path, status)
+        write_status(self.status_path, status)
         return status
 
     def _report(self, status: dict[str, Any]) -> None:
-        if not self.config.report_url:
-            return
-        import httpx
-
-        try:
-            httpx.post(self.config.report_url, json=status, timeout=self.config.report_timeout)
-        except httpx.HTTPError as exc:
-            logger.warning("could not report status to %s: %s", self.config.report_url, exc)
+        if self.config.report_url:
+            report_status(self.config.report_url, status, self.config.report_timeout)

@@ -7,7 +7,9 @@ partial file is only ever resumed for the very same target -- with an HTTP ``Ran
 request for what is missing (a server that ignores ranges gets a fresh download). The
 download stops as soon as more bytes arrive than the signed length (endless-data attack),
 and the finished file is checked with ``TargetFile.verify_length_and_hashes``; a file that
-fails is deleted, never resumed. Per-read and whole-download timeouts end a stalled server.
+fails is deleted, never resumed. Per-read and whole-download timeouts end a stalled server;
+the cycle's deadline and a minimum average rate (:class:`~edgeinfer.deliver._transfer.Pace`)
+end one that trickles bytes just fast enough to never time out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.deliver._fsutil import crash_point
+from edgeinfer.deliver._transfer import Pace, describe_failure, redact_url
 from edgeinfer.deliver.errors import UpdateDownloadError, UpdateRefused
 
 __all__ = ["DownloadConfig", "Downloader", "target_url"]
@@ -29,6 +32,9 @@ class DownloadConfig:
     connect_timeout: float = 10.0  # seconds
     read_timeout: float = 30.0  # seconds without a byte before giving up
     total_timeout: float = 3600.0  # seconds for one whole target
+    min_rate: float = 1024.0  # bytes/s averaged over rate_window, below which a transfer
+    # is abandoned (it resumes next cycle); 0 turns the check off
+    rate_window: float = 30.0  # seconds
 
 
 def target_url(base_url: str, path: str, sha256: str) -> str:
@@ -38,18 +44,33 @@ def target_url(base_url: str, path: str, sha256: str) -> str:
 
 
 class Downloader:
-    """Fetches targets over HTTP(S) with httpx; one instance per agent cycle."""
+    """Fetches targets over HTTP(S) with httpx; one instance per agent cycle.
 
-    def __init__(self, config: DownloadConfig | None = None) -> None:
+    ``deadline`` (a ``time.monotonic()`` value) ends every transfer of the cycle;
+    ``deadline_s`` is the cycle's budget in seconds, for messages; ``auth`` is HTTP basic
+    auth (user, password) for URLs given without credentials in them.
+    """
+
+    def __init__(
+        self,
+        config: DownloadConfig | None = None,
+        *,
+        deadline: float | None = None,
+        deadline_s: float = 0.0,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         import httpx
 
         self.config = config or DownloadConfig()
+        self.deadline = deadline
+        self.deadline_s = deadline_s
         self.received = 0  # bytes received by this downloader, failed attempts included
         c = self.config
         self._client = httpx.Client(
             timeout=httpx.Timeout(c.read_timeout, connect=c.connect_timeout),
             follow_redirects=True,
             headers={"User-Agent": "edgeinfer-agent"},
+            auth=auth,
         )
 
     def close(self) -> None:
@@ -94,29 +115,34 @@ class Downloader:
     def _download(self, url: str, part: Path, have: int, length: int) -> int:
         import httpx
 
+        c = self.config
         headers = {"Range": f"bytes={have}-"} if have else {}
-        deadline = time.monotonic() + self.config.total_timeout
+        deadline = time.monotonic() + c.total_timeout
+        pace = Pace(self.deadline, c.min_rate, c.rate_window, deadline_s=self.deadline_s)
+        read, connect = pace.timeout(c.read_timeout, c.connect_timeout)
+        timeout = httpx.Timeout(read, connect=connect)
+        shown = redact_url(url)
         received = 0
         try:
-            with self._client.stream("GET", url, headers=headers) as resp:
+            with self._client.stream("GET", url, headers=headers, timeout=timeout) as resp:
                 if resp.status_code == 206 and have:
                     if not resp.headers.get("content-range", "").startswith(f"bytes {have}-"):
-                        raise UpdateDownloadError(f"{url}: server answered an unexpected range")
+                        raise UpdateDownloadError(f"{shown}: server answered an unexpected range")
                     mode = "ab"
                 elif resp.status_code == 200:
                     mode, have = "wb", 0
                 elif resp.status_code == 416:  # our part file is stale; start over next time
                     part.unlink(missing_ok=True)
-                    raise UpdateDownloadError(f"{url}: range not satisfiable; restarting")
+                    raise UpdateDownloadError(f"{shown}: range not satisfiable; restarting")
                 else:
-                    raise UpdateDownloadError(f"{url}: HTTP {resp.status_code}")
+                    raise UpdateDownloadError(f"{shown}: HTTP {resp.status_code}")
                 with open(part, mode) as f:
                     for chunk in resp.iter_bytes():  # as it arrives: a stall keeps what came
                         if have + received + len(chunk) > length:
                             f.close()
                             part.unlink(missing_ok=True)
                             raise UpdateRefused(
-                                f"{url}: server sent more than the signed length of {length} "
+                                f"{shown}: server sent more than the signed length of {length} "
                                 "bytes (endless-data attack?); download abandoned"
                             )
                         f.write(chunk)
@@ -127,19 +153,23 @@ class Downloader:
                             crash_point("download")
                         if time.monotonic() > deadline:
                             raise UpdateDownloadError(
-                                f"{url}: download exceeded {self.config.total_timeout:g} s; "
-                                "will resume"
+                                f"{shown}: download exceeded {c.total_timeout:g} s; will resume"
+                            )
+                        if (why := pace.problem(len(chunk))) is not None:
+                            raise UpdateDownloadError(
+                                f"{shown}: stopped after {have + received} of {length} bytes: "
+                                f"{why}; will resume"
                             )
                     f.flush()
                     os.fsync(f.fileno())
-        except httpx.TimeoutException as exc:
+        except httpx.TimeoutException:
             raise UpdateDownloadError(
-                f"{url}: timed out after {have + received} of {length} bytes "
-                f"({type(exc).__name__}); will resume"
+                f"{shown}: stopped after {have + received} of {length} bytes: "
+                f"{pace.timed_out()}; will resume"
             ) from None
         except httpx.HTTPError as exc:
             raise UpdateDownloadError(
-                f"{url}: transfer failed after {have + received} of {length} bytes ({exc}); "
-                "will resume"
+                f"{shown}: transfer failed after {have + received} of {length} bytes "
+                f"({describe_failure(exc)}); will resume"
             ) from None
         return received

@@ -17,10 +17,18 @@ bundle -- what servers and the hot-swap watcher use -- is still the previous one
 health gate then commits (``state: committed``) or rolls back (the previous slot becomes
 active again). A crash during the trial is found by :meth:`SlotStore.recover` at the next
 start and rolled back, so a model that crashes the process cannot stay installed.
+
+A crash and a write that failed (a full disk) leave the same ``trial`` pointer; only a crash
+may count against the version. ``STATE_DIR/trial-running`` is written before the switch
+and *deleted* before the commit or rollback is written -- deleting needs no free space, so
+it works on a full disk, and frees a block for the pointer's write. A ``trial`` pointer
+found with the marker is a trial cut short by a crash; without it, a commit or rollback
+that could not be written, rolled back at the next start without a strike.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -31,9 +39,12 @@ from edgeinfer.bundle import Bundle
 from edgeinfer.deliver._fsutil import TMP_PREFIX, crash_point, read_json, write_json
 from edgeinfer.deliver.errors import UpdateRefused
 
-__all__ = ["POINTER_FILE", "Pointer", "SlotInfo", "SlotStore"]
+__all__ = ["POINTER_FILE", "TRIAL_MARKER", "Pointer", "SlotInfo", "SlotStore"]
+
+logger = logging.getLogger(__name__)
 
 POINTER_FILE = "active.json"
+TRIAL_MARKER = "trial-running"  # exists from the switch until the trial's end is written
 SLOTS = ("a", "b")
 
 
@@ -96,6 +107,7 @@ class SlotStore:
         self.root = Path(state_dir)
         self.slots_dir = self.root / "slots"
         self.pointer_path = self.root / POINTER_FILE
+        self.marker_path = self.root / TRIAL_MARKER
 
     # ------------------------------------------------------------ reading
     def pointer(self) -> Pointer:
@@ -161,10 +173,21 @@ class SlotStore:
     def switch(self, info: SlotInfo, attempt: int) -> Pointer:
         """Make ``info`` the active slot, on trial until :meth:`commit`."""
         pointer = Pointer(info, "trial", self.committed(), attempt)
-        write_json(self.pointer_path, pointer.to_dict(), crash_step="switch")
+        write_json(self.marker_path, info.to_dict())
+        try:
+            write_json(self.pointer_path, pointer.to_dict(), crash_step="switch")
+        except BaseException:
+            self.marker_path.unlink(missing_ok=True)
+            raise
         return pointer
 
     def commit(self) -> Pointer:
+        """The trial passed: its bundle becomes the committed one.
+
+        Raises ``OSError`` when the pointer cannot be written (a full disk); the trial then
+        ends at the next :meth:`recover` without counting against the version.
+        """
+        self.marker_path.unlink(missing_ok=True)  # the gate passed: never a crash from here
         current = self.pointer()
         pointer = Pointer(current.active, "committed", current.previous, current.attempt)
         write_json(self.pointer_path, pointer.to_dict())
@@ -172,12 +195,18 @@ class SlotStore:
 
     def rollback(self) -> Pointer:
         """Back to the committed bundle of before the trial."""
+        self.marker_path.unlink(missing_ok=True)
         pointer = Pointer(self.committed(), "committed", None, 0)
         write_json(self.pointer_path, pointer.to_dict())
         return pointer
 
     def recover(self) -> SlotInfo | None:
-        """Clean what a crash left; roll back an unfinished trial (returned, if any)."""
+        """Clean what a crash left; roll back an unfinished trial.
+
+        Returns the trial's slot when a crash cut it short (the marker is there), ``None``
+        otherwise -- also when the trial only ended in a commit or rollback that could not
+        be written, which is rolled back here as well.
+        """
         if self.slots_dir.is_dir():
             for leftover in self.slots_dir.iterdir():
                 if leftover.name.startswith((".staging-", ".old-")):
@@ -187,7 +216,17 @@ class SlotStore:
                 for tmp in d.glob(f"{TMP_PREFIX}*"):
                     tmp.unlink(missing_ok=True)
         pointer = self.pointer()
+        crashed = self.marker_path.exists()
         if pointer.state == "trial":
             self.rollback()
-            return pointer.active
+            if crashed:
+                return pointer.active
+            if pointer.active is not None:
+                logger.warning(
+                    "rolled back %s v%d: its trial ended in a write that failed (not a crash)",
+                    pointer.active.name,
+                    pointer.active.version,
+                )
+        elif crashed:  # died between writing the marker and switching
+            self.marker_path.unlink(missing_ok=True)
         return None

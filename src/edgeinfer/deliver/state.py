@@ -20,6 +20,8 @@ that decides the device's rollout bucket.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -27,8 +29,19 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.deliver._fsutil import read_json, write_atomic, write_json
+from edgeinfer.deliver._transfer import describe_failure, disk_full, redact_url, split_userinfo
 
-__all__ = ["RESULTS", "CycleResult", "History", "device_id", "utc_now"]
+__all__ = [
+    "RESULTS",
+    "CycleResult",
+    "History",
+    "device_id",
+    "report_status",
+    "utc_now",
+    "write_status",
+]
+
+logger = logging.getLogger(__name__)
 
 RESULTS = ("updated", "up-to-date", "refused", "rolled-back", "failed")
 
@@ -52,6 +65,40 @@ class CycleResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def write_status(path: Path, status: dict[str, Any]) -> None:
+    """Write ``status.json``; on a full disk make room by dropping the old one first.
+
+    Never raises: a missing ``status.json`` is better than one describing an older cycle,
+    and the agent goes on (the report still carries the status).
+    """
+    try:
+        write_json(path, status)
+        return
+    except OSError as exc:
+        if disk_full(exc) is None:
+            logger.error("cannot write %s: %s", path, exc)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+            return
+    # the old status is about as big as the new one: its blocks make room
+    try:
+        path.unlink(missing_ok=True)
+        write_json(path, status)
+    except OSError as exc:
+        logger.error("cannot write %s (%s); the disk is full", path, exc.strerror)
+
+
+def report_status(url: str, status: dict[str, Any], timeout: float) -> None:
+    """POST ``status`` to ``url`` (its credentials, if any, as basic auth); never raises."""
+    import httpx
+
+    bare, auth = split_userinfo(url)
+    try:
+        httpx.post(bare, json=status, timeout=timeout, auth=auth)
+    except httpx.HTTPError as exc:
+        logger.warning("could not report status to %s: %s", redact_url(url), describe_failure(exc))
 
 
 def device_id(state_dir: Path, given: str | None = None) -> str:
