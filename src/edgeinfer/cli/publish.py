@@ -35,6 +35,11 @@ def publish(
     refresh: bool = typer.Option(
         False, "--refresh", help="Only re-sign the timestamp (and expiring metadata)."
     ),
+    allow_older: bool = typer.Option(
+        False,
+        "--allow-older",
+        help="Publish a version older than the model's latest (devices never move back to it).",
+    ),
 ) -> None:
     """Publish a bundle to the repository, with deltas from earlier versions."""
     from edgeinfer.deliver.errors import PublishError
@@ -51,8 +56,20 @@ def publish(
     if bundle is None:
         raise PublishError("name a BUNDLE to publish (or pass --refresh)")
     result = pub.publish(
-        bundle, channel=channel, rollout=_percent(rollout), min_agent_version=min_agent_version
+        bundle,
+        channel=channel,
+        rollout=_percent(rollout),
+        min_agent_version=min_agent_version,
+        allow_older=allow_older,
     )
+    if not result.changed:
+        console.print(
+            f"{result.model} v{result.version} already published, nothing to do "
+            f"(channels {', '.join(result.channels)}, rollout {result.rollout:g}%; "
+            f"targets metadata stays at version {result.targets_version})",
+            highlight=False,
+        )
+        return
     verb = "published" if result.created else "updated rollout of"
     console.print(
         f"[green]{verb}[/] {result.model} v{result.version} -> {result.path} "

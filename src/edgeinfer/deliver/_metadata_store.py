@@ -8,6 +8,11 @@ snapshots) and ``timestamp.json``. ``close`` bumps the version, sets the expiry,
 the key store's keys -- a new root with the previous root's keys too -- checks that the
 signatures meet root's threshold, and writes atomically. Snapshot and timestamp record the
 length and sha256 of the metadata they name.
+
+A publish killed half-way leaves files no device can reach: a half-written
+``metadata/.N.role.json.*``, or a targets or snapshot version newer than the one the
+timestamp leads to. :meth:`MetadataStore.remove_unreachable` removes them (under the
+publisher's lock), so "the newest version on disk" is again the live one.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository  # type: ignore[attr-defined]
 
 from edgeinfer._atomic import write_atomic
+from edgeinfer.deliver._fsutil import crash_point
 from edgeinfer.deliver.errors import PublishError
 from edgeinfer.deliver.keys import KeyStore
 
@@ -88,11 +94,38 @@ class MetadataStore(Repository):  # type: ignore[misc]
         data = md.to_bytes(_SERIALIZER)
         version = md.signed.version
         if role == Timestamp.type:
-            _write_atomic(self.metadata_dir / "timestamp.json", data)
+            _write_atomic(self.metadata_dir / "timestamp.json", data, role)
         else:
-            _write_atomic(self.metadata_dir / f"{version}.{role}.json", data)
+            _write_atomic(self.metadata_dir / f"{version}.{role}.json", data, role)
         if role == Root.type:
-            _write_atomic(self.metadata_dir / "root.json", data)
+            _write_atomic(self.metadata_dir / "root.json", data, role)
+
+    def remove_unreachable(self) -> list[Path]:
+        """Delete what a killed publish left in ``metadata/`` that no device can reach.
+
+        Half-written temporary files, and targets or snapshot versions newer than the ones
+        the timestamp leads to. Root versions are never touched: a device fetches
+        ``N.root.json`` directly, so a written root is live. Call only under the lock.
+        """
+        if not self.metadata_dir.is_dir():
+            return []
+        gone = [p for p in self.metadata_dir.glob(".*.json.*") if p.is_file()]
+        try:
+            timestamp = Metadata[Timestamp].from_file(str(self.metadata_dir / "timestamp.json"))
+            live = {Snapshot.type: timestamp.signed.snapshot_meta.version}
+            path = self.metadata_dir / f"{live[Snapshot.type]}.snapshot.json"
+            snapshot = Metadata[Snapshot].from_file(str(path))
+            live[Targets.type] = snapshot.signed.meta["targets.json"].version
+        except Exception:  # no timestamp yet, or unreadable: leave the versions alone
+            live = {}
+        for role, version in live.items():
+            pattern = re.compile(rf"^([0-9]+)\.{role}\.json$")
+            for p in self.metadata_dir.glob(f"*.{role}.json"):
+                if (m := pattern.match(p.name)) and int(m[1]) > version:
+                    gone.append(p)
+        for p in gone:
+            p.unlink(missing_ok=True)
+        return gone
 
     @property
     def targets_infos(self) -> dict[str, MetaFile]:
@@ -150,5 +183,6 @@ def _new_signed(role: str, now: datetime) -> Any:
     return Targets(expires=now)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    write_atomic(path, data)
+def _write_atomic(path: Path, data: bytes, role: str) -> None:
+    # the crash hook kills the process with the file written but not yet in place
+    write_atomic(path, data, before_replace=lambda: crash_point(f"publish-{role}"))

@@ -19,20 +19,33 @@ that must live outside the repository; when the store's keys no longer match roo
 ``keys rotate``), the next operation publishes a new root signed by the old *and* the new
 root keys, then re-signs what the rotated keys sign.
 
+One publish at a time: every operation holds an exclusive lock on the repository directory
+(``flock``, released by the kernel when a publisher dies). Whatever is found under that lock
+and belongs to no publish -- ``targets/.staging.*``, half-written ``metadata/.*.json.*``,
+and targets or snapshot metadata newer than the timestamp leads to, which no device can
+see -- was left by a publish that was killed, and is removed first.
+
+Publishing a bundle that is already published with the same settings writes nothing
+(``PublishResult.changed`` is false); a version older than the model's latest is refused
+unless asked for (``allow_older``), since devices never move back to it on their own.
+
 >>> pub = Publisher("repo", "keys")                                       # doctest: +SKIP
 >>> pub.publish("bundles/digits", channel="stable", rollout=10.0)        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from tuf.api.metadata import (  # type: ignore[attr-defined]
     Root,
@@ -49,7 +62,9 @@ from edgeinfer.deliver.errors import KeyStoreError, PublishError
 from edgeinfer.deliver.keys import ROLES, KeyStore
 from edgeinfer.deliver.targets import BundleTarget, bundle_path, delta_path, parse_target
 
-__all__ = ["PublishConfig", "PublishResult", "PublishedDelta", "Publisher"]
+__all__ = ["STAGING_PREFIX", "PublishConfig", "PublishResult", "PublishedDelta", "Publisher"]
+
+STAGING_PREFIX = ".staging."  # targets/.staging.*: one publish's work directory
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class PublishConfig:
     delta_from: int = 3  # deltas from this many previous versions of the same model
     max_delta_ratio: float = 0.8  # drop a delta larger than this fraction of the full bundle
     delta: DeltaConfig = field(default_factory=DeltaConfig)
+    lock_timeout: float = 60.0  # seconds to wait while another publish holds the repository
 
 
 @dataclass(frozen=True)
@@ -84,6 +100,7 @@ class PublishResult:
     deltas: tuple[PublishedDelta, ...]
     targets_version: int  # version of the targets metadata now live
     created: bool  # False when only the rollout fields of an existing target changed
+    changed: bool = True  # False when it was already published exactly so: nothing written
 
 
 class Publisher(MetadataStore):
@@ -115,10 +132,15 @@ class Publisher(MetadataStore):
                 "served to the world; keep private keys elsewhere"
             )
         self.targets_dir = self.repo / "targets"
+        self._lock_depth = 0
 
     # ------------------------------------------------------------ operations
     def init(self) -> None:
         """Create root, targets, snapshot and timestamp metadata (version 1) if missing."""
+        with self.locked():
+            self._init()
+
+    def _init(self) -> None:
         if self.exists:
             return
         self.metadata_dir.mkdir(parents=True, exist_ok=True)
@@ -139,6 +161,10 @@ class Publisher(MetadataStore):
 
         Returns the roles whose keys or thresholds changed.
         """
+        with self.locked():
+            return self._sync_keys()
+
+    def _sync_keys(self) -> list[str]:
         self.keys.check()
         root = self.root()
         changed = [
@@ -167,9 +193,13 @@ class Publisher(MetadataStore):
 
     def refresh(self) -> list[str]:
         """Re-sign the timestamp (and targets/snapshot when half their life is gone)."""
+        with self.locked():
+            return self._refresh()
+
+    def _refresh(self) -> list[str]:
         if not self.exists:
-            self.init()
-        done = [f"keys:{r}" for r in self.sync_keys()]
+            self._init()
+        done = [f"keys:{r}" for r in self._sync_keys()]
         now = self._now()
 
         def ageing(role: str, days: float) -> bool:
@@ -206,10 +236,13 @@ class Publisher(MetadataStore):
         channel: str = "stable",
         rollout: float = 100.0,
         min_agent_version: str | None = None,
+        allow_older: bool = False,
     ) -> PublishResult:
         """Add a bundle (directory or packed ``.tar``) as a target, with deltas from the
         previous versions. Publishing an already published version again only changes its
-        channels, rollout and minimum agent version (same bytes required)."""
+        channels, rollout and minimum agent version (same bytes required); with nothing to
+        change it writes nothing. A version older than the model's latest needs
+        ``allow_older``."""
         if not 0.0 <= rollout <= 100.0:
             raise PublishError(f"rollout {rollout}% is not within 0..100")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", channel):
@@ -221,21 +254,80 @@ class Publisher(MetadataStore):
                 parse_version(min_agent_version)
             except ValueError as exc:
                 raise PublishError(f"--min-agent-version: {exc}") from None
-        self._ready()
         b = Bundle.open(bundle)
         if b.bare:
             raise PublishError(
                 f"{bundle}: a bare model file; make a bundle first (edgeinfer bundle create)"
             )
-        staging = Path(tempfile.mkdtemp(prefix=".staging.", dir=self.targets_dir))
+        with self.locked():
+            self._ready()
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.targets_dir))
+            try:
+                return self._publish(
+                    b, staging, channel, float(rollout), min_agent_version, allow_older
+                )
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the repository for one publish; clean what killed publishes left.
+
+        Waits up to ``PublishConfig.lock_timeout`` for another publish to finish.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield
+            finally:
+                self._lock_depth -= 1
+            return
+        import fcntl
+
+        self.repo.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.repo, os.O_RDONLY)
         try:
-            return self._publish(b, staging, channel, float(rollout), min_agent_version)
+            give_up = time.monotonic() + self.config.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= give_up:
+                        raise PublishError(
+                            f"another publish holds the repository {self.repo} (waited "
+                            f"{self.config.lock_timeout:g} s); try again when it is done"
+                        ) from None
+                    time.sleep(0.1)
+            self._lock_depth = 1
+            try:
+                self._clean_stale()
+                yield
+            finally:
+                self._lock_depth = 0
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            os.close(fd)
+
+    def _clean_stale(self) -> list[Path]:
+        """Remove what killed publishes left (only ever called under the lock)."""
+        gone = []
+        if self.targets_dir.is_dir():
+            for staging in self.targets_dir.glob(f"{STAGING_PREFIX}*"):
+                shutil.rmtree(staging, ignore_errors=True)
+                gone.append(staging)
+        gone += self.remove_unreachable()
+        return gone
 
     # ------------------------------------------------------------ internals
     def _publish(
-        self, b: Bundle, staging: Path, channel: str, rollout: float, min_agent: str | None
+        self,
+        b: Bundle,
+        staging: Path,
+        channel: str,
+        rollout: float,
+        min_agent: str | None,
+        allow_older: bool,
     ) -> PublishResult:
         packed = b.pack(staging / "bundle.tar")
         full = TargetFile.from_file(bundle_path(b.name, b.version), str(packed), ["sha256"])
@@ -254,12 +346,59 @@ class Publisher(MetadataStore):
                 )
             old_fields = (existing.custom or {}).get("edgeinfer", {})
             channels = sorted({*old_fields.get("channels", []), channel})
-        else:
+        full.unrecognized_fields["custom"] = self._fields(b, channels, rollout, min_agent)
+        if existing is not None and existing.custom == full.custom:
+            return self._result(full, b, rollout, (), created=False, changed=False)
+        latest = max((t.version for t in self.bundles() if t.model == b.name), default=None)
+        if latest is not None and b.version < latest and not allow_older:
+            raise PublishError(
+                f"{b.name} version {b.version} is older than version {latest}, the latest "
+                "published; devices never move back to it (pass --allow-older to publish "
+                "it anyway)"
+            )
+        if existing is None:
             shutil.move(packed, self._file_for(full))
             deltas = self._make_deltas(b, full, current, staging, new_files)
+        with self.edit_targets() as targets:
+            targets.targets[full.path] = full
+            targets.targets.update(new_files)
+        self.do_snapshot()
+        self.do_timestamp()
+        return self._result(full, b, rollout, tuple(deltas), created=created, changed=True)
+
+    def _result(
+        self,
+        full: TargetFile,
+        b: Bundle,
+        rollout: float,
+        deltas: tuple[PublishedDelta, ...],
+        *,
+        created: bool,
+        changed: bool,
+    ) -> PublishResult:
+        fields = full.custom["edgeinfer"]
+        return PublishResult(
+            full.path,
+            b.name,
+            b.version,
+            full.hashes["sha256"],
+            full.length,
+            tuple(fields["channels"]),
+            rollout,
+            deltas,
+            self.targets().version,
+            created,
+            changed,
+        )
+
+    @staticmethod
+    def _fields(
+        b: Bundle, channels: list[str], rollout: float, min_agent: str | None
+    ) -> dict[str, Any]:
+        """The bundle target's ``custom`` field."""
         files = [r for r in (b.manifest.model, b.manifest.golden, *b.manifest.files) if r]
         unpacked = sum(r.size for r in files) + (b.path / MANIFEST_FILE).stat().st_size
-        full.unrecognized_fields["custom"] = {
+        return {
             "edgeinfer": {
                 "kind": "bundle",
                 "model": b.name,
@@ -271,23 +410,6 @@ class Publisher(MetadataStore):
                 "unpacked_bytes": unpacked,
             }
         }
-        with self.edit_targets() as targets:
-            targets.targets[full.path] = full
-            targets.targets.update(new_files)
-        self.do_snapshot()
-        self.do_timestamp()
-        return PublishResult(
-            full.path,
-            b.name,
-            b.version,
-            sha,
-            full.length,
-            tuple(channels),
-            rollout,
-            tuple(deltas),
-            targets.version,
-            created,
-        )
 
     def _make_deltas(
         self,
@@ -339,5 +461,5 @@ class Publisher(MetadataStore):
 
     def _ready(self) -> None:
         if not self.exists:
-            self.init()
-        self.sync_keys()
+            self._init()
+        self._sync_keys()
