@@ -2,7 +2,9 @@
 
 A key directory holds ``keys.json`` (public keys, thresholds, which keys are active) and one
 PKCS#8 PEM file per private key, readable by the owner only. It never lives inside the
-repository directory, which is served to the world::
+repository directory, which is served to the world (:meth:`KeyStore.init` and
+:meth:`KeyStore.rotate` refuse a directory inside anything laid out as a repository,
+``metadata/`` holding TUF root or timestamp metadata)::
 
     keys/
       keys.json                 {"roles": {"root": {"threshold": 1, "keys": [keyid]}, ...},
@@ -31,7 +33,7 @@ from typing import Any
 from edgeinfer._atomic import write_atomic
 from edgeinfer.deliver.errors import KeyStoreError
 
-__all__ = ["ROLES", "KeyInfo", "KeyStore", "parse_thresholds"]
+__all__ = ["ROLES", "KeyInfo", "KeyStore", "parse_thresholds", "repository_around"]
 
 ROLES = ("root", "targets", "snapshot", "timestamp")
 KEYS_FILE = "keys.json"
@@ -68,6 +70,29 @@ def parse_thresholds(items: list[str] | None) -> dict[str, int]:
     return out
 
 
+def repository_around(path: str | os.PathLike[str]) -> Path | None:
+    """The repository directory that holds ``path`` (or is it), found by its layout."""
+    here = Path(path).resolve()
+    for d in (here, *here.parents):
+        md = d / "metadata"
+        if md.is_dir() and (
+            (md / "timestamp.json").is_file()
+            or (md / "root.json").is_file()
+            or any(md.glob("*.root.json"))
+        ):
+            return d
+    return None
+
+
+def _refuse_inside_repository(path: Path) -> None:
+    repo = repository_around(path)
+    if repo is not None:
+        raise KeyStoreError(
+            f"key directory {path} is inside the repository {repo}, which is served to the "
+            "world; keep private keys elsewhere"
+        )
+
+
 class KeyStore:
     """A directory of signing keys for the four top-level TUF roles."""
 
@@ -90,6 +115,7 @@ class KeyStore:
     ) -> KeyStore:
         """Generate fresh keys: ``threshold`` ed25519 keys per role (default 1)."""
         root = Path(path)
+        _refuse_inside_repository(root)
         if (root / KEYS_FILE).exists() and not force:
             raise KeyStoreError(
                 f"{root} already holds keys ({KEYS_FILE}); refusing to overwrite them "
@@ -185,6 +211,7 @@ class KeyStore:
         (``edgeinfer publish --refresh`` or ``keys rotate --repo``).
         """
         self._check_role(role)
+        _refuse_inside_repository(self.path)
         for info in self.key_infos(role):
             self.keys[info.keyid] = KeyInfo(info.keyid, role, info.file, info.public, "retired")
         new = [self._generate(role) for _ in range(self.thresholds[role])]
