@@ -41,8 +41,10 @@ class Fault:
     """What the server does wrong for URLs containing ``match``."""
 
     match: str
-    kind: str  # "stall": send `after` bytes then hang; "endless": never stop sending
+    kind: str  # "stall": send `after` bytes then hang; "endless": never stop sending;
+    # "trickle": one byte every `every` seconds; "silent": never answer at all
     after: int = 0  # bytes
+    every: float = 0.0  # seconds
 
 
 class _Handler(SimpleHTTPRequestHandler):
@@ -59,7 +61,18 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.server.requests.append((self.path, self.headers.get("Range")))
+        if self.server.auth is not None:
+            import base64
+
+            token = base64.b64encode(":".join(self.server.auth).encode()).decode()
+            if self.headers.get("Authorization") != f"Basic {token}":
+                self.send_error(401)
+                return
         fault = next((f for f in self.server.faults if f.match in self.path), None)
+        if fault is not None and fault.kind == "silent":
+            self.server.release.wait(60)
+            self.close_connection = True
+            return
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
@@ -88,6 +101,13 @@ class _Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         body = data[start:]
         try:
+            if fault is not None and fault.kind == "trickle":
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    if self.server.release.wait(fault.every):
+                        break
+                return
             if fault is not None and fault.kind == "stall":
                 self.wfile.write(body[: fault.after])
                 self.wfile.flush()
@@ -109,6 +129,7 @@ class RepoServer(ThreadingHTTPServer):
         self.requests: list[tuple[str, str | None]] = []
         self.posts: list[Any] = []
         self.log: list[str] = []
+        self.auth: tuple[str, str] | None = None  # (user, password) required when set
 
     @property
     def url(self) -> str:
