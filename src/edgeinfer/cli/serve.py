@@ -28,13 +28,28 @@ def register(app: typer.Typer) -> None:
             [],
             "--token",
             envvar="EDGEINFER_TOKEN",
-            help="Bearer token for inference and metadata (repeatable).",
+            help="Bearer token for inference, metadata and /metrics (repeatable). A token "
+            "on the command line shows in `ps`: prefer --token-file or the environment "
+            "variable (several tokens separated by spaces).",
+        ),
+        token_file: list[Path] = typer.Option(
+            [],
+            "--token-file",
+            envvar="EDGEINFER_TOKEN_FILE",
+            help="File of bearer tokens like --token's, one a line ('#' comments).",
         ),
         admin_token: list[str] = typer.Option(
             [],
             "--admin-token",
             envvar="EDGEINFER_ADMIN_TOKEN",
-            help="Bearer token for load/unload/index (repeatable); none disables them.",
+            help="Bearer token for load/unload/index (repeatable); none disables them. "
+            "Shows in `ps` too: prefer --admin-token-file or the environment variable.",
+        ),
+        admin_token_file: list[Path] = typer.Option(
+            [],
+            "--admin-token-file",
+            envvar="EDGEINFER_ADMIN_TOKEN_FILE",
+            help="File of admin tokens, one a line ('#' comments).",
         ),
         max_batch_size: int = typer.Option(8, help="Rows per model run (1: no batching)."),
         max_queue_delay_us: int = typer.Option(0, help="Microseconds to wait for a fuller batch."),
@@ -43,6 +58,23 @@ def register(app: typer.Typer) -> None:
         instances: int = typer.Option(1, help="Concurrent runs per model."),
         threads: int | None = typer.Option(None, help="ONNX Runtime threads per model."),
         max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
+        max_header_bytes: int = typer.Option(
+            16384, help="Largest request line and headers of a request, bytes (more: 431)."
+        ),
+        header_timeout: float = typer.Option(
+            60.0,
+            help="Seconds a client may take to send a request's line and headers, from "
+            "connecting (or, on a kept-alive connection, from its first byte); then 408.",
+        ),
+        body_timeout: float = typer.Option(
+            60.0,
+            help="Seconds a client may take to send a request body, plus one per KiB "
+            "received (slow links are not cut; trickling clients are); then 408.",
+        ),
+        max_connections: int = typer.Option(
+            1000,
+            help="REST connections served at once; more are answered 503 and closed (0: no cap).",
+        ),
         compress_min_bytes: int = typer.Option(
             8192,
             help="Compress REST answers at least this long when the client accepts zstd, "
@@ -74,6 +106,9 @@ def register(app: typer.Typer) -> None:
         and swapped in at the next scan (--poll) while requests keep being answered.
 
         TLS: pass --ssl-keyfile and --ssl-certfile (used by uvicorn for REST and by gRPC).
+
+        With --token (or --token-file, EDGEINFER_TOKEN), /metrics needs a token too:
+        give Prometheus one (scrape config: authorization credentials_file).
         """
         import logging
 
@@ -98,8 +133,13 @@ def register(app: typer.Typer) -> None:
             import edgeinfer.deliver  # noqa: F401  (the deliver extra, or an install hint)
         if bool(ssl_keyfile) != bool(ssl_certfile):
             raise InputError("pass both --ssl-keyfile and --ssl-certfile, or neither")
+        tokens = [*token, *(t for f in token_file for t in _read_tokens(f, "--token-file"))]
+        admin_tokens = [
+            *admin_token,
+            *(t for f in admin_token_file for t in _read_tokens(f, "--admin-token-file")),
+        ]
         log = logging.getLogger("edgeinfer.serve")
-        if not is_loopback(host) and not token:
+        if not is_loopback(host) and not tokens:
             log.warning(
                 "binding %s, which is reachable from other machines, with no --token: anyone "
                 "who can reach it can run your models",
@@ -127,8 +167,8 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=port,
             grpc_port=None if grpc_port < 0 else grpc_port,
-            tokens=tuple(token),
-            admin_tokens=tuple(admin_token),
+            tokens=tuple(tokens),
+            admin_tokens=tuple(admin_tokens),
             limits=Limits(max_body_bytes=size, max_tensor_bytes=size),
             compress_min_bytes=None if compress_min_bytes < 0 else compress_min_bytes,
             batching=batching,
@@ -139,6 +179,10 @@ def register(app: typer.Typer) -> None:
             follow=tuple(dict.fromkeys(p.resolve() for p in follow)),
             freeze_heap=freeze_heap,
             switch_interval_s=switch_interval_ms / 1e3 if switch_interval_ms else None,
+            max_header_bytes=max_header_bytes,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+            max_connections=max_connections or None,
         )
         if ray:
             from edgeinfer.serve.ray import run_ray
@@ -149,4 +193,46 @@ def register(app: typer.Typer) -> None:
                 f"edgeinfer serve: REST on {host}:{port}"
                 + (f", gRPC on {host}:{grpc_port}" if grpc_port >= 0 else "")
             )
+            if config.max_connections is not None:
+                _make_room_for(config.max_connections)
             run_server(config)
+
+
+def _read_tokens(path: Path, option: str) -> list[str]:
+    """The tokens in a token file: one a line; blank lines and '#' comments are skipped."""
+    from edgeinfer.errors import InputError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"{option} {path}: cannot read it ({reason})") from None
+    tokens = [t.strip() for t in text.splitlines()]
+    tokens = [t for t in tokens if t and not t.startswith("#")]
+    if not tokens:
+        raise InputError(f"{option} {path}: no token in it (expected one token a line)")
+    if any(any(c.isspace() for c in t) for t in tokens):
+        raise InputError(f"{option} {path}: a line holds spaces (expected one token a line)")
+    return tokens
+
+
+def _make_room_for(connections: int) -> None:
+    """Raise the process's open-file limit so that ``connections`` sockets fit (each REST
+    connection is a file descriptor), as far as the hard limit allows; warn if it cannot."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    needed = connections + 256  # models, gRPC, logs and the listening sockets
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        typer.echo(
+            f"warning: the open-file limit ({target}) leaves room for fewer connections than "
+            f"--max-connections {connections}; raise `ulimit -n` or lower the cap",
+            err=True,
+        )

@@ -155,8 +155,8 @@ def run_server(config: ServeConfig, log_level: str = "info") -> None:
     from edgeinfer.serve.app import create_app
 
     app = _StartupErrors(create_app(config), config)
-    sock = _socket(config.host, config.port)
     _check_grpc_port(config)
+    sock = _socket(config.host, config.port)
     server = uvicorn.Server(_uvicorn_config(config, app, log_level))
     try:
         server.run(sockets=[sock])
