@@ -17,7 +17,9 @@ as ``__cause__``::
     │   ├── RemoteRejected        4xx: the server refused this request (bad input, unknown
     │   │                         model, unauthorized); never retried
     │   ├── RemoteServerError     5xx other than 503: the server failed; not retried
-    │   └── RemoteProtocolError   the answer is not a valid Open Inference Protocol message
+    │   └── RemoteProtocolError   the answer is not a valid Open Inference Protocol message,
+    │                             or does not fit the model's outputs (names, dtypes,
+    │                             shapes, size)
     └── OffloadError              the offloader cannot place a request at all
         └── NoPlacementError      no local model and no reachable remote (or private inputs
                                   with no local model): raised fast, says why
@@ -86,7 +88,8 @@ class RemoteServerError(RemoteError):
 
 
 class RemoteProtocolError(RemoteError):
-    """The server's answer is not a valid Open Inference Protocol message."""
+    """The server's answer is not a valid Open Inference Protocol message, or not one that
+    fits the model's outputs."""
 
 
 class OffloadError(EdgeInferError):
