@@ -90,8 +90,10 @@ def _gzip_json_bomb(rows: int) -> bytes:
 class WellBehaved:
     """A client asking for one small inference after another until stopped (on a thread)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, path: str = INFER, x: np.ndarray = X) -> None:
         self.url = url
+        self.body = h.infer_body(x)
+        self.path = path
         self.statuses: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -99,7 +101,7 @@ class WellBehaved:
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:
             while not self._stop.is_set():
-                r = client.post(INFER, json=h.infer_body(X))
+                r = client.post(self.path, json=self.body)
                 self.statuses.append(r.status_code)
 
     def __enter__(self) -> WellBehaved:
@@ -111,11 +113,17 @@ class WellBehaved:
         self._thread.join(60)
 
 
-def _under_attack(server: BackgroundServer, attack: Callable[[], None], times: int) -> None:
+def _under_attack(
+    server: BackgroundServer,
+    attack: Callable[[], None],
+    times: int,
+    path: str = INFER,
+    x: np.ndarray = X,
+) -> None:
     """Run ``attack`` ``times`` while a well-behaved client asks; check both and the memory."""
     attack()  # once first: what the first call loads (codecs, threads) is not a leak
     before = _rss()
-    with WellBehaved(server.url) as good:
+    with WellBehaved(server.url, path, x) as good:
         for _ in range(times):
             attack()
             seen = len(good.statuses)
@@ -178,6 +186,51 @@ def test_a_bytes_shape_bomb_allocates_nothing(
         assert expected in str(err.value.details())
 
     _under_attack(server, attack, times=10)
+
+
+WIDE_IN = 32768  # inputs per row of the "wide" model: 8 rows of JSON are about 5 MiB
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    root = tmp_path_factory.mktemp("wide")
+    h.mlp(root / "wide" / "1" / "model.onnx", seed=5, n_in=WIDE_IN)
+    with h.running(h.config(root, grpc_port=None)) as srv:
+        yield srv
+
+
+def test_a_large_json_body_is_parsed_off_the_loop_and_its_memory_returns(
+    wide: BackgroundServer,
+) -> None:
+    """Python's JSON parser holds the interpreter lock for a whole document: the server
+    parses large ones in its decoder process, so other clients are answered meanwhile."""
+    x = np.random.default_rng(0).standard_normal((8, WIDE_IN)).astype(np.float32)
+    body = json.dumps(h.infer_body(x)).encode()
+    assert len(body) > 4 << 20
+    want = x @ h.mlp_weights(5, n_in=WIDE_IN)
+    with httpx.Client(base_url=wide.url, timeout=60) as client:
+
+        def attack() -> None:
+            r = client.post("/v2/models/wide/infer", content=body)
+            assert r.status_code == 200, r.text
+            got = next(o for o in r.json()["outputs"] if o["name"] == "logits")
+            np.testing.assert_allclose(np.reshape(got["data"], (8, 3)), want, rtol=1e-4)
+
+        _under_attack(wide, attack, times=3, path="/v2/models/wide/infer", x=x[:1])
+        # a malformed large body: the decoder process's error, as one line, and a 400
+        bad = body.replace(b'"FP32"', b'"FP33"')
+        r = client.post("/v2/models/wide/infer", content=bad)
+        assert r.status_code == 400 and "unknown datatype 'FP33'" in r.json()["error"], r.text
+        # the decoder process killed: the next large body starts another
+        (child,) = [
+            p
+            for p in psutil.Process().children()
+            if "edgeinfer.serve.bodies" in " ".join(p.cmdline())
+        ]
+        child.kill()
+        child.wait(30)
+        r = client.post("/v2/models/wide/infer", content=body)
+        assert r.status_code == 200, r.text
 
 
 # ------------------------------------------------------------------ 2. batches

@@ -21,9 +21,9 @@ request for a model of four floats at a batch of eight never needs more than abo
 Compression (:mod:`edgeinfer.protocol.coding`, as Triton's HTTP endpoint): an inference body
 sent with ``Content-Encoding: zstd | gzip | deflate`` is decoded (to at most the same limit;
 an unknown coding is a 415), and an answer of at least ``compress_min_bytes`` is compressed
-when the request's ``Accept-Encoding`` asks for a coding the server has. Inflating and
-parsing a large body run on a worker thread, at most ``_DECODERS`` at a time, so the event
-loop keeps answering other clients meanwhile.
+when the request's ``Accept-Encoding`` asks for a coding the server has. A large body is
+inflated on a worker thread and, if it is JSON, parsed in a worker process
+(:mod:`edgeinfer.serve.bodies`), so the event loop keeps answering other clients meanwhile.
 
 Overload is refused before anything else runs: :class:`_RefuseOverload` sits in front of
 the app (Starlette's own middleware included) and answers an inference request for an
@@ -34,7 +34,6 @@ TLS: pass ``ssl_keyfile``/``ssl_certfile`` in :class:`ServeConfig`; uvicorn term
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -42,7 +41,7 @@ import math
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -54,8 +53,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from edgeinfer.errors import EdgeInferError
 from edgeinfer.protocol import coding, rest
 from edgeinfer.protocol.coding import BodyTooLarge
-from edgeinfer.protocol.types import InferenceRequest
 from edgeinfer.serve.auth import Auth
+from edgeinfer.serve.bodies import BodyDecoder
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
 from edgeinfer.serve.errors import BadRequest, QueueFull, error_status, retry_after
@@ -113,32 +112,8 @@ async def read_body(request: Request, limit: int, why: str = "") -> bytes:
     return b"".join(chunks)
 
 
-_ON_LOOP_BYTES = 256 << 10  # decoding a larger body runs on a worker thread
-# Large bodies decoded at once: each holds its body, inflated, and the arrays parsed from it,
-# and each worker takes a core while the event loop needs one too.
-_DECODERS = 2
-_T = TypeVar("_T")
-
-
-class _OffLoop:
-    """Runs ``fn(body, ...)`` on a worker thread, at most ``_DECODERS`` at once, when the
-    body is large enough to stall the event loop; small bodies are decoded in place."""
-
-    def __init__(self) -> None:
-        self._slots: asyncio.Semaphore | None = None  # made on the server's own loop
-
-    async def __call__(self, fn: Any, body: bytes, *args: Any, **kwargs: Any) -> _T:
-        if len(body) <= _ON_LOOP_BYTES:
-            result: _T = fn(body, *args, **kwargs)
-            return result
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(_DECODERS)
-        async with self._slots:
-            return await asyncio.to_thread(fn, body, *args, **kwargs)  # type: ignore[no-any-return]
-
-
 async def _decoded(
-    off_loop: _OffLoop, body: bytes, content_encoding: str | None, limit: int, why: str
+    decoder: BodyDecoder, body: bytes, content_encoding: str | None, limit: int, why: str
 ) -> tuple[bytes, float]:
     """A request body with its ``Content-Encoding`` undone (inflating to at most ``limit``
     bytes), and the seconds that took."""
@@ -146,7 +121,7 @@ async def _decoded(
         return body, 0.0
     start = time.perf_counter()
     try:
-        plain: bytes = await off_loop(coding.decode, body, content_encoding, limit=limit)
+        plain: bytes = await decoder.off_loop(coding.decode, body, content_encoding, limit=limit)
     except BodyTooLarge as exc:
         raise BadRequest(f"{exc} ({why})") from None
     return plain, time.perf_counter() - start
@@ -157,7 +132,7 @@ class _Routes:
         self.dp = dataplane
         self.auth = auth
         self.limits = dataplane.config.limits
-        self.off_loop = _OffLoop()
+        self.decoder = BodyDecoder()
 
     def _check(self, request: Request, admin: bool = False) -> None:
         self.auth.check(request.headers.get("authorization"), admin=admin)
@@ -204,16 +179,14 @@ class _Routes:
             limits, why = self.dp.request_limits(name, version)
             body = await read_body(request, limits.max_body_bytes, why)
             body, decode_s = await _decoded(
-                self.off_loop,
+                self.decoder,
                 body,
                 request.headers.get("content-encoding"),
                 limits.max_body_bytes,
                 why,
             )
             header_length = rest.parse_header_length(request.headers.get(rest.HEADER_LENGTH))
-            req: InferenceRequest = await self.off_loop(
-                rest.decode_request, body, header_length, limits
-            )
+            req = await self.decoder.request(body, header_length, limits)
             req.model_name, req.model_version = name, version or ""
             resp, timing = await self.dp.infer_timed(req)
             binary = rest.binary_outputs(req, [t.name for t in resp.outputs])
@@ -225,7 +198,7 @@ class _Routes:
                 chosen = coding.negotiate(request.headers.get("accept-encoding"))
                 if chosen is not None:
                     t1 = time.perf_counter()
-                    out = await self.off_loop(coding.encode, out, chosen)
+                    out = await self.decoder.off_loop(coding.encode, out, chosen)
                     encode_s = time.perf_counter() - t1
                     headers["Content-Encoding"] = chosen
                     headers["Vary"] = "Accept-Encoding"
@@ -426,6 +399,7 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
                 if grpc_server is not None:
                     await grpc_server.stop(grace=1.0)
                 await dp.stop()
+                routes.decoder.close()
 
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
@@ -455,6 +429,7 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
         lifespan=lifespan,
     )
     app.state.dataplane = dp
+    app.state.decoder = routes.decoder
     app.state.grpc_port = None
     replica: tuple[tuple[bytes, bytes], ...] = ()
     if config.replica_id:
