@@ -72,6 +72,8 @@ class _Handler(socketserver.StreamRequestHandler):
                 if path.endswith("/infer"):
                     self.server.infers += 1
                     self.server.behaviour(self)
+                elif self.server.get is not None:
+                    self.server.get(self)
                 elif path.endswith("/ready"):
                     self.answer(b'{"ready": true}')
                 else:
@@ -92,9 +94,10 @@ class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    def __init__(self, behaviour: Behaviour, get: Behaviour | None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.behaviour = behaviour
+        self.get = get  # None: honest metadata and ready answers
         self.stopping = threading.Event()
         self.infers = 0
 
@@ -104,8 +107,8 @@ class _Server(socketserver.ThreadingTCPServer):
 
 
 @contextlib.contextmanager
-def hostile(behaviour: Behaviour) -> Iterator[_Server]:
-    server = _Server(behaviour)
+def hostile(behaviour: Behaviour, get: Behaviour | None = None) -> Iterator[_Server]:
+    server = _Server(behaviour, get)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -180,6 +183,33 @@ def test_a_zstd_bomb_costs_at_most_the_outputs_size(local: Model, x: np.ndarray)
             p = off.predict(x)
         assert p.placement == "local" and p.fallback
         np.testing.assert_allclose(p.outputs["logits"], local.predict(x)["logits"])
+
+
+@pytest.mark.timeout(60)
+def test_metadata_and_ready_answers_are_bounded_too(x: np.ndarray) -> None:
+    """httpx decodes a compressed body whole; the small GET answers are decoded here."""
+    bomb = _zstd_bomb(256 << 20)
+
+    def answer(h: _Handler) -> None:
+        h.answer(bomb, "Content-Encoding: zstd")
+
+    with hostile(_json_answer({}), get=answer) as server, RemoteModel(server.url, "m") as remote:
+        tracemalloc.start()
+        try:
+            with pytest.raises(RemoteProtocolError, match="more than the limit of 1048576"):
+                remote.ready(timeout=30)
+            with pytest.raises(RemoteProtocolError, match="more than the limit of 1048576"):
+                remote.metadata(timeout=30)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 64 << 20  # bytes; httpx's own decoding held all 256 MiB
+    slow = hostile(_json_answer({}), get=_trickle_headers)
+    with slow as server, RemoteModel(server.url, "m") as remote:
+        t0 = time.perf_counter()
+        with pytest.raises(RemoteTimeout, match="no answer in time"):
+            remote.ready(timeout=0.3)
+        assert time.perf_counter() - t0 < 3.0
 
 
 def test_decoding_stops_at_the_deadline() -> None:

@@ -55,6 +55,7 @@ __all__ = ["HttpTransport", "map_httpx_error"]
 
 _MIN_STREAMED = 8192  # bytes: a download shorter than this is too short to time alone
 MAX_RESPONSE_BYTES = 1 << 30  # bytes: the cap of an answer whose size the model cannot bound
+_MAX_SMALL_ANSWER = 1 << 20  # bytes: metadata and ready answers, decoded
 
 # Most specific first: the first class an exception is an instance of decides.
 _HTTPX_ERRORS: tuple[tuple[type[Exception], type[RemoteError], str], ...] = (
@@ -247,29 +248,82 @@ class HttpTransport:
             path += f"/versions/{quote(version, safe='')}"
         return path + tail
 
-    def _get(self, path: str, timeout: float) -> httpx.Response:
+    @contextlib.contextmanager
+    def _call(self, deadline: float, timeout: float) -> Iterator[None]:
+        """One call's socket work, bounded by ``deadline``, with httpx's errors mapped."""
         try:
-            with _until(time.perf_counter() + timeout):
-                response = self._client.get(path, timeout=timeout)
-        except httpx.HTTPError as exc:
+            with _until(deadline):
+                yield
+        except httpx.TimeoutException as exc:
+            if time.perf_counter() >= deadline:
+                raise self._late(timeout) from exc
             raise map_httpx_error(exc, self.url) from exc
-        except httpx.StreamError as exc:
+        except (httpx.HTTPError, httpx.StreamError) as exc:
             raise map_httpx_error(exc, self.url) from exc
+
+    def _receive(
+        self, response: httpx.Response, limit: int, deadline: float, timeout: float, what: str
+    ) -> list[tuple[float, bytes]]:
+        """The raw body's chunks with their arrival times, refused past ``limit`` bytes
+        (``what`` says what bounds it, for the message)."""
+        chunks: list[tuple[float, bytes]] = []
+        received = 0
+        for chunk in response.iter_raw():
+            now = time.perf_counter()
+            chunks.append((now, chunk))
+            received += len(chunk)
+            if received > limit:
+                raise RemoteProtocolError(
+                    f"the answer is longer than {what} can be ({limit} bytes)", url=self.url
+                )
+            if now > deadline:  # a trickle of bytes must not outlive the timeout
+                raise self._late(timeout)
+        return chunks
+
+    def _decode(
+        self, wire: bytes, response: httpx.Response, limit: int, deadline: float, timeout: float
+    ) -> bytes:
+        """The body decoded per its Content-Encoding, in bounded steps (see _inflate)."""
+        try:
+            return inflate(
+                wire, response.headers.get("content-encoding"), limit=limit, deadline=deadline
+            )
+        except TimeoutError as exc:
+            raise self._late(timeout) from exc
+        except ProtocolError as exc:
+            if response.status_code != 200:  # the status says more than its body could
+                raise status_error(
+                    response.status_code, f"(undecodable body: {exc})", self.url
+                ) from exc
+            raise RemoteProtocolError(f"cannot decode the answer: {exc}", url=self.url) from exc
+
+    def _get(self, path: str, timeout: float) -> bytes:
+        """The body of a 200 answer to GET ``path`` (metadata, ready): small, so bounded."""
+        deadline = time.perf_counter() + timeout
+        with (
+            self._call(deadline, timeout),
+            self._client.stream("GET", path, timeout=timeout) as response,
+        ):
+            chunks = self._receive(
+                response, _MAX_SMALL_ANSWER, deadline, timeout, "a metadata or ready answer"
+            )
+        wire = b"".join(c for _, c in chunks)
+        body = self._decode(wire, response, _MAX_SMALL_ANSWER, deadline, timeout)
         if response.status_code != 200:
-            raise status_error(response.status_code, _error_message(response.content), self.url)
-        return response
+            raise status_error(response.status_code, _error_message(body), self.url)
+        return body
 
     def metadata(self, model: str, version: str | None, timeout: float) -> ModelMetadata:
-        response = self._get(self._path(model, version), timeout)
+        body = self._get(self._path(model, version), timeout)
         try:
-            return ModelMetadata.from_json(response.json())
+            return ModelMetadata.from_json(json.loads(body))
         except (ValueError, ProtocolError) as exc:
             raise RemoteProtocolError(f"bad model metadata: {exc}", url=self.url) from exc
 
     def ready(self, model: str, version: str | None, timeout: float) -> None:
-        response = self._get(self._path(model, version, "/ready"), timeout)
+        body = self._get(self._path(model, version, "/ready"), timeout)
         try:
-            ready = response.json().get("ready", True)
+            ready = json.loads(body).get("ready", True)
         except (ValueError, AttributeError):
             ready = True  # a 200 without a JSON object: the status is the answer
         if ready is False:
@@ -298,54 +352,19 @@ class HttpTransport:
             content = coding.encode(content, self.compress)
             headers["Content-Encoding"] = self.compress
         codec_s = time.perf_counter() - start
-        chunks: list[bytes] = []
-        received = 0
-        first_at = end = start
-        try:
-            with _until(deadline):
-                req = self._client.build_request(
-                    "POST", path, content=content, headers=headers, timeout=timeout
-                )
-                response = self._client.send(req, stream=True)
-                try:
-                    for chunk in response.iter_raw():
-                        end = time.perf_counter()
-                        if not chunks:
-                            first_at = end
-                        chunks.append(chunk)
-                        received += len(chunk)
-                        if received > limit:
-                            raise RemoteProtocolError(
-                                f"the answer is longer than the model's outputs can be "
-                                f"({limit} bytes)",
-                                url=self.url,
-                            )
-                        if end > deadline:  # a trickle of bytes must not outlive the timeout
-                            raise self._late(timeout)
-                finally:
-                    response.close()
-        except httpx.TimeoutException as exc:
-            if time.perf_counter() >= deadline:
-                raise self._late(timeout) from exc
-            raise map_httpx_error(exc, self.url) from exc
-        except httpx.HTTPError as exc:
-            raise map_httpx_error(exc, self.url) from exc
-        except httpx.StreamError as exc:
-            raise map_httpx_error(exc, self.url) from exc
-        wire = b"".join(chunks)
-        t_decode = time.perf_counter()
-        try:
-            body = inflate(
-                wire, response.headers.get("content-encoding"), limit=limit, deadline=deadline
+        with self._call(deadline, timeout):
+            req = self._client.build_request(
+                "POST", path, content=content, headers=headers, timeout=timeout
             )
-        except TimeoutError as exc:
-            raise self._late(timeout) from exc
-        except ProtocolError as exc:
-            if response.status_code != 200:  # the status says more than its body could
-                raise status_error(
-                    response.status_code, f"(undecodable body: {exc})", self.url
-                ) from exc
-            raise RemoteProtocolError(f"cannot decode the answer: {exc}", url=self.url) from exc
+            response = self._client.send(req, stream=True)
+            try:
+                what = "the model's outputs" if max_bytes is not None else "any answer"
+                chunks = self._receive(response, limit, deadline, timeout, what)
+            finally:
+                response.close()
+        wire = b"".join(c for _, c in chunks)
+        t_decode = time.perf_counter()
+        body = self._decode(wire, response, limit, deadline, timeout)
         codec_s += time.perf_counter() - t_decode
         if response.status_code != 200:
             raise status_error(response.status_code, _error_message(body), self.url)
@@ -355,7 +374,8 @@ class HttpTransport:
             )
         except ProtocolError as exc:
             raise RemoteProtocolError(f"bad inference response: {exc}", url=self.url) from exc
-        streamed = len(wire) - len(chunks[0]) if chunks else 0
+        streamed = len(wire) - len(chunks[0][1]) if chunks else 0
+        first_at, end = (chunks[0][0], chunks[-1][0]) if chunks else (start, start)
         stats = CallStats(
             seconds=time.perf_counter() - start,
             up_bytes=len(content) + _header_bytes(req.headers) + len(path),
