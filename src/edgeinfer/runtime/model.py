@@ -25,10 +25,10 @@ from edgeinfer.tensors import InputValidator, TensorSpec
 if TYPE_CHECKING:
     from edgeinfer.bundle import Bundle
 
-__all__ = ["Model", "backend_for", "dim_names", "load", "sample_shapes"]
+__all__ = ["Model", "backend_for", "dim_name", "load", "sample_shapes"]
 
 
-def dim_names(spec: TensorSpec, axis: int) -> str:
+def dim_name(spec: TensorSpec, axis: int) -> str:
     """How ``--dim`` names one dynamic axis: its symbol, else ``INPUT.AXIS`` (``x.2``)."""
     d = spec.shape[axis] if spec.shape is not None else None
     return d if isinstance(d, str) else f"{spec.name}.{axis}"
@@ -55,7 +55,7 @@ def sample_shapes(
     unknown = [k for k in given if k not in symbols and k not in axes]
     if unknown and strict:
         dynamic = [
-            dim_names(s, i)
+            dim_name(s, i)
             for s in specs
             for i, d in enumerate(s.shape or ())
             if not isinstance(d, int)
@@ -87,8 +87,8 @@ def sample_shapes(
             elif axis == 0:
                 size = batch
             else:
-                if strict and dim_names(spec, axis) not in missing:
-                    missing.append(dim_names(spec, axis))
+                if strict and dim_name(spec, axis) not in missing:
+                    missing.append(dim_name(spec, axis))
                 size = 1
             if isinstance(d, str):
                 sizes.setdefault(d, size)

@@ -24,6 +24,9 @@ GraphOptimization = Literal["disabled", "basic", "extended", "all"]
 
 
 def _spec(arg: Any) -> TensorSpec:
+    """ONNX Runtime reports a dim as an int, its ``dim_param`` string as written (Paddle's
+    ``?``, shape inference's ``unk__N``) or None; TensorSpec reads the anonymous spellings
+    as None, so each is its own size."""
     type_str: str = arg.type
     if not type_str.startswith("tensor("):
         raise BundleError(
