@@ -22,6 +22,7 @@ import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -281,6 +282,59 @@ def test_answers_that_do_not_fit_the_outputs_are_failures(
         assert p.placement == "local" and p.fallback
         np.testing.assert_allclose(p.outputs["logits"], local.predict(x)["logits"])
     assert "remote failed" in answers[0].reason
+
+
+@contextlib.contextmanager
+def hostile_grpc(outputs: dict[str, np.ndarray]) -> Iterator[str]:
+    """A gRPC server with honest metadata whose every inference answer is ``outputs``."""
+    from concurrent import futures
+
+    import grpc  # type: ignore[import-untyped]
+
+    from edgeinfer.protocol import grpc_codec
+    from edgeinfer.protocol.pb import open_inference_grpc_pb2_grpc as pb_grpc
+    from edgeinfer.protocol.types import InferenceResponse, InferTensor, ModelMetadata
+
+    class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+        def ModelReady(self, request: Any, context: Any) -> Any:
+            return grpc_codec.pb.ModelReadyResponse(ready=True)
+
+        def ModelMetadata(self, request: Any, context: Any) -> Any:
+            return grpc_codec.model_metadata_to_proto(ModelMetadata.from_json(METADATA))
+
+        def ModelInfer(self, request: Any, context: Any) -> Any:
+            tensors = [InferTensor.from_array(n, a) for n, a in outputs.items()]
+            return grpc_codec.response_to_proto(InferenceResponse("mlp", tensors))
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        server.stop(None).wait(10)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("outputs", "match"),
+    [
+        ({"logits": np.zeros((1, 1), np.float32)}, r"expected float32 \[\?,3\]"),
+        ({"scores": np.zeros((2, 3), np.float32)}, "lacks output.*'logits'"),
+        ({"logits": np.zeros((2, 3), np.int64)}, "has int64"),
+    ],
+)
+def test_grpc_answers_that_do_not_fit_are_failures_too(
+    local: Model, x: np.ndarray, outputs: dict[str, np.ndarray], match: str
+) -> None:
+    with hostile_grpc(outputs) as url:
+        with RemoteModel(url, "mlp") as remote, pytest.raises(RemoteProtocolError, match=match):
+            remote.infer(x)
+        with Offloader(local, [RemoteModel(url, "mlp")], "remote") as off:
+            p = off.predict(x)
+    assert p.placement == "local" and p.fallback
+    np.testing.assert_allclose(p.outputs["logits"], local.predict(x)["logits"])
 
 
 def test_an_answer_that_fits_is_a_result(x: np.ndarray) -> None:
