@@ -257,6 +257,47 @@ def test_real_full_disk_is_never_a_strike(
 
 
 @pytest.mark.slow
+def test_disk_filling_at_any_moment_of_a_cycle(f: Fleet, small_disk: Path) -> None:
+    """Another process fills the disk at a random moment of the update, 20 times over.
+
+    Whatever the moment: the cycle ends in a result (no exception), the version is never
+    marked bad nor given a strike, a crash marker never outlives the cycle, and the next
+    cycle with space again ends on version 2, committed.
+    """
+    import random
+    import threading
+
+    f.pub.publish(f.bundle(2))
+    rng = random.Random(7)
+    outcomes = []
+    for trial in range(20):
+        state = copy_state(f.state, small_disk / f"device-{trial}")
+        filler = threading.Thread(
+            target=lambda delay: (threading.Event().wait(delay), fill_disk(small_disk)),
+            args=(rng.uniform(0.0, 0.6),),
+        )
+        filler.start()
+        try:
+            result = run_agent(f.server, state, f.repo)
+        finally:
+            filler.join(timeout=60)
+        outcomes.append(result.result)
+        assert result.result in ("updated", "failed", "refused"), result
+        assert history(state) == {"bad": {}, "strikes": {}}
+        assert not (state / "trial-running").exists()
+        status = state / "status.json"
+        if status.exists():
+            assert json.loads(status.read_text())["last_cycle"] == result.to_dict()
+        (small_disk / "filler").unlink()
+        again = run_agent(f.server, state, f.repo)
+        assert committed(state)[1] == 2, again  # type: ignore[index]
+        assert pointer_state(state) == "committed"
+        assert history(state) == {"bad": {}, "strikes": {}}
+        shutil.rmtree(state)
+    assert "failed" in outcomes or "refused" in outcomes  # the disk did fill mid-cycle
+
+
+@pytest.mark.slow
 def test_agent_on_a_full_disk_reports_and_exits_cleanly(f: Fleet, small_disk: Path) -> None:
     state = copy_state(f.state, small_disk / "device")
     f.pub.publish(f.bundle(2))
@@ -295,8 +336,8 @@ def test_silent_server_ends_at_the_cycle_deadline(f: Fleet) -> None:
 
 def test_trickled_bundle_stops_at_the_deadline_then_resumes(f: Fleet) -> None:
     v2 = f.pub.publish(f.bundle(2))
-    f.server.faults.append(Fault("mlp-2.tar", "trickle", every=0.001))
-    result = f.agent(use_deltas=False, cycle_timeout=2.0)
+    f.server.faults.append(Fault("mlp-2.tar", "trickle", every=0.002))
+    result = f.agent(use_deltas=False, cycle_timeout=4.0)
     assert result.result == "failed", result
     assert "mlp-2.tar" in result.reason and "--cycle-timeout" in result.reason
     assert 0 < result.bytes_downloaded < v2.length

@@ -130,8 +130,8 @@ def check_http_url(url: str) -> str | None:
         return f"{redact_url(url)!r} is not a valid URL ({exc}); expected http:// or https://"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return (
-            f"{redact_url(url)!r} is not a URL the agent can fetch from; expected http:// or "
-            "https:// followed by a host, e.g. https://updates.example.com/repo"
+            f"{redact_url(url)!r}: expected http:// or https:// followed by a host, "
+            "e.g. https://updates.example.com/repo"
         )
     return None
 

@@ -38,12 +38,11 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.deliver._fsutil import crash_point, read_json
+from edgeinfer.deliver._fsutil import crash_point, exclusive_lock, read_json
 from edgeinfer.deliver._transfer import check_http_url, disk_full, scrub, split_userinfo
 from edgeinfer.deliver._tuf_client import PacedFetcher, open_updater, refresh_targets
 from edgeinfer.deliver.delta import apply_delta
@@ -397,25 +396,15 @@ class Agent:
                 f"{free / 1e6:.1f} MB are free in {self.state_dir}"
             )
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: single instance is on the caller
-            yield
-            return
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         path = self.state_dir / ".lock"
-        with open(path, "a+") as f:
-            try:
-                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise AgentError(
-                    f"another agent is running on {self.state_dir} (lock {path} is held)"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return exclusive_lock(
+            path,
+            0.0,
+            lambda: AgentError(
+                f"another agent is running on {self.state_dir} (lock {path} is held)"
+            ),
+        )
 
     def _write_status(self, outcome: CycleResult, history: History) -> dict[str, Any]:
         committed = self.slots.committed()

@@ -40,7 +40,6 @@ import os
 import re
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -56,6 +55,7 @@ from tuf.api.metadata import (  # type: ignore[attr-defined]
 )
 
 from edgeinfer.bundle import MANIFEST_FILE, Bundle
+from edgeinfer.deliver._fsutil import exclusive_lock
 from edgeinfer.deliver._metadata_store import MetadataStore
 from edgeinfer.deliver.delta import DeltaConfig, make_delta
 from edgeinfer.deliver.errors import KeyStoreError, PublishError
@@ -275,39 +275,29 @@ class Publisher(MetadataStore):
 
         Waits up to ``PublishConfig.lock_timeout`` for another publish to finish.
         """
-        if self._lock_depth:
+        if self._lock_depth:  # init, sync_keys and refresh run inside a publish too
             self._lock_depth += 1
             try:
                 yield
             finally:
                 self._lock_depth -= 1
             return
-        import fcntl
+        wait = self.config.lock_timeout
+
+        def busy() -> PublishError:
+            return PublishError(
+                f"another publish holds the repository {self.repo} (waited {wait:g} s); "
+                "try again when it is done"
+            )
 
         self.repo.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.repo, os.O_RDONLY)
-        try:
-            give_up = time.monotonic() + self.config.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= give_up:
-                        raise PublishError(
-                            f"another publish holds the repository {self.repo} (waited "
-                            f"{self.config.lock_timeout:g} s); try again when it is done"
-                        ) from None
-                    time.sleep(0.1)
+        with exclusive_lock(self.repo, wait, busy):
             self._lock_depth = 1
             try:
                 self._clean_stale()
                 yield
             finally:
                 self._lock_depth = 0
-                fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
 
     def _clean_stale(self) -> list[Path]:
         """Remove what killed publishes left (only ever called under the lock)."""
