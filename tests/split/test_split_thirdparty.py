@@ -228,3 +228,27 @@ def test_a_model_without_cut_points_says_so(tmp_path: Path) -> None:
     assert code == 0 and "no cut points" in text, text
     profile = SplitProfile.load(tmp_path / "o" / "split.json")
     assert [c.kind for c in profile.cuts] == ["remote", "local"]
+
+
+@pytest.mark.slow
+def test_a_model_that_runs_only_on_real_values(tmp_path: Path) -> None:
+    """silero-vad's detector checks its sample-rate input: the sizes shape inference
+    cannot resolve are measured on the real inputs, not on zeros."""
+    from edgeinfer.zoo import vad
+    from edgeinfer.zoo.audio import speech_like
+
+    chunk, context = vad.CHUNK[16000], vad.CONTEXT[16000]
+    window = np.zeros((1, context + chunk), np.float32)
+    window[0, context:] = speech_like(0.25, seed=0)[2000 : 2000 + chunk]
+    inputs = tmp_path / "chunk.npz"
+    np.savez(inputs, input=window, state=np.zeros((2, 1, 128), np.float32), sr=np.array(16000))
+    path = str(vad.model_path())
+    code, text = invoke("split", path, "--list", "-i", str(inputs))
+    assert code == 0, text
+    assert "3: input, state, sr" in text and " split " in text
+    out = tmp_path / "out"
+    code, text = invoke("split", path, "-o", str(out), "-i", str(inputs), "--repeats", "1")
+    assert code == 0, text
+    profile = SplitProfile.load(out / "split.json")
+    assert "split" in [c.kind for c in profile.cuts]
+    assert max(c.max_abs_error for c in profile.cuts) <= TOL

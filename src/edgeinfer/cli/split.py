@@ -74,10 +74,12 @@ def split(
             raise InputError(f"{flag} {mode!r}: expected one of {', '.join(MODES)}")
     source = Bundle.open(model)
     feeds = read_inputs(inputs) if inputs is not None else None
+    golden = source.golden() if feeds is None else None
+    samples = golden.inputs if golden is not None else feeds  # sizes and measuring runs
     given = parse_dims(dim)
     where = str(inputs) if inputs is not None else "the golden sample"
-    dims = _dims(source, given, feeds, where)
-    cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors)
+    dims = _dims(source, given, samples, where)
+    cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors, inputs=samples)
     if len(cuts) <= 2:
         console.print(_no_cuts(source.name, cuts, max_tensors), soft_wrap=True)
     if list_only:
@@ -121,9 +123,6 @@ def _dims(source: Bundle, given: dict[str, int], feeds: Any, where: str) -> dict
     from edgeinfer.errors import InputError
     from edgeinfer.split import input_dims
 
-    if feeds is None:
-        golden = source.golden()
-        feeds = golden.inputs if golden is not None else None
     if feeds is None:
         return given
     found = input_dims(source.model_path, feeds)

@@ -148,8 +148,7 @@ def dims_from_inputs(model: onnx.ModelProto, inputs: Any, where: str = "model") 
     :meth:`InputShape.key`). Inputs missing or of another rank are left to the model's own
     input check; one symbol with two sizes is an error here."""
     shapes = _shapes_of(model, where)
-    if not isinstance(inputs, Mapping):
-        inputs = {shapes[0].name: inputs} if len(shapes) == 1 else {}
+    inputs = _by_name(shapes, inputs)
     found: dict[str, tuple[int, str]] = {}
     for s in shapes:
         value = inputs.get(s.name)
@@ -169,6 +168,13 @@ def dims_from_inputs(model: onnx.ModelProto, inputs: Any, where: str = "model") 
                     f"in input {s.name!r}; inputs of one request must agree on it"
                 )
     return {k: v[0] for k, v in found.items()}
+
+
+def _by_name(shapes: Sequence[InputShape], inputs: Any) -> Mapping[str, Any]:
+    """``inputs`` as name -> value (one bare value is the one input's)."""
+    if isinstance(inputs, Mapping):
+        return inputs
+    return {shapes[0].name: inputs} if len(shapes) == 1 else {}
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -236,10 +242,31 @@ def sample_feeds(
     return feeds
 
 
+def _feeds(
+    shapes: Sequence[InputShape],
+    batch: int,
+    dims: Mapping[str, int],
+    real: Mapping[str, Any] | None,
+) -> dict[str, np.ndarray]:
+    """:func:`sample_feeds`, with each real input used where it fits these sizes (its
+    first sample repeated ``batch`` times): some models run only on real values (a sample
+    rate, token ids in a vocabulary)."""
+    feeds = sample_feeds(shapes, batch, dims)
+    for s in shapes:
+        if real is None or s.name not in real:
+            continue
+        a = np.asarray(real[s.name])
+        if s.batch_axis and a.ndim >= 1 and a.shape[0] >= 1:
+            a = np.repeat(a[:1], batch, axis=0)
+        if list(a.shape) == s.concrete(batch, dims) and a.dtype == feeds[s.name].dtype:
+            feeds[s.name] = a
+    return feeds
+
+
 def _measure(
     model: onnx.ModelProto, names: Sequence[str], feeds: Sequence[Mapping[str, np.ndarray]]
-) -> list[dict[str, np.ndarray] | None]:
-    """The named tensors for each set of feeds (``None`` where that run failed), from one
+) -> list[dict[str, np.ndarray] | str]:
+    """The named tensors for each set of feeds (where that run failed, why), from one
     ONNX Runtime session with those tensors added as outputs."""
     import onnx
     import onnxruntime as ort
@@ -257,12 +284,12 @@ def _measure(
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise BackendError(f"measuring the sizes of cut tensors failed: {exc}") from exc
-    results: list[dict[str, np.ndarray] | None] = []
+    results: list[dict[str, np.ndarray] | str] = []
     for feed in feeds:
         try:
             values = sess.run(list(names), dict(feed))
-        except Exception:
-            results.append(None)
+        except Exception as exc:
+            results.append(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
             continue
         results.append(dict(zip(names, values, strict=True)))
     return results
@@ -320,10 +347,16 @@ def _signature(
 
 
 def tensor_infos(
-    model: onnx.ModelProto, names: Sequence[str], dims: Mapping[str, int], where: str = "model"
+    model: onnx.ModelProto,
+    names: Sequence[str],
+    dims: Mapping[str, int],
+    where: str = "model",
+    inputs: Any = None,
 ) -> dict[str, TensorInfo]:
-    """dtype, declared shape, bytes at batch 1 and batchedness of each named tensor."""
+    """dtype, declared shape, bytes at batch 1 and batchedness of each named tensor;
+    ``inputs``: real inputs to measure on where shape inference falls short."""
     shapes = input_shapes(model, dims, where)
+    real = None if inputs is None else _by_name(shapes, inputs)
     batched_model = any(s.batch_axis for s in shapes)
     skeleton = _skeleton(model)
     declared = _infer(skeleton, None)
@@ -381,15 +414,18 @@ def tensor_infos(
     if missing:
         wanted = sorted(missing)
         keys = list(configs)
-        feeds = [sample_feeds(shapes, *configs[key]) for key in keys]
+        feeds = [_feeds(shapes, *configs[key], real) for key in keys]
         for key, values in zip(keys, _measure(model, wanted, feeds), strict=True):
-            if values is None:
-                if key in doubled:  # a doubled size may not fit the model (position tables)
+            if isinstance(values, str):
+                # a doubled size may not fit the model (position tables), nor a batch of
+                # two (a state input sized by the batch too): those axes stay fixed
+                if key != 1:
                     del found[key]
                     continue
+                what = "sample inputs" if real is None else "one sample of the inputs"
                 raise BackendError(
-                    f"{where}: running the model on sample inputs failed while measuring "
-                    "the sizes of tensors that shape inference could not resolve"
+                    f"{where}: running the model on {what} failed while measuring the sizes "
+                    f"of tensors that shape inference could not resolve ({values})"
                 )
             for n, a in values.items():
                 found[key][n] = (dtype_from_numpy(a.dtype).onnx, list(a.shape))

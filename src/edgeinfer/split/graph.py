@@ -296,6 +296,7 @@ def cut_points(
     *,
     dims: Mapping[str, int] | None = None,
     max_tensors: int = DEFAULT_MAX_TENSORS,
+    inputs: Any = None,
 ) -> list[Cut]:
     """The cuts of an ONNX model, in topological order, from remote-only to local-only.
 
@@ -303,13 +304,15 @@ def cut_points(
     ``{"height": 320, "width": 320}``, ``{"x.2": 48}`` for axis 2 of input ``x`` when it
     has no name; :func:`input_dims` reads them off real inputs); the batch (a dynamic
     first axis) is taken as 1, so ``bytes_per_sample`` is per sample. ``max_tensors``
-    bounds the tensors crossing an interior cut. Raises ``BundleError`` for a file that
+    bounds the tensors crossing an interior cut. ``inputs`` (name -> array): real inputs,
+    run where shape inference falls short instead of sample ones (a model may take only
+    real values: a sample rate, token ids). Raises ``BundleError`` for a file that
     is not an ONNX model and :class:`InputError` for a dynamic dimension with no size.
     """
     if max_tensors < 1:
         raise InputError(f"max_tensors must be >= 1, got {max_tensors}")
     model = load_model(model_path)
-    return cuts_of(model, dims=dims, max_tensors=max_tensors, where=str(model_path))
+    return cuts_of(model, dims=dims, max_tensors=max_tensors, where=str(model_path), inputs=inputs)
 
 
 def input_dims(model_path: str | os.PathLike[str], inputs: Any) -> dict[str, int]:
@@ -330,13 +333,14 @@ def cuts_of(
     dims: Mapping[str, int] | None = None,
     max_tensors: int = DEFAULT_MAX_TENSORS,
     where: str = "model",
+    inputs: Any = None,
 ) -> list[Cut]:
     """:func:`cut_points` on a model already in memory (weights loaded)."""
     graph = GraphIndex(model)
     n = len(graph.nodes)
     base = graph.base_crossing()
     wanted = sorted({t for ts in base for t in ts} | set(graph.inputs), key=str)
-    info = tensor_infos(model, wanted, dims or {}, where=where)
+    info = tensor_infos(model, wanted, dims or {}, where=where, inputs=inputs)
     cuts: list[Cut] = []
     seen: set[frozenset[str]] = set()
     for p, crossing in enumerate(base):
