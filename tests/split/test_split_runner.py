@@ -13,7 +13,7 @@ from edgeinfer.bundle import Bundle
 from edgeinfer.errors import InputError
 from edgeinfer.netem import NetemProxy
 from edgeinfer.runtime import load
-from edgeinfer.serve.config import ServeConfig
+from edgeinfer.serve.config import BatchConfig, ServeConfig
 from edgeinfer.serve.server import BackgroundServer
 from edgeinfer.split import Estimates, cut_points, select_cuts
 from edgeinfer.split.adaptive import AdaptiveSplit
@@ -30,9 +30,16 @@ def package(
     return write_split(source, select_cuts(cut_points(res_cnn), 4), root / "out", repeats=2)
 
 
+# A device sends its whole batch in one request (up to 128 digits here); the server takes
+# at most max_batch_size rows per request.
+BATCHING = BatchConfig(max_batch_size=128, max_queue_size=256)
+
+
 @pytest.fixture(scope="module")
 def server(package: SplitPackage) -> Iterator[BackgroundServer]:
-    config = ServeConfig(package.repository, port=0, grpc_port=None, poll_interval_s=None)
+    config = ServeConfig(
+        package.repository, port=0, grpc_port=None, poll_interval_s=None, batching=BATCHING
+    )
     with BackgroundServer(config) as srv:
         yield srv
 
@@ -194,7 +201,9 @@ def test_compressed_outputs_are_restored_on_the_device(
     # what the profile plans with: the quantized answer, a quarter of the floats and ranges
     plain_down = package.profile.cuts[0].bytes_down
     assert remote.bytes_down == plain_down // 4 + 8 * 2  # 2 samples: a scale, an offset each
-    config = ServeConfig(packed_outputs.repository, port=0, grpc_port=None, poll_interval_s=None)
+    config = ServeConfig(
+        packed_outputs.repository, port=0, grpc_port=None, poll_interval_s=None, batching=BATCHING
+    )
     root = packed_outputs.profile_path.parent
     with BackgroundServer(config) as srv:
         for cut in profile.cuts:
