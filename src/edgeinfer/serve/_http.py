@@ -20,9 +20,10 @@ server's :class:`~edgeinfer.serve.config.ServeConfig`:
   ``Retry-After`` when its request arrives (or closed after a second), and never served.
 
 An error answer ends the connection the way nginx's lingering close does: the answer, then
-our side of the stream shut, then whatever the client still sends read and dropped for a
-moment, so that closing on unread data does not reset the connection before the client has
-read why. :func:`protocol_class` builds the class uvicorn makes each connection from.
+our side of the stream shut, then what the client still sends read and dropped for a moment
+(up to a budget: then reading stops, so a client that never stops sending costs nothing),
+so that closing on unread data does not reset the connection before the client has read why.
+:func:`protocol_class` builds the class uvicorn makes each connection from.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
 log = logging.getLogger(__name__)
 
 LINGER_S = 2.0  # seconds to drop what a client still sends after an error answer
+LINGER_BYTES = 65536  # bytes dropped at most; then reading stops until the close
 OVER_CAP_WAIT_S = 1.0  # seconds a connection over the cap may take to send its request
 # The request line's fixed parts ("POST ", " HTTP/1.1\r\n") and the blank line ending a head,
 # added to the URL and the fields when a completed head is measured.
@@ -75,6 +77,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._served = False  # counted in open_connections (False: over the cap)
         self._ending = False  # an error answer was written; dropping what still comes
+        self._dropped = 0  # bytes dropped since
         self._head_bytes = 0  # bytes of the current head received so far (an upper bound)
         self._reading_head = True
         self._head_timer: asyncio.TimerHandle | None = None
@@ -107,6 +110,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._ending:
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:  # a client that never stops sending
+                self.transport.pause_reading()
             return
         if not self._served:
             cap = self.serve_config.max_connections
