@@ -4,7 +4,7 @@ One server process (``edgeinfer.serve.run_server`` on 127.0.0.1, the tiny MLP, o
 thread) faces each attack in :data:`ATTACKS` in turn. For every attack, in the same run:
 
 1. baseline: the well-behaved client alone for ``--baseline`` seconds;
-2. attack: the same client for ``--seconds`` while the attack runs on its own thread;
+2. attack: the same client for ``--seconds`` while the attack runs in its own process;
 3. settle: the attack is stopped and its sockets closed; the server's RSS is read again.
 
 The well-behaved client is benchmarks/server_loadgen.py's closed loop (two keep-alive
@@ -15,9 +15,12 @@ answered, connections it closed). Targets: p99 under attack within 2x of the bas
 RSS within +64 MB of the baseline's.
 
 An attack is ``async def attack(target: Target, stop: asyncio.Event) -> dict[str, Any]``:
-it runs on its own event loop until ``stop`` is set, then closes what it opened and returns
-what it saw (JSON-ready). Add one by writing the function and registering it in ATTACKS;
-``--only NAME`` (repeatable) runs a subset.
+it runs on the event loop of a process of its own (so its Python work never holds the
+client's GIL; the machine's cores are still shared) until ``stop`` is set, then closes what
+it opened and returns what it saw (JSON-ready). The attackers here reopen each connection
+the server ends, as an attacker would, so an attack lasts its whole window. Add one by
+writing the function and registering it in ATTACKS; ``--only NAME`` (repeatable) runs a
+subset.
 
 Run: .venv/bin/python benchmarks/bench_hostile.py [--only NAME ...] [--seconds S]
 Writes benchmarks/results/hostile.json.
@@ -27,9 +30,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import multiprocessing
 import os
+import queue
 import socket
 import subprocess
 import sys
@@ -82,7 +88,7 @@ class Tally:
     statuses: dict[str, int] = field(default_factory=dict)
     closed_by_server: int = 0  # connections the server ended while the attack held them
     refused: int = 0  # connections that could not be opened at all
-    opened: int = 0
+    opened: int = 0  # connections opened in all (each attacker reopens what was closed)
 
     def answer(self, head: bytes) -> None:
         key = head[9:12].decode("ascii", "replace") if head.startswith(b"HTTP/") else "eof"
@@ -112,9 +118,24 @@ async def _hold(
     limit: int | None = None,
 ) -> None:
     """One connection: send ``first``, then ``drip`` every ``every_s`` (at most ``limit``
-    times) until ``stop`` or until the server answers or closes."""
+    times) until ``stop``; when the server answers or closes, open the next one (as an
+    attacker would), so the attack keeps its connections for its whole window."""
+    while not stop.is_set():
+        await _hold_once(target, stop, tally, first, drip, every_s, limit)
+
+
+async def _hold_once(
+    target: Target,
+    stop: asyncio.Event,
+    tally: Tally,
+    first: bytes,
+    drip: bytes,
+    every_s: float,
+    limit: int | None,
+) -> None:
     conn = await _open(target, tally)
     if conn is None:
+        await asyncio.sleep(0.1)  # refused: try again in a moment
         return
     reader, writer = conn
     answer = asyncio.ensure_future(reader.read(65536))
@@ -181,9 +202,9 @@ async def slowloris(target: Target, stop: asyncio.Event) -> dict[str, Any]:
 
 
 async def slow_body(target: Target, stop: asyncio.Event) -> dict[str, Any]:
-    """200 connections sending whole headers, then a 1 MiB body at one byte a second."""
+    """200 connections sending whole headers, then a 32 KiB body at one byte a second."""
     tally = Tally()
-    first = _head(target, "\r\n", length=1 << 20)
+    first = _head(target, "\r\n", length=32768)
     await asyncio.gather(*(_hold(target, stop, tally, first, b"[", 1.0) for _ in range(200)))
     return tally.result()
 
@@ -203,6 +224,11 @@ ATTACKS: dict[str, Attack] = {
     "slow_body": slow_body,
     "short_body": short_body,
 }
+# Request bodies that cost the server memory or its event loop (benchmarks/hostile_bodies.py).
+from hostile_bodies import BODY_ATTACKS, BODY_SETTINGS  # noqa: E402
+
+ATTACKS.update(BODY_ATTACKS)
+SERVER_SETTINGS.update(BODY_SETTINGS)
 
 
 # ---------------------------------------------------------------- the server
@@ -284,6 +310,12 @@ class Server:
 
         return float(psutil.Process(self.proc.pid).memory_info().rss) / 2**20
 
+    def cpu_s(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.proc.pid).cpu_times()
+        return float(times.user + times.system)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -293,10 +325,13 @@ class Server:
 
 
 class PeakRss:
-    """The server's peak RSS while the ``with`` block runs (sampled every 50 ms)."""
+    """The server's peak RSS while the ``with`` block runs (sampled every 50 ms), and the
+    cores its CPU time filled (CPU seconds per second)."""
 
     def __init__(self, server: Server) -> None:
         self.server, self.peak_mb = server, 0.0
+        self.cores = 0.0
+        self._cpu0 = self._t0 = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -309,47 +344,69 @@ class PeakRss:
             self._stop.wait(0.05)
 
     def __enter__(self) -> PeakRss:
+        self._cpu0, self._t0 = self.server.cpu_s(), time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self.cores = (self.server.cpu_s() - self._cpu0) / (time.perf_counter() - self._t0)
 
 
 # ---------------------------------------------------------------- the run
-class AttackThread:
-    """Runs one attack on its own event loop until ``stop()``."""
+def _relay(stop: Any, loop: asyncio.AbstractEventLoop, done: asyncio.Event) -> None:
+    stop.wait()
+    with contextlib.suppress(RuntimeError):  # the attack ended on its own, its loop closed
+        loop.call_soon_threadsafe(done.set)
 
-    def __init__(self, attack: Attack, target: Target) -> None:
-        self.attack, self.target = attack, target
+
+def _attack_process(name: str, target: Target, stop: Any, results: Any) -> None:
+    """The body of an attack's own process: run ATTACKS[name] until ``stop`` is set."""
+
+    async def main() -> dict[str, Any]:
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=_relay, args=(stop, loop, done), daemon=True).start()
+        return await ATTACKS[name](target, done)
+
+    started, cpu0 = time.perf_counter(), time.process_time()
+    try:
+        result = asyncio.run(main())
+    except Exception as exc:
+        result = {"error": repr(exc)}
+    # the attacker shares this machine's cores with the server and the client
+    result["attacker_cores"] = round(
+        (time.process_time() - cpu0) / (time.perf_counter() - started), 2
+    )
+    results.put(result)
+
+
+class AttackProcess:
+    """Runs one attack in a process of its own until ``stop()``, so that the attacker's
+    Python work never holds the well-behaved client's GIL (the cores are still shared)."""
+
+    def __init__(self, name: str, target: Target) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._stop = ctx.Event()
+        self._results = ctx.Queue()
+        self._proc = ctx.Process(
+            target=_attack_process, args=(name, target, self._stop, self._results), daemon=True
+        )
         self.result: dict[str, Any] = {}
-        self._loop = asyncio.new_event_loop()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.Event()
-            try:
-                self.result = await self.attack(self.target, self._stop)
-            except Exception as exc:
-                self.result = {"error": repr(exc)}
-
-        self._loop.run_until_complete(main())
-        self._loop.close()
 
     def start(self) -> None:
-        self._thread.start()
+        self._proc.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        while self._stop is None and self._thread.is_alive():
-            time.sleep(0.01)
-        if self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
+        self._stop.set()
+        try:
+            self.result = self._results.get(timeout=timeout_s)
+        except queue.Empty:
             self.result = {"error": f"the attack did not stop within {timeout_s:.0f} s"}
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
 
 
 def client(target: Target, seconds: float) -> dict[str, Any]:
@@ -369,7 +426,7 @@ def measure(
 ) -> dict[str, Any]:
     with PeakRss(server) as base_rss:
         baseline = client(target, args.baseline)
-    runner = AttackThread(attack, target)
+    runner = AttackProcess(name, target)
     with PeakRss(server) as attack_rss:
         runner.start()
         time.sleep(args.ramp)  # let the attack open its connections
@@ -387,6 +444,10 @@ def measure(
             "attack_peak": round(attack_rss.peak_mb, 1),
             "after_settle": round(after_mb, 1),
         },
+        "server_cores": {
+            "baseline": round(base_rss.cores, 2),
+            "under_attack": round(attack_rss.cores, 2),
+        },
     }
     if "p99_ms" in baseline and "p99_ms" in under:
         ratio = under["p99_ms"] / baseline["p99_ms"]
@@ -400,7 +461,8 @@ def measure(
     print(
         f"{name:>12}: p99 {baseline.get('p99_ms', '-')} -> {under.get('p99_ms', '-')} ms, "
         f"ok {baseline['ok']} -> {under['ok']}, RSS peak {base_rss.peak_mb:.0f} -> "
-        f"{attack_rss.peak_mb:.0f} MB (after {after_mb:.0f}); attack saw {runner.result}",
+        f"{attack_rss.peak_mb:.0f} MB (after {after_mb:.0f}), server cores "
+        f"{base_rss.cores:.2f} -> {attack_rss.cores:.2f}; attack saw {runner.result}",
         flush=True,
     )
     return out
