@@ -149,13 +149,14 @@ def _no_cuts(name: str, cuts: list[Cut], max_tensors: int) -> str:
 
 
 def kb(n: int) -> str:
-    """Bytes as kB (1000 bytes), in at most 7 characters up to 10 GB."""
+    """Bytes as kB (1000 bytes), in at most 7 characters below 1 GB; a few bytes read
+    0.01, not 0."""
     k = n / 1000
     if n == 0:
         return "0"
     if k >= 100:
         return f"{k:,.0f}"
-    return f"{k:.1f}" if k >= 1 else f"{k:.2f}"
+    return f"{k:.1f}" if k >= 1 else f"{max(k, 0.01):.2f}"
 
 
 def _table(
