@@ -249,3 +249,30 @@ def test_unsorted_graph_and_early_output(
         got = run_split(head, tail, feeds)
         assert float(np.abs(got["logits"] - want["logits"]).max()) <= TOL, cut
         assert "r1" in got
+
+
+def test_input_dims_reads_sizes_and_refuses_two_sizes_of_one_symbol(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    from edgeinfer.split import input_dims
+
+    path = tmp_path / "add.onnx"
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["a", "b"], ["y"])],
+        "add",
+        [
+            helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", "seq", None]),
+            helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", "seq", 1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "seq", None])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    a, b = np.ones((2, 3, 5), np.float32), np.ones((2, 3, 1), np.float32)
+    dims = input_dims(path, {"a": a, "b": b})
+    assert dims == {"seq": 3, "a.2": 5}  # the batch is not a dim; an unnamed axis is a.2
+    cuts = cut_points(path, dims=dims)
+    assert cuts[0].crossing[0].shape == ("N", "seq", None)
+    with pytest.raises(InputError, match=r"'seq' is 3 in input 'a' but 4 in input 'b'"):
+        input_dims(path, {"a": a, "b": np.ones((2, 4, 1), np.float32)})
+    with pytest.raises(InputError, match=r"'a.2' \(input 'a' axis 2, unnamed\).*--dim a.2=N"):
+        cut_points(path, dims={"seq": 3})
