@@ -261,8 +261,8 @@ def test_disk_filling_at_any_moment_of_a_cycle(f: Fleet, small_disk: Path) -> No
     """Another process fills the disk at a random moment of the update, 20 times over.
 
     Whatever the moment: the cycle ends in a result (no exception), the version is never
-    marked bad nor given a strike, a crash marker never outlives the cycle, and the next
-    cycle with space again ends on version 2, committed.
+    marked bad nor given a strike, the pointer is never left on trial nor a crash marker
+    behind, and the next cycle with space again ends on version 2, committed.
     """
     import random
     import threading
@@ -285,6 +285,7 @@ def test_disk_filling_at_any_moment_of_a_cycle(f: Fleet, small_disk: Path) -> No
         assert result.result in ("updated", "failed", "refused"), result
         assert history(state) == {"bad": {}, "strikes": {}}
         assert not (state / "trial-running").exists()
+        assert pointer_state(state) == "committed"  # never left on trial
         status = state / "status.json"
         if status.exists():
             assert json.loads(status.read_text())["last_cycle"] == result.to_dict()
