@@ -73,7 +73,7 @@ def refresh_targets(updater: Any, metadata_dir: Path, repo_url: str) -> dict[str
         raise UpdateRefused(f"repository metadata refused ({type(exc).__name__}: {exc})") from None
     except exceptions.DownloadError as exc:
         # the fetcher's messages name the URL and the cause; ngclient's own wrapper does not
-        cause = exc.__cause__ or exc.__context__
+        cause = exc.__cause__  # set when ngclient wrapped another error; ours carry theirs
         detail = str(exc) if str(exc) else type(exc).__name__
         if cause is not None and not isinstance(cause, exceptions.DownloadError):
             detail += f" ({describe_failure(cause)})"
