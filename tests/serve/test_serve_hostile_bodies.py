@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(120)
 
 X = np.array([[1.0, 2.0, 3.0, 4.0]], dtype=np.float32)
 MARGIN = 64 << 20  # bytes of RSS the process may keep after an attack (allocator slack)
-BOMB_ROWS = 2_100_000  # rows of zeros: a valid JSON body of about 32 MiB
+BOMB_ROWS = 4_200_000  # rows of four zeros: a valid JSON body of 32 MiB
 BIG_ROWS = 262_143  # one binary request of 4 MiB of float32
 INFER = "/v2/models/mlp/versions/1/infer"
 
