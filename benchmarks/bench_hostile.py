@@ -229,11 +229,6 @@ from hostile_bodies import BODY_ATTACKS, BODY_SETTINGS  # noqa: E402
 
 ATTACKS.update(BODY_ATTACKS)
 SERVER_SETTINGS.update(BODY_SETTINGS)
-# Request bodies that cost the server memory or its event loop (benchmarks/hostile_bodies.py).
-from hostile_bodies import BODY_ATTACKS, BODY_SETTINGS  # noqa: E402
-
-ATTACKS.update(BODY_ATTACKS)
-SERVER_SETTINGS.update(BODY_SETTINGS)
 
 
 # ---------------------------------------------------------------- the server
