@@ -8,6 +8,7 @@ locally with :func:`load`, and (with the extras) serve or offload it.
 >>> model.predict(images)["logits"].argmax(axis=1)        # doctest: +SKIP
 """
 
+from edgeinfer._version import __version__
 from edgeinfer.bundle import Bundle, Golden, Manifest
 from edgeinfer.errors import (
     BackendError,
@@ -19,8 +20,6 @@ from edgeinfer.errors import (
 )
 from edgeinfer.runtime import Model, available_providers, load
 from edgeinfer.tensors import TensorSpec
-
-__version__ = "0.1.0"
 
 # Names from optional parts, imported on first use so that `import edgeinfer` needs only
 # the core install (the offloading client needs the `serve` extra's httpx and grpcio).

@@ -14,6 +14,11 @@ for hashes and deltas) and ``Bundle.unpack`` extracts one, refusing absolute pat
 links and devices. A bare ``.onnx`` or ``.tflite`` file is accepted wherever a bundle is.
 Writes go to a temporary directory beside the target and are moved into place with
 ``os.replace``, so a crash never leaves half a bundle where a bundle should be.
+
+The bundle lives in the runtime package, above the backends and below
+:class:`~edgeinfer.runtime.Model`: describing a bare model file and recording a golden
+sample take a backend (:func:`~edgeinfer.runtime.backends.backend_for`), and ``load``
+opens bundles. :mod:`edgeinfer.bundle` is its public name.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from edgeinfer._atomic import replacing, write_atomic
+from edgeinfer._version import __version__
 from edgeinfer.errors import BundleError
 from edgeinfer.manifest import (
     GOLDEN_FILE,
@@ -45,9 +53,8 @@ from edgeinfer.manifest import (
     model_format,
     sha256_file,
 )
-
-if TYPE_CHECKING:
-    from edgeinfer.runtime.model import Model
+from edgeinfer.runtime.backends import backend_for
+from edgeinfer.tensors import InputValidator
 
 __all__ = [
     "GOLDEN_FILE",
@@ -64,6 +71,12 @@ __all__ = [
 ]
 
 _MAX_MEMBER_BYTES = 8 << 30  # no single bundle file above 8 GiB
+
+
+class Predictor(Protocol):
+    """What :meth:`Bundle.check_golden` runs: a :class:`~edgeinfer.runtime.Model`, say."""
+
+    def predict(self, inputs: Any) -> dict[str, np.ndarray]: ...
 
 
 class Bundle:
@@ -96,7 +109,7 @@ class Bundle:
             return None
         return Golden.load(self.manifest.golden.verify(self.path))
 
-    def check_golden(self, model: Model) -> list[str]:
+    def check_golden(self, model: Predictor) -> list[str]:
         """Run the golden inputs through ``model``; the list of mismatches (empty: healthy)."""
         golden = self.golden()
         if golden is None:
@@ -145,8 +158,6 @@ class Bundle:
 
     @classmethod
     def _open_bare(cls, path: Path) -> Bundle:
-        from edgeinfer.runtime.model import backend_for
-
         fmt = model_format(path)
         backend = backend_for(path, providers=["cpu"])
         try:
@@ -188,8 +199,6 @@ class Bundle:
         >>> Bundle.create("model.onnx", "bundles/digits", name="digits", version=1,
         ...               golden_inputs=x_test[:8])  # doctest: +SKIP
         """
-        from edgeinfer.runtime.model import Model, backend_for
-
         src = Path(model_path)
         if not src.is_file():
             raise BundleError(f"{src}: model file not found")
@@ -207,11 +216,14 @@ class Bundle:
         with _staging(out) as stage:
             model_file = stage / f"model.{fmt}"
             shutil.copyfile(src, model_file)
-            model = Model(backend_for(model_file, providers=["cpu"]))
+            backend = backend_for(model_file, providers=["cpu"])
             golden_ref = None
             if golden_inputs is not None:
-                feeds = model.validate(golden_inputs)
-                golden = Golden(feeds, model.predict(feeds), atol, rtol)
+                # What Model.predict does: validate and convert, then run every output.
+                feeds = InputValidator(backend.inputs)(golden_inputs)
+                names = [s.name for s in backend.outputs]
+                outputs = dict(zip(names, backend.run(feeds, names), strict=True))
+                golden = Golden(feeds, outputs, atol, rtol)
                 golden.save(stage / GOLDEN_FILE)
                 golden_ref = FileRef.of(stage / GOLDEN_FILE)
             extra = []
@@ -220,16 +232,14 @@ class Bundle:
                     raise BundleError(f"extra file name {fname!r} is reserved or not plain")
                 shutil.copyfile(fpath, stage / fname)
                 extra.append(FileRef.of(stage / fname))
-            from edgeinfer import __version__
-
             model_ref = FileRef.of(model_file)
             manifest = Manifest(
                 name=name,
                 version=version,
                 format=fmt,
                 model=model_ref,
-                inputs=model.inputs,
-                outputs=model.outputs,
+                inputs=backend.inputs,
+                outputs=backend.outputs,
                 labels=None if labels is None else tuple(labels),
                 provenance={
                     "source": str(source if source is not None else src.name),
@@ -242,7 +252,7 @@ class Bundle:
                 golden=golden_ref,
                 files=tuple(extra),
             )
-            model.close()
+            backend.close()
             _write_manifest(stage, manifest)
         return cls._open_dir(out)
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edgeinfer.errors import BundleError, InputError
+from edgeinfer.manifest import MANIFEST_FILE, MODEL_FORMATS
+from edgeinfer.runtime.backends import backend_for
 from edgeinfer.runtime.base import Backend
+from edgeinfer.runtime.bundle import Bundle
 from edgeinfer.tensors import InputValidator, TensorSpec
-
-if TYPE_CHECKING:
-    from edgeinfer.bundle import Bundle
 
 __all__ = ["Model", "backend_for", "dim_name", "load", "sample_shapes"]
 
@@ -101,27 +101,6 @@ def sample_shapes(
             f"(--dim {example}, or dims= from Python) or time real inputs (--input FILE)"
         )
     return shapes
-
-
-def backend_for(
-    path: str | os.PathLike[str],
-    *,
-    providers: str | Sequence[str] | None = "auto",
-    threads: int | None = None,
-    fallback: bool = False,
-    **options: Any,
-) -> Backend:
-    """The backend that runs this model file, chosen by its suffix."""
-    from edgeinfer.bundle import model_format
-
-    fmt = model_format(path)
-    if fmt == "tflite":
-        from edgeinfer.runtime.litert import LiteRTBackend
-
-        return LiteRTBackend(path, threads=threads)
-    from edgeinfer.runtime.onnx import OnnxBackend
-
-    return OnnxBackend(path, providers=providers, fallback=fallback, threads=threads, **options)
 
 
 class Model:
@@ -256,8 +235,6 @@ def load(
     ``threads``: intra-op threads (``None``: the runtime's default).
     Further ``options`` go to the backend (``graph_optimization``, ``spinning``).
     """
-    from edgeinfer.bundle import MANIFEST_FILE, MODEL_FORMATS, Bundle
-
     p = Path(path)
     bundle = None
     if p.is_file() and p.suffix.lower() in MODEL_FORMATS:
