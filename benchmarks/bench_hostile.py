@@ -89,6 +89,7 @@ class Tally:
     closed_by_server: int = 0  # connections the server ended while the attack held them
     refused: int = 0  # connections that could not be opened at all
     opened: int = 0  # connections opened in all (each attacker reopens what was closed)
+    bytes_sent: int = 0
 
     def answer(self, head: bytes) -> None:
         key = head[9:12].decode("ascii", "replace") if head.startswith(b"HTTP/") else "eof"
@@ -142,6 +143,7 @@ async def _hold_once(
     try:
         if first:
             writer.write(first)
+            tally.bytes_sent += len(first)
         sent = 0
         while not stop.is_set() and not answer.done():
             dripping = bool(drip) and (limit is None or sent < limit)
@@ -149,6 +151,7 @@ async def _hold_once(
             if dripping:
                 writer.write(drip)
                 sent += 1
+                tally.bytes_sent += len(drip)
                 # the server may stop reading: wait for room, the answer or the stop
                 drain = asyncio.ensure_future(writer.drain())
                 await asyncio.wait({drain, answer, waiter}, return_when="FIRST_COMPLETED")

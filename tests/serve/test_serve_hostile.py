@@ -27,7 +27,7 @@ import pytest
 import serve_helpers as h
 
 from edgeinfer.errors import InputError
-from edgeinfer.serve import BackgroundServer, ServeConfig
+from edgeinfer.serve import BackgroundServer, ServeConfig, _http
 
 RSS_MARGIN = 32 << 20  # bytes the process may keep after an attack
 WAIT_S = 20.0  # the most any test waits for the server to act (its deadlines are 1 s)
@@ -52,11 +52,11 @@ def _rss() -> int:
 
 
 @contextlib.contextmanager
-def _rss_comes_back() -> Iterator[None]:
+def _rss_comes_back(margin: int = RSS_MARGIN) -> Iterator[None]:
     before = _rss()
     yield
     after = _rss()
-    assert after - before < RSS_MARGIN, f"RSS grew by {(after - before) >> 20} MiB"
+    assert after - before < margin, f"RSS grew by {(after - before) >> 20} MiB"
 
 
 def _well_behaved(srv: BackgroundServer) -> None:
@@ -166,6 +166,34 @@ def test_endless_header_is_refused_and_memory_stays_put(repo: Path) -> None:
     assert all(_status(a) == 431 for a in answers.values()), answers
     body = json.loads(answers[0].partition(b"\r\n\r\n")[2])
     assert "exceed the limit of 16384 bytes" in body["error"]
+
+
+def test_refused_clients_that_linger_hold_no_memory_and_no_place(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """300 clients each send a quarter MiB of one header, then neither read nor close.
+    Each is answered 431; while the server waits for them to go (lingering, stretched here
+    to a minute), it holds none of their headers and none of its 20 places."""
+    monkeypatch.setattr(_http, "LINGER_S", 60.0)
+    payload = _head() + b"X-Filler: " + b"a" * (256 << 10)
+    with h.running(_config(repo, max_connections=20)) as srv:
+        with _rss_comes_back(margin=16 << 20):
+            socks = []
+            for _ in range(300):
+                sock = _connect(srv)
+                assert sock.send(payload) > 16384  # as much as the socket takes at once
+                socks.append(sock)
+            answers = [_one_answer(sock) for sock in socks]
+            _well_behaved(srv)
+        for sock in socks:
+            sock.close()
+    assert {status for status, _ in answers} == {431}
+
+
+def _one_answer(sock: socket.socket) -> tuple[int, bytes]:
+    """Read one answer with a Content-Length, leaving the connection as it is."""
+    status, body, _ = _answer_keepalive(sock)
+    return status, body
 
 
 @pytest.mark.parametrize(

@@ -223,7 +223,10 @@ def _make_room_for(connections: int) -> None:
         import resource
     except ImportError:  # not on this platform
         return
-    needed = connections + 256  # models, gRPC, logs and the listening sockets
+    from edgeinfer.serve._http import LIMBO_MAX
+
+    # connections refused or being closed (LIMBO_MAX), then models, gRPC, logs, listeners
+    needed = connections + LIMBO_MAX + 256
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= needed:
         return

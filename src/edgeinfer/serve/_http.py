@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 LINGER_S = 2.0  # seconds to drop what a client still sends after an error answer
 LINGER_BYTES = 65536  # bytes dropped at most; then reading stops until the close
 OVER_CAP_WAIT_S = 1.0  # seconds a connection over the cap may take to send its request
+LIMBO_MAX = 1024  # connections in limbo (see _Open) at most
 # The request line's fixed parts ("POST ", " HTTP/1.1\r\n") and the blank line ending a head,
 # added to the URL and the fields when a completed head is measured.
 _HEAD_OVERHEAD = 24
@@ -59,10 +60,14 @@ class _Refused(Exception):
 
 
 class _Open:
-    """The number of connections being served, shared by one server's connections."""
+    """One server's connection counts, shared by its connections: those being served, and
+    those in limbo -- over the cap and waiting to be told so, or lingering after an error
+    answer. Limbo is not served, so it does not count against the cap, but it is bounded
+    too (LIMBO_MAX): past that, such a connection is closed at once."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.limbo = 0
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -75,7 +80,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._served = False  # counted in open_connections (False: over the cap)
+        self._served = False  # counted in open_connections.count
+        self._in_limbo = False  # counted in open_connections.limbo
         self._ending = False  # an error answer was written; dropping what still comes
         self._dropped = 0  # bytes dropped since
         self._head_bytes = 0  # bytes of the current head received so far (an upper bound)
@@ -89,21 +95,38 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         cap = self.serve_config.max_connections
         if cap is not None and self.open_connections.count >= cap:
-            self._head_timer = self.loop.call_later(OVER_CAP_WAIT_S, self._close)
+            if self._enter_limbo():
+                self._head_timer = self.loop.call_later(OVER_CAP_WAIT_S, self._close)
             return
         self._served = True
         self.open_connections.count += 1
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._served:
-            self._served = False
-            self.open_connections.count -= 1
+        self._leave_service()
+        if self._in_limbo:
+            self._in_limbo = False
+            self.open_connections.limbo -= 1
         self._cancel_timers()
         super().connection_lost(exc)
 
+    def _leave_service(self) -> None:
+        if self._served:
+            self._served = False
+            self.open_connections.count -= 1
+
+    def _enter_limbo(self) -> bool:
+        """Count this connection in limbo; False (and closed) if limbo is full."""
+        if not self._in_limbo:
+            if self.open_connections.limbo >= LIMBO_MAX:
+                self._close()
+                return False
+            self._in_limbo = True
+            self.open_connections.limbo += 1
+        return True
+
     def shutdown(self) -> None:
-        if not self._served or self._ending:
+        if self._in_limbo:
             self._close()
             return
         super().shutdown()
@@ -114,7 +137,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if self._dropped > LINGER_BYTES:  # a client that never stops sending
                 self.transport.pause_reading()
             return
-        if not self._served:
+        if self._in_limbo:  # over the cap
             cap = self.serve_config.max_connections
             self._answer(
                 503,
@@ -271,12 +294,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _linger(self) -> None:
         self._ending = True
         self._cancel_timers()
-        self.flow.resume_reading()
-        if self.transport.can_write_eof():
-            self.transport.write_eof()  # the answer, then our side of the stream ends
-            self._head_timer = self.loop.call_later(LINGER_S, self._close)
-        else:
+        self._leave_service()  # no longer served: the cap makes room for a new client
+        # what the parser kept of the refused request (a head can be a quarter MiB) goes now,
+        # not when the client closes
+        self.parser = httptools.HttpRequestParser(self)
+        self.url, self.headers = b"", []
+        if not self.transport.can_write_eof() or not self._enter_limbo():
             self._close()
+            return
+        self.flow.resume_reading()
+        self.transport.write_eof()  # the answer, then our side of the stream ends
+        self._head_timer = self.loop.call_later(LINGER_S, self._close)
 
     def _close(self) -> None:
         if not self.transport.is_closing():
