@@ -150,6 +150,9 @@ class BodyDecoder:
         self._threads = threads
         self._slots: asyncio.Semaphore | None = None  # made on the server's own loop
         self._child = _Child()
+        # Requests waiting for the child wait here, on the loop, rather than each holding
+        # one of the few threads of the loop's default executor.
+        self._turn: asyncio.Lock | None = None
 
     async def off_loop(self, fn: Any, body: bytes, *args: Any, **kwargs: Any) -> _T:
         """``fn(body, ...)``: in place for a small body, else on a worker thread."""
@@ -171,7 +174,10 @@ class BodyDecoder:
                 rest.decode_request, body, header_length, limits
             )
             return decoded
-        return await asyncio.to_thread(self._child.decode, body, header_length, limits)
+        if self._turn is None:
+            self._turn = asyncio.Lock()
+        async with self._turn:
+            return await asyncio.to_thread(self._child.decode, body, header_length, limits)
 
     def close(self) -> None:
         """End the decoder process, if one was started."""
