@@ -16,32 +16,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from edgeinfer.placement import DeviceProfile
 
 __all__ = ["Battery", "DeviceProfile", "system_battery"]
-
-
-@dataclass(frozen=True)
-class DeviceProfile:
-    """The device's energy model (defaults: a phone-class device on Wi-Fi)."""
-
-    name: str = "phone"
-    compute_w: float = 2.0  # watts, whole device while the CPU runs a model
-    wait_w: float = 0.7  # watts, whole device while waiting on the network (radio on)
-    idle_w: float = 0.1  # watts, whole device doing nothing (reported, not charged)
-    tx_j_per_byte: float = 5e-7  # joules per byte sent (~60 nJ/bit)
-    rx_j_per_byte: float = 2.5e-7  # joules per byte received
-    memory_bytes: int | None = None  # bytes of RAM a model may use; None: no limit known
-
-    def local_joules(self, seconds: float) -> float:
-        """Energy of running a model locally for ``seconds``."""
-        return self.compute_w * seconds
-
-    def remote_joules(self, seconds: float, up_bytes: float, down_bytes: float) -> float:
-        """Energy of sending ``up_bytes``, receiving ``down_bytes`` and waiting ``seconds``."""
-        return (
-            self.tx_j_per_byte * up_bytes + self.rx_j_per_byte * down_bytes + self.wait_w * seconds
-        )
 
 
 def system_battery() -> float | None:

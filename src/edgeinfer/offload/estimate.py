@@ -23,8 +23,9 @@ that streams over several reads is timed on its own to correct that ratio.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+
+from edgeinfer.placement import RobustEstimate
 
 __all__ = [
     "LocalEstimates",
@@ -36,48 +37,6 @@ __all__ = [
 
 Signature = tuple[tuple[int, ...], ...]  # the shapes of a request's inputs, in input order
 _MIN_TRANSFER_S = 1e-5  # a transfer faster than this is "unmeasurably fast"
-
-
-class RobustEstimate:
-    """Median of the last ``window`` samples, smoothed by an EWMA with weight ``alpha``.
-
-    >>> e = RobustEstimate(window=5, alpha=1.0)
-    >>> for x in (10, 11, 500, 9, 10):
-    ...     e.add(x, now=0.0)
-    >>> e.value
-    10.0
-    """
-
-    __slots__ = ("_samples", "alpha", "count", "updated", "value")
-
-    def __init__(self, window: int = 7, alpha: float = 0.5) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
-        self.alpha = alpha
-        self.value: float | None = None
-        self.count = 0
-        self.updated = float("-inf")  # clock time of the last sample
-
-    def add(self, sample: float, now: float) -> None:
-        self._samples.append(float(sample))
-        ordered = sorted(self._samples)
-        n = len(ordered)
-        median = ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
-        if self.value is None:
-            self.value = median
-        else:
-            self.value += self.alpha * (median - self.value)
-        self.count += 1
-        self.updated = now
-
-    def age(self, now: float) -> float:
-        """Seconds since the last sample (``inf`` if none)."""
-        return now - self.updated
-
-    def reset(self) -> None:
-        self._samples.clear()
-        self.value = None
-        self.count = 0
-        self.updated = float("-inf")
 
 
 class RateView:

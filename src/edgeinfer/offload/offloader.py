@@ -21,8 +21,9 @@ retried. A remote that keeps failing is ejected by its circuit breaker and probe
 background until it answers again. Whenever the remote cannot answer, the local model
 does; with no local model and no reachable server the error says so at once.
 
-Split placements (``split=``, a directory written by ``edgeinfer split``): the head of a cut
-runs here and its tail on a remote, so only features leave the device. Every cut through
+Split placements (``split=``, the ``SplitSet`` of a directory written by ``edgeinfer
+split``): the head of a cut runs here and its tail on a remote, so only features leave the
+device. Every cut through
 every healthy remote is one more option the policy weighs against local and remote, costed
 by the split planner from the same live estimates; private requests may use the cuts that
 send no raw input. A tail that cannot answer is retried and falls back to local like a
@@ -44,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -66,12 +67,9 @@ from edgeinfer.offload.policy import (
 from edgeinfer.offload.pool import RemotePool
 from edgeinfer.offload.remote import RemoteModel
 from edgeinfer.offload.retry import RetryBudget
-from edgeinfer.offload.splits import SplitPlacements
+from edgeinfer.offload.splits import SplitCuts, SplitPlacements
 from edgeinfer.offload.sticky import Sticky, stick
 from edgeinfer.offload.values import OffloaderConfig, OffloadStats, Prediction, _Run
-
-if TYPE_CHECKING:
-    from edgeinfer.split.placements import SplitSet
 
 __all__ = ["OffloadStats", "Offloader", "OffloaderConfig", "Prediction"]
 
@@ -106,8 +104,9 @@ class Offloader(_Tries):
     name in :data:`~edgeinfer.offload.policy.POLICIES` or a callable
     ``Situation -> Decision``. ``device``: the energy model; ``battery``: a callable
     returning the charge in [0, 1] (default: the OS battery, where there is one).
-    ``split``: a :class:`~edgeinfer.split.SplitSet` or a directory written by ``edgeinfer
-    split``, whose tails the remotes serve: adds a split placement per cut and remote.
+    ``split``: a :class:`~edgeinfer.split.SplitSet` (``SplitSet.open(dir)`` of a directory
+    written by ``edgeinfer split``; closed by the caller), whose tails the remotes serve:
+    adds a split placement per cut and remote.
     ``split_public_inputs``: model inputs that a split cut may send as they are even for a
     private request (a transformer's attention mask, say).
     """
@@ -122,7 +121,7 @@ class Offloader(_Tries):
         battery: Battery | Callable[[], float | None] | None = None,
         config: OffloaderConfig | None = None,
         model_bytes: int | None = None,
-        split: SplitSet | str | os.PathLike[str] | None = None,
+        split: SplitCuts | None = None,
         split_public_inputs: Collection[str] = (),
     ) -> None:
         if isinstance(local, (str, os.PathLike)):

@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from edgeinfer.errors import InputError
 from edgeinfer.offload.errors import NoPlacementError
+from edgeinfer.placement import Option, Placement, PlacementKind
 
 __all__ = [
     "POLICIES",
@@ -58,38 +58,7 @@ __all__ = [
     "remote",
 ]
 
-PlacementKind = Literal["local", "remote", "split"]
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where a request runs: ``kind``, which ``remote`` (index), and a split's ``cut``."""
-
-    kind: PlacementKind
-    remote: int | None = None  # index of the remote, for "remote" and "split"
-    cut: int | None = None  # "split": index of the cut point; the head runs on the device
-
-    def __str__(self) -> str:
-        if self.kind == "local":
-            return "local"
-        where = f"{self.kind}[{self.remote}]"
-        return where if self.cut is None else f"{where}@{self.cut}"
-
-
 LOCAL = Placement("local")
-
-
-@dataclass(frozen=True, slots=True)
-class Option:
-    """One placement that could run the request now, with what it is expected to cost."""
-
-    placement: Placement
-    latency_s: float | None  # expected seconds end to end; None: not measured yet
-    energy_j: float | None = None  # expected device joules; None: not measured yet
-    success: float = 1.0  # recent share of answered calls (1.0 for local)
-    sends_raw: bool = False  # True if the raw inputs leave the device
-    label: str = ""  # for reasons: "local", a remote's URL
-    age_s: float = 0.0  # seconds since a real run last refreshed this option's estimate
 
 
 @dataclass(frozen=True, slots=True)

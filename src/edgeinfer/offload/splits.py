@@ -4,9 +4,11 @@
 side of a directory written by ``edgeinfer split``) for the
 :class:`~edgeinfer.offload.Offloader`: per remote whose breaker is closed it lists one
 policy option per cut, costed by the split planner from the remote's live estimates and
-the local model's (:func:`~edgeinfer.split.placements.split_options`), and it runs the cut
-a policy picked. A tail is a :class:`RemoteModel` of the remote's server (same transport
-and token) under the tail's model name.
+the local model's (:meth:`~edgeinfer.split.placements.SplitSet.options`), and it runs the
+cut a policy picked. The offloader takes the set as a :class:`SplitCuts`, what it needs of
+one, so ``offload`` does not import ``split`` (``split`` runs its tails with this
+package's :class:`RemoteModel`: the arrow points one way). A tail is a :class:`RemoteModel`
+of the remote's server (same transport and token) under the tail's model name.
 
 Privacy: an option whose cut carries a model input (other than ``public_inputs``) is
 marked ``sends_raw``, so :func:`~edgeinfer.offload.policy.decide` keeps private requests
@@ -22,25 +24,62 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edgeinfer.offload.energy import DeviceProfile
+from edgeinfer.errors import InputError
 from edgeinfer.offload.estimate import Signature
-from edgeinfer.offload.policy import Option
 from edgeinfer.offload.remote import RemoteModel
+from edgeinfer.placement import DeviceProfile, LinkEstimates, Option
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from edgeinfer.offload.pool import RemoteSlot
     from edgeinfer.offload.transport import CallStats
-    from edgeinfer.split.placements import SplitSet
 
-__all__ = ["SplitAnswer", "SplitPlacements", "cut_signature"]
+__all__ = ["SplitAnswer", "SplitCuts", "SplitPlacements", "cut_signature"]
+
+
+class _Cut(Protocol):
+    @property
+    def index(self) -> int: ...
+
+
+class SplitCuts(Protocol):
+    """What the offloader needs of a split package: :class:`~edgeinfer.split.SplitSet` is one.
+
+    ``options`` costs each cut through one remote (see
+    :func:`~edgeinfer.split.placements.split_options`); ``runner`` gives what runs a cut
+    with a tail (a :class:`RemoteModel`): its ``infer`` answers a
+    :class:`~edgeinfer.split.runner.SplitResult`.
+    """
+
+    @property
+    def root(self) -> Path: ...
+
+    @property
+    def cuts(self) -> Sequence[_Cut]: ...
+
+    def tail_name(self, cut: int) -> str: ...
+
+    def runner(self, cut: int, tail: Any) -> Any: ...
+
+    def options(
+        self,
+        remote_index: int,
+        remote: LinkEstimates,
+        *,
+        local_s: float | None = None,
+        remote_server_s: float | None = None,
+        device: DeviceProfile | None = None,
+        label: str = "",
+        public_inputs: Collection[str] = (),
+        compress_up: bool = False,
+        compress_down: bool = False,
+    ) -> list[Option]: ...
 
 
 def cut_signature(sig: Signature, cut: int) -> Signature:
@@ -64,15 +103,13 @@ class SplitAnswer:
 class SplitPlacements:
     """Split cuts through the offloader's remotes: options to decide on, and runs."""
 
-    def __init__(
-        self,
-        split: SplitSet | str | os.PathLike[str],
-        public_inputs: Collection[str] = (),
-    ) -> None:
-        from edgeinfer.split.placements import SplitSet
-
-        self.owned = not isinstance(split, SplitSet)
-        self.set: SplitSet = split if isinstance(split, SplitSet) else SplitSet.open(split)
+    def __init__(self, split: SplitCuts, public_inputs: Collection[str] = ()) -> None:
+        if isinstance(split, (str, os.PathLike)):
+            raise InputError(
+                f"split {os.fspath(split)!r}: expected a SplitSet, not a path; open the "
+                "directory with edgeinfer.split.SplitSet.open(path)"
+            )
+        self.set = split  # the caller's: closed by the caller
         self.public_inputs = frozenset(public_inputs)
         self._tails: dict[tuple[int, int], RemoteModel] = {}
         self._last: dict[tuple[int, int], float] = {}  # (remote, cut) -> last answered
@@ -92,10 +129,8 @@ class SplitPlacements:
         now: float,
     ) -> list[Option]:
         """One option per cut through ``slot`` (latency ``None`` until its link is measured)."""
-        from edgeinfer.split.placements import split_options
-
-        options = split_options(
-            self.set, slot.index, slot.est, local_s=local_s,
+        options = self.set.options(
+            slot.index, slot.est, local_s=local_s,
             remote_server_s=slot.est.server_s(sig), device=device, label=slot.label,
             public_inputs=self.public_inputs, compress_up=slot.remote.compress is not None,
             compress_down=slot.remote.transport_name == "http",
@@ -143,5 +178,3 @@ class SplitPlacements:
             tails, self._tails = list(self._tails.values()), {}
         for tail in tails:
             tail.close()
-        if self.owned:
-            self.set.close()

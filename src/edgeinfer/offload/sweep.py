@@ -112,9 +112,9 @@ def workload(spec: str, *, seq_len: int = 32, batch: int = 1) -> Workload:
         raise EdgeInferError(
             f"model {spec!r}: expected 'digits', 'minilm' or the path of an .onnx file"
         )
-    import edgeinfer
+    from edgeinfer.runtime import load
 
-    with edgeinfer.load(path, providers=["cpu"]) as m:
+    with load(path, providers=["cpu"]) as m:
         inputs = m.sample_inputs(batch=batch)
     name = re.sub(r"[^A-Za-z0-9_-]", "-", path.stem) or "model"
     return Workload(name, path, inputs)
@@ -321,7 +321,7 @@ def sweep(
     progress: Callable[[CellResult], None] | None = None,
 ) -> list[CellResult]:
     """Every workload under every condition; a server process and a netem proxy for all."""
-    import edgeinfer
+    from edgeinfer.runtime import load
 
     device = device or DeviceProfile()
     config = config or OffloaderConfig(per_try_timeout_s=5.0)
@@ -329,7 +329,7 @@ def sweep(
     models = {w.name: w.model_path for w in workloads}
     with edge(models, threads) as (_, px):
         for w in workloads:
-            with edgeinfer.load(w.model_path, providers=["cpu"], threads=threads) as local:
+            with load(w.model_path, providers=["cpu"], threads=threads) as local:
                 local.predict(w.inputs)
                 for cond in conditions:
                     res = run_cell(

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.errors import InputError
+from edgeinfer.placement import RobustEstimate
 from edgeinfer.split.planner import Energy, Estimates, Objective, Plan, plan
 from edgeinfer.split.profile import PROFILE_FILE, CutProfile, SplitProfile
 from edgeinfer.split.runner import SplitModel, SplitResult
@@ -40,7 +41,7 @@ _MAX_UP_RATIO = 4.0  # an upload sample may not exceed this times the download's
 class LinkLearner:
     """Planner :class:`Estimates` learned from probes and split runs.
 
-    Each estimate is a :class:`~edgeinfer.offload.estimate.RobustEstimate` (median of the
+    Each estimate is a :class:`~edgeinfer.placement.RobustEstimate` (median of the
     last ``window`` samples, EWMA-smoothed). The round trip comes from payload-free probes.
     A remote call's transfer time is its total minus the round trip, the server time it
     reports and the client's own compression time; the download bandwidth is timed
@@ -55,8 +56,6 @@ class LinkLearner:
     """
 
     def __init__(self, initial: Estimates | None = None, window: int = 7, alpha: float = 0.5):
-        from edgeinfer.offload.estimate import RobustEstimate
-
         self.initial = initial or Estimates()
         self.rtt = RobustEstimate(window, alpha)  # seconds
         self.up_bw = RobustEstimate(window, alpha)  # bytes/s

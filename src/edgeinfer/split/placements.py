@@ -5,7 +5,7 @@ A :class:`SplitSet` is the device side of a directory written by ``edgeinfer spl
 profile, the head bundles (loaded on first use) and the names of the tails a server hosts.
 :func:`split_options` turns the offloader's live estimates of one remote (round trip,
 bandwidth, server time) and of the local model into one
-:class:`~edgeinfer.offload.policy.Option` per split cut, costed by the planner
+:class:`~edgeinfer.placement.Option` per split cut, costed by the planner
 (:func:`~edgeinfer.split.planner.cut_cost`): ``Placement("split", remote, cut)``, its
 expected latency and device energy, and ``sends_raw`` when the cut carries a model input.
 :meth:`SplitSet.runner` gives the :class:`~edgeinfer.split.runner.SplitModel` that runs it.
@@ -22,14 +22,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgeinfer.placement import DeviceProfile, LinkEstimates, Option, Placement
 from edgeinfer.split.package import head_name, tail_name
 from edgeinfer.split.planner import Estimates, cut_cost
 from edgeinfer.split.profile import PROFILE_FILE, CutProfile, SplitProfile
 
 if TYPE_CHECKING:
-    from edgeinfer.offload.energy import DeviceProfile
-    from edgeinfer.offload.estimate import RemoteEstimates
-    from edgeinfer.offload.policy import Option
     from edgeinfer.split.runner import SplitModel
 
 __all__ = ["SplitSet", "estimates_from", "split_options"]
@@ -94,6 +92,26 @@ class SplitSet:
         restore = self.profile.compress_outputs is not None
         return SplitModel(self.head(cut), tail, self.profile.cut(cut), restore_outputs=restore)
 
+    def options(
+        self,
+        remote_index: int,
+        remote: LinkEstimates,
+        *,
+        local_s: float | None = None,
+        remote_server_s: float | None = None,
+        device: DeviceProfile | None = None,
+        label: str = "",
+        public_inputs: Collection[str] = (),
+        compress_up: bool = False,
+        compress_down: bool = False,
+    ) -> list[Option]:
+        """:func:`split_options` of this set: how the offloader asks for them."""
+        return split_options(
+            self, remote_index, remote, local_s=local_s, remote_server_s=remote_server_s,
+            device=device, label=label, public_inputs=public_inputs, compress_up=compress_up,
+            compress_down=compress_down,
+        )  # fmt: skip
+
     def close(self) -> None:
         with self._lock:
             for head in self._heads.values():
@@ -103,7 +121,7 @@ class SplitSet:
 
 def estimates_from(
     profile: SplitProfile,
-    remote: RemoteEstimates,
+    remote: LinkEstimates,
     *,
     local_s: float | None = None,
     remote_server_s: float | None = None,
@@ -134,7 +152,7 @@ def estimates_from(
 def split_options(
     splits: SplitSet,
     remote_index: int,
-    remote: RemoteEstimates,
+    remote: LinkEstimates,
     *,
     local_s: float | None = None,
     remote_server_s: float | None = None,
@@ -155,9 +173,6 @@ def split_options(
     radio and waiting for the rest. ``compress_up``/``compress_down``: the transport
     compresses requests / answers, so cuts are costed by their compressed bytes.
     """
-    from edgeinfer.offload.energy import DeviceProfile
-    from edgeinfer.offload.policy import Option, Placement
-
     power = device or DeviceProfile()
     measured = remote.up_bw.value is not None
     est = estimates_from(splits.profile, remote, local_s=local_s, remote_server_s=remote_server_s)
