@@ -32,6 +32,7 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.keys",
     "edgeinfer.cli.publish",
     "edgeinfer.cli.agent",
+    "edgeinfer.cli.fleet",
     "edgeinfer.cli.serve",
     "edgeinfer.cli.netem",
     "edgeinfer.cli.offload_bench",

@@ -1,0 +1,213 @@
+"""``edgeinfer fleet``: the fleet service and the operator's commands against it.
+
+``fleet serve`` runs the service; ``fleet token create``, ``fleet devices``, ``fleet device``
+and ``fleet revoke`` talk to a running one over HTTP with the admin token (``--fleet`` /
+``--admin-token``, or ``EDGEINFER_FLEET_URL`` / ``EDGEINFER_ADMIN_TOKEN``). Tables fit 80
+columns; ``--json`` prints what the service answered.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["register"]
+
+_FLEET = typer.Option(
+    ...,
+    "--fleet",
+    envvar="EDGEINFER_FLEET_URL",
+    help="The fleet service's URL (or EDGEINFER_FLEET_URL).",
+)
+_TOKEN = typer.Option(
+    None,
+    "--admin-token",
+    envvar="EDGEINFER_ADMIN_TOKEN",
+    help="The admin token (shows in `ps`: prefer EDGEINFER_ADMIN_TOKEN or --admin-token-file).",
+)
+_TOKEN_FILE = typer.Option(
+    None,
+    "--admin-token-file",
+    envvar="EDGEINFER_ADMIN_TOKEN_FILE",
+    help="File holding the admin token (one a line, '#' comments).",
+)
+
+
+def _admin_token(token: str | None, token_file: Path | None) -> str:
+    from edgeinfer.cli.serve import _read_tokens
+    from edgeinfer.errors import InputError
+
+    if token:
+        return token
+    if token_file is not None:
+        return _read_tokens(token_file, "--admin-token-file")[0]
+    raise InputError(
+        "pass the fleet's admin token: --admin-token-file FILE, EDGEINFER_ADMIN_TOKEN, "
+        "or --admin-token"
+    )
+
+
+def _call(fleet: str, token: str, method: str, route: str, body: Any = None) -> Any:
+    """One operator request; a refusal or an unreachable fleet is one error line."""
+    import httpx
+
+    from edgeinfer.errors import InputError
+    from edgeinfer.fleet.errors import FleetUnavailable, refusal
+
+    base = fleet.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise InputError(f"--fleet {fleet!r}: expected http:// or https://")
+    try:
+        answer = httpx.request(
+            method,
+            base + route,
+            json=body,
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30.0,
+        )
+    except httpx.HTTPError as exc:
+        raise FleetUnavailable(f"cannot reach the fleet at {base}: {exc}") from None
+    try:
+        data = answer.json()
+    except ValueError:
+        data = None
+    if answer.status_code >= 400:
+        message = data.get("error") if isinstance(data, dict) else None
+        message = message or f"HTTP {answer.status_code}"
+        if answer.status_code >= 500:
+            raise FleetUnavailable(f"{base}: {message}")
+        raise refusal(answer.status_code, f"{base}: {message}")
+    return data
+
+
+def _cell(value: Any, width: int) -> str:
+    text = "-" if value is None else str(value)
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _table(devices: list[dict[str, Any]]) -> str:
+    columns: list[tuple[str, str, int]] = [  # 78 columns with the spaces between
+        ("ID", "id", 22),
+        ("MODEL", "model", 16),
+        ("VER", "version", 5),
+        ("STATE", "state", 11),
+        ("LAST REPORT", "last_report_at", 20),
+    ]
+    lines = [" ".join(f"{title:<{w}}" for title, _, w in columns).rstrip()]
+    for d in devices:
+        lines.append(" ".join(f"{_cell(d.get(k), w):<{w}}" for _, k, w in columns).rstrip())
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    fleet_app = typer.Typer(
+        help="The fleet control plane: the service, enrollment tokens, devices.",
+        no_args_is_help=True,
+        rich_markup_mode=None,
+    )
+    token_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True, rich_markup_mode=None)
+    fleet_app.add_typer(token_app, name="token")
+    app.add_typer(fleet_app, name="fleet")
+
+    @fleet_app.command("serve")
+    def serve(
+        db: str = typer.Option(
+            "fleet.db",
+            "--db",
+            help="Database: a SQLite file path (default fleet.db) or postgresql://USER@HOST/DB.",
+        ),
+        host: str = typer.Option("127.0.0.1", help="Address to bind."),
+        port: int = typer.Option(8700, help="Port (0: any free port)."),
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+        max_skew: float = typer.Option(
+            300.0, help="Seconds a report may be dated ahead of this service's clock."
+        ),
+    ) -> None:
+        """Run the fleet service: devices enroll and report; operators list and revoke.
+
+        Prints 'fleet service on http://HOST:PORT' once the database is ready.
+        """
+        from edgeinfer.fleet.api import FleetConfig
+        from edgeinfer.fleet.ingest import Limits
+        from edgeinfer.fleet.server import ServerConfig, run_fleet
+        from edgeinfer.fleet.store import StoreConfig
+
+        token = _admin_token(admin_token, admin_token_file)
+        config = ServerConfig(
+            store=StoreConfig(db),
+            fleet=FleetConfig(admin_tokens=(token,), limits=Limits(max_skew_s=max_skew)),
+            host=host,
+            port=port,
+        )
+        run_fleet(config)
+
+    @token_app.command("create")
+    def token_create(
+        fleet: str = _FLEET,
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+        uses: int = typer.Option(1, min=1, help="Enrollments the token allows."),
+    ) -> None:
+        """Make an enrollment token; prints the token alone on stdout (its id on stderr)."""
+        made = _call(
+            fleet, _admin_token(admin_token, admin_token_file), "POST", "/v1/tokens", {"uses": uses}
+        )
+        typer.echo(made["token"])
+        typer.echo(f"token {made['id']}: good for {made['uses']} enrollment(s)", err=True)
+
+    @fleet_app.command("devices")
+    def devices(
+        fleet: str = _FLEET,
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+        as_json: bool = typer.Option(False, "--json", help="Print the service's JSON."),
+    ) -> None:
+        """List the enrolled devices: id, model, active version, state, last report."""
+        found = _call(fleet, _admin_token(admin_token, admin_token_file), "GET", "/v1/devices")
+        typer.echo(json.dumps(found, indent=2) if as_json else _table(found))
+
+    @fleet_app.command("device")
+    def device(
+        device_id: str = typer.Argument(..., help="The device's id (d-...)."),
+        fleet: str = _FLEET,
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+        as_json: bool = typer.Option(False, "--json", help="Print the service's JSON."),
+    ) -> None:
+        """One device: what it runs, its hardware, its recent reports, its class's latency."""
+        from urllib.parse import quote
+
+        token = _admin_token(admin_token, admin_token_file)
+        d = _call(fleet, token, "GET", f"/v1/devices/{quote(device_id, safe='')}")
+        if as_json:
+            typer.echo(json.dumps(d, indent=2))
+            return
+        for key in ("id", "model", "version", "state", "reason", "hardware_class"):
+            typer.echo(f"{key:<15} {_cell(d.get(key), 64)}")
+        for key in ("bundle_sha256", "enrolled_at", "last_report_at", "revoked_at", "reports"):
+            typer.echo(f"{key:<15} {_cell(d.get(key), 64)}")
+        for s in d.get("fleet_latency", []):
+            figures = "  ".join(f"{k} {s[k]:.3g}" for k in ("p50", "p95", "p99") if k in s)
+            typer.echo(f"{_cell(s['metric'], 15):<15} n={s['n']}  {figures}")
+        for r in d.get("recent_reports", [])[:10]:
+            typer.echo(f"  #{r['counter']:<8} {r['received_at']}  {_cell(r['result'], 12)}")
+
+    @fleet_app.command("revoke")
+    def revoke(
+        device_id: str = typer.Argument(..., help="The device's id (d-...)."),
+        fleet: str = _FLEET,
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+    ) -> None:
+        """Revoke a device: its reports are refused from now on, and it cannot re-enroll."""
+        from urllib.parse import quote
+
+        token = _admin_token(admin_token, admin_token_file)
+        done = _call(fleet, token, "POST", f"/v1/devices/{quote(device_id, safe='')}/revoke")
+        typer.echo(f"{done['id']} revoked at {done['revoked_at']}")
+        sys.stdout.flush()

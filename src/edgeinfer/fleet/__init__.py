@@ -1,0 +1,29 @@
+"""The fleet control plane: device inventory, enrollment and signed reports, sketches.
+
+Devices enroll with an operator's token and an Ed25519 key of their own, then sign every
+report (installed versions, the last update cycle, health-gate figures, hardware, and
+latency and drift as KLL sketches). The service (``edgeinfer fleet serve``) verifies and
+stores them in SQLite or PostgreSQL. It can see the fleet but cannot make a device install
+anything: models reach devices only through the TUF repository (the fleet trust ADR in
+docs/adr/ says why).
+
+Modules: ``reports`` (wire format, signatures), ``sketches``, ``store`` (+ ``migrations``),
+``ingest`` (device requests), ``inventory`` (operator queries), ``api``, ``server``,
+``client`` (the device side).
+"""
+
+from __future__ import annotations
+
+from edgeinfer.errors import MissingDependencyError
+
+for _package, _module in (
+    ("sqlalchemy", "sqlalchemy"),
+    ("alembic", "alembic"),
+    ("datasketches", "datasketches"),
+    ("cryptography", "cryptography"),
+    ("pydantic", "pydantic"),
+):
+    try:
+        __import__(_module)
+    except ImportError as _exc:
+        raise MissingDependencyError(_package, "fleet", "the fleet control plane") from _exc

@@ -1,0 +1,71 @@
+"""Running the fleet service in the foreground with uvicorn, as ``edgeinfer serve`` does.
+
+The database is opened and migrated before the port is bound, so a wrong ``--db`` is one
+line and no half-started service. A port of 0 picks a free one; the first line printed
+says the address (``fleet service on http://HOST:PORT``), which scripts and tests read.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+
+from edgeinfer.errors import InputError
+from edgeinfer.fleet.api import FleetConfig, create_app
+from edgeinfer.fleet.store import StoreConfig, open_store
+
+__all__ = ["ServerConfig", "run_fleet"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    store: StoreConfig
+    fleet: FleetConfig
+    host: str = "127.0.0.1"
+    port: int = 8700  # 0: any free port
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        reason = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise InputError(
+            f"cannot listen on port {port} of {host}: {reason}; choose another --port "
+            "(0: any free port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_fleet(config: ServerConfig, log_level: str = "warning") -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+    import uvicorn
+
+    store = open_store(config.store)
+    try:
+        sock = _bind(config.host, config.port)
+    except InputError:
+        store.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"fleet service on http://{shown}:{port}", flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(store, config.fleet),
+            log_level=log_level,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

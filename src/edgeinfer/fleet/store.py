@@ -1,0 +1,230 @@
+"""The fleet's database: devices, enrollment tokens, reports and merged sketches.
+
+SQLAlchemy 2's typed ORM over SQLite (the default: one file, WAL, ``synchronous=FULL``)
+or PostgreSQL (``postgresql://``, through psycopg 3), with the schema made and moved only
+by the Alembic migrations under ``migrations/``, which :func:`open_store` runs on startup.
+The service keeps no state of its own, so replicas share one PostgreSQL database; the rows
+that decide something (a device's counter, a sketch being merged) are locked while a
+transaction changes them (``SELECT ... FOR UPDATE``; SQLite takes its one write lock at
+``BEGIN IMMEDIATE``). One session per request: :meth:`Store.session`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    text,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from edgeinfer.fleet.errors import FleetStoreError
+
+__all__ = [
+    "Base",
+    "Device",
+    "EnrollToken",
+    "Report",
+    "SketchRow",
+    "Store",
+    "StoreConfig",
+    "database_url",
+    "open_store",
+    "utc_now",
+]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EnrollToken(Base):
+    """A token an operator handed out; only its SHA-256 is stored."""
+
+    __tablename__ = "enroll_tokens"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)  # shown to operators
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    uses_left: Mapped[int] = mapped_column(Integer)
+    uses: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Device(Base):
+    """An enrolled device: its key, the last counter it used, and what it last reported."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # d- + sha256(key)[:20]
+    public_key: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    token_id: Mapped[str | None] = mapped_column(ForeignKey("enroll_tokens.id"))
+    enrolled_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    last_counter: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_report_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    hardware_class: Mapped[str] = mapped_column(String(128))
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON)
+    agent_device_id: Mapped[str | None] = mapped_column(String(128))
+    model: Mapped[str | None] = mapped_column(String(128))
+    active_version: Mapped[int | None] = mapped_column(Integer)
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="enrolled")  # last cycle result
+    reason: Mapped[str | None] = mapped_column(Text)
+
+
+class Report(Base):
+    """One accepted report, kept whole (the signed text and its signature)."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("device_id", "counter", name="uq_reports_device_counter"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    counter: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    created_at_ms: Mapped[int] = mapped_column(BigInteger)
+    bundle_sha256: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[str | None] = mapped_column(String(16))
+    signed_text: Mapped[str] = mapped_column(Text)
+    signature: Mapped[bytes] = mapped_column(LargeBinary(64))
+
+
+class SketchRow(Base):
+    """The merged KLL sketch of one (model, version, hardware class, metric)."""
+
+    __tablename__ = "sketches"
+    __table_args__ = (
+        UniqueConstraint("model", "version", "hardware_class", "metric", name="uq_sketches_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128))
+    version: Mapped[int] = mapped_column(Integer)
+    hardware_class: Mapped[str] = mapped_column(String(128))
+    metric: Mapped[str] = mapped_column(String(80))
+    n: Mapped[int] = mapped_column(BigInteger)
+    kll: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    url: str  # sqlite:///path.db, a bare file path, or postgresql://user@host:port/db
+    busy_timeout_s: float = 30.0  # SQLite: seconds a writer waits for the write lock
+    pool_size: int = 5  # PostgreSQL connections kept open per service process
+
+
+def database_url(url: str) -> str:
+    """``url`` as SQLAlchemy needs it: a bare path is SQLite, ``postgresql://`` uses psycopg 3."""
+    if "://" not in url:
+        return f"sqlite:///{Path(url).expanduser().resolve()}"
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgresql", "postgres"):
+        return f"postgresql+psycopg://{rest}"
+    if scheme in ("sqlite", "postgresql+psycopg"):
+        return url
+    raise FleetStoreError(
+        f"--db {scheme}://...: unsupported database; expected a file path, sqlite:///PATH "
+        "or postgresql://USER@HOST:PORT/DB"
+    )
+
+
+def _engine(config: StoreConfig) -> Engine:
+    url = database_url(config.url)
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": config.busy_timeout_s})
+            _sqlite_pragmas(engine)
+            return engine
+        return create_engine(url, pool_size=config.pool_size, pool_pre_ping=True)
+    except (ArgumentError, ImportError, ValueError) as exc:
+        raise FleetStoreError(f"--db: cannot open {config.url!r}: {exc}") from None
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # SQLAlchemy, not the sqlite3 module, decides when transactions begin (below)
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the answer
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # take the write lock up front: two deferred transactions that both read and then
+        # write would deadlock (SQLITE_BUSY at once, busy timeout ignored)
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """An engine and its session factory; ``session()`` is one unit of work."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits when the block ends, or rolls back."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _migrate(engine: Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # replicas starting together: one migrates, the others wait and find it done
+            conn.execute(text("SELECT pg_advisory_xact_lock(7316424271)"))
+        config.attributes["connection"] = conn
+        command.upgrade(config, "head")
+
+
+def open_store(config: StoreConfig) -> Store:
+    """Connect and bring the schema to the newest migration."""
+    engine = _engine(config)
+    try:
+        _migrate(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise FleetStoreError(f"--db: cannot open {config.url!r}: {reason}") from None
+    return Store(engine)
