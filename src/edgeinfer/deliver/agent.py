@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeinfer._version import __version__
 from edgeinfer.deliver._fsutil import crash_point, exclusive_lock, read_json
 from edgeinfer.deliver._transfer import check_http_url, disk_full, scrub, split_userinfo
 from edgeinfer.deliver._tuf_client import PacedFetcher, open_updater, refresh_targets
@@ -105,8 +106,6 @@ class Agent:
     """Keeps one model on this device up to date from a TUF repository."""
 
     def __init__(self, config: AgentConfig) -> None:
-        from edgeinfer import __version__
-
         for option, url in (("--repo-url", config.repo_url), ("--report-url", config.report_url)):
             if url is not None and (problem := check_http_url(url)) is not None:
                 raise AgentError(f"{option} {problem}")

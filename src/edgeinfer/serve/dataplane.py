@@ -22,6 +22,7 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+from edgeinfer._version import __version__
 from edgeinfer.errors import InputError
 from edgeinfer.protocol.limits import Limits, body_bound
 from edgeinfer.protocol.types import (
@@ -94,8 +95,6 @@ class DataPlane:
     """Health, metadata and inference over a :class:`ModelRepository`."""
 
     def __init__(self, config: ServeConfig, metrics: Metrics | None = None) -> None:
-        from edgeinfer import __version__
-
         self.config = config
         self.metrics = metrics or Metrics()
         self.version = __version__
