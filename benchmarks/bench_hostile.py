@@ -18,7 +18,7 @@ An attack is ``async def attack(target: Target, stop: asyncio.Event) -> dict[str
 it runs on the event loop of a process of its own (so its Python work never holds the
 client's GIL; the machine's cores are still shared) until ``stop`` is set, then closes what
 it opened and returns what it saw (JSON-ready). The attackers here reopen each connection
-the server ends, as an attacker would, so an attack lasts its whole window. Add one by
+the server ends a second later, so an attack lasts its whole window. Add one by
 writing the function and registering it in ATTACKS; ``--only NAME`` (repeatable) runs a
 subset.
 
@@ -53,6 +53,7 @@ sys.path.insert(0, str(HERE))
 from _common import write  # noqa: E402
 from server_loadgen import http_request, run_http  # noqa: E402
 
+REOPEN_S = 1.0  # seconds an attacker waits before reopening a connection the server ended
 P99_TARGET = 2.0  # p99 under attack / baseline p99
 RSS_TARGET_MB = 64.0  # peak RSS under attack minus the baseline's peak
 
@@ -119,10 +120,13 @@ async def _hold(
     limit: int | None = None,
 ) -> None:
     """One connection: send ``first``, then ``drip`` every ``every_s`` (at most ``limit``
-    times) until ``stop``; when the server answers or closes, open the next one (as an
-    attacker would), so the attack keeps its connections for its whole window."""
+    times) until ``stop``; when the server answers or closes, open the next one a second
+    later (as an attacker would), so the attack keeps its number of connections for its
+    whole window without turning into a flood of new ones."""
     while not stop.is_set():
         await _hold_once(target, stop, tally, first, drip, every_s, limit)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), REOPEN_S)
 
 
 async def _hold_once(
