@@ -35,12 +35,15 @@ test: $(VENV)/.test-installed
 	./scripts/system-deps.sh
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/mypy
+	# the layer and no-cycle contracts of pyproject.toml (docs/adr/0012-import-layers.md)
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: $(VENV)/.test-installed
 	for b in benchmarks/bench_*.py; do $(VENV)/bin/python $$b || exit 1; done
