@@ -227,3 +227,13 @@ def test_split_needs_a_remote(package: SplitPackage, local: Model) -> None:
 
     with pytest.raises(InputError, match="need a remote"):
         Offloader(local, split=package.profile_path.parent)
+
+
+def test_split_is_a_split_set_not_a_path(package: SplitPackage, local: Model) -> None:
+    from edgeinfer.errors import InputError
+
+    with (
+        RemoteModel("http://127.0.0.1:9", "digits") as remote,  # never called
+        pytest.raises(InputError, match=r"expected a SplitSet, not a path; .*SplitSet\.open"),
+    ):
+        Offloader(local, remote, split=package.profile_path.parent)
