@@ -429,7 +429,6 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
         lifespan=lifespan,
     )
     app.state.dataplane = dp
-    app.state.decoder = routes.decoder
     app.state.grpc_port = None
     replica: tuple[tuple[bytes, bytes], ...] = ()
     if config.replica_id:

@@ -62,13 +62,17 @@ def _write_frame(stream: IO[bytes], data: bytes) -> None:
 
 
 def _child_main() -> None:
-    """The JSON decoder process: one ``(body, header_length, limits)`` in, one
-    ``("ok", request)`` or ``("error", exception)`` out, until its stdin closes."""
+    """The JSON decoder process: ``(header_length, limits)`` and the body in (two frames,
+    the body as it is), ``("ok", request)`` or ``("error", exception)`` out, until its
+    stdin closes."""
     requests = sys.stdin.buffer
     answers = open(sys.stdout.fileno(), "wb", closefd=False)  # noqa: SIM115
     sys.stdout = sys.stderr  # anything printed by accident must not corrupt the frames
     while (frame := _read_frame(requests)) is not None:
-        body, header_length, limits = pickle.loads(frame)
+        header_length, limits = pickle.loads(frame)
+        body = _read_frame(requests)
+        if body is None:
+            return
         try:
             answer: tuple[str, Any] = ("ok", rest.decode_request(body, header_length, limits))
         except Exception as exc:  # a malformed body: the parent raises it as its own
@@ -94,7 +98,7 @@ class _Child:
     def decode(self, body: bytes, header_length: int | None, limits: Limits) -> InferenceRequest:
         """On a worker thread: hand the body to the child and wait for its answer. Holding
         the lock to the end keeps the pipes in step even if the awaiting request is gone."""
-        payload = pickle.dumps((body, header_length, limits), protocol=pickle.HIGHEST_PROTOCOL)
+        head = pickle.dumps((header_length, limits), protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
             if self._proc is not None and self._proc.poll() is not None:
                 log.warning(
@@ -107,7 +111,8 @@ class _Child:
             proc = self._proc
             assert proc.stdin is not None and proc.stdout is not None
             try:
-                _write_frame(proc.stdin, payload)
+                _write_frame(proc.stdin, head)
+                _write_frame(proc.stdin, body)  # as it is: no copy of a large body
                 frame = _read_frame(proc.stdout)
             except OSError:
                 frame = None
