@@ -11,7 +11,12 @@ import pytest
 import edgeinfer
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize import SearchConfig, optimize
+from edgeinfer.optimize.budget import Budget
+from edgeinfer.optimize.candidate import Candidate
+from edgeinfer.optimize.evaluate import Evaluation
+from edgeinfer.optimize.metrics import parse_metric
 from edgeinfer.optimize.report import report_dir_for
+from edgeinfer.optimize.search import choose
 
 FAST = {"threads": 1, "repeats": 5, "final_rounds": 5, "memory": False}
 
@@ -145,3 +150,66 @@ def test_output_in_the_way(digits_onnx: Path, tmp_path: Path) -> None:
             config=SearchConfig(metric="cosine"),
         )
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def _measured(name: str, size: int, ms: float, value: float = 0.99) -> Candidate:
+    ev = Evaluation({"accuracy": value}, ms, ms, size)
+    return Candidate(name, status="ok", evaluation=ev, within_budget=True, drop=0.0)
+
+
+@pytest.mark.parametrize(
+    ("objective", "chosen", "note"),
+    [
+        # 6% larger and 3x faster than the smallest: the faster one wins
+        ("size", "static", "static is 6% larger than dynamic and 3.00x faster"),
+        # 2% slower and 0.85x the size of the fastest: the smaller one wins
+        ("latency", "static-small", "static-small is 2% slower than static and 0.85x its size"),
+    ],
+)
+def test_within_a_small_margin_the_other_objective_decides(
+    objective: str, chosen: str, note: str
+) -> None:
+    base = _measured("original", 4_000_000, 10.0)
+    planned = [
+        _measured("dynamic", 1_000_000, 9.0),
+        _measured("static", 1_060_000, 3.0),
+        _measured("static-small", 900_000, 3.06),
+        _measured("graph", 3_900_000, 2.5, value=0.5),  # fastest but outside the budget
+    ]
+    planned[-1].within_budget = False
+    if objective == "size":
+        planned.pop(2)
+    config = SearchConfig(metric="accuracy", objective=objective, final_rounds=0)  # type: ignore[arg-type]
+    best, message, notes = choose(
+        base,
+        planned,
+        parse_metric("accuracy"),
+        Budget.parse(0.01),
+        config,
+        None,  # type: ignore[arg-type]
+    )
+    assert best.name == chosen and message.startswith(f"chose {chosen}:")
+    assert len(notes) == 1 and notes[0].startswith(f"objective {objective}: {note}")
+
+
+def test_the_original_within_the_margin_and_faster_is_kept() -> None:
+    base = _measured("original", 1_000_000, 2.0)
+    smaller = _measured("dynamic", 960_000, 6.0)  # 4% smaller, 3x slower
+    config = SearchConfig(metric="accuracy", objective="size", final_rounds=0)
+    best, message, notes = choose(
+        base,
+        [smaller],
+        parse_metric("accuracy"),
+        Budget.parse(0.01),
+        config,
+        None,  # type: ignore[arg-type]
+    )
+    assert best is base and notes == [message.removeprefix("keeping the original: ")]
+    assert message.startswith("keeping the original: objective size: original is 4% larger")
+    assert "sizes within 10% of the smallest count as equal" in message
+
+
+@pytest.mark.parametrize("margin", [-0.1, 1.0])
+def test_margins_are_fractions(margin: float) -> None:
+    with pytest.raises(InputError, match="size_margin must be a fraction"):
+        SearchConfig(metric="accuracy", size_margin=margin)

@@ -102,12 +102,24 @@ def sklearn_to_onnx(
         raise ConversionError(
             f"skl2onnx could not convert {type(estimator).__name__}: {first}"
         ) from exc
+    _one_opset_per_domain(onx)
     dest = save_onnx(onx, out_path)
     outputs = tuple(o.name for o in onx.graph.output)
     err = 0.0
     if check and sample is not None:
         err = _check(estimator, dest, input_name, sample, atol)
     return ConversionReport(dest, opset, (input_name,), outputs, err)
+
+
+def _one_opset_per_domain(model: Any) -> None:
+    """skl2onnx can import the default domain twice; quantizers refuse such a model."""
+    best: dict[str, int] = {}
+    for entry in model.opset_import:
+        best[entry.domain] = max(best.get(entry.domain, 0), int(entry.version))
+    if len(best) < len(model.opset_import):
+        del model.opset_import[:]
+        for domain, version in best.items():
+            model.opset_import.add(domain=domain, version=version)
 
 
 def _check(estimator: Any, path: Path, input_name: str, sample: np.ndarray, atol: float) -> float:

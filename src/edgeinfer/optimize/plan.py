@@ -72,6 +72,8 @@ class SearchConfig:
     memory: bool = True  # peak memory of the original and the chosen model (a subprocess each)
     screen_samples: int = 32  # first measure on this many samples; drop clear failures early
     compact: bool = True  # end every recipe with the compaction pass (short names)
+    size_margin: float = 0.10  # objective size: within 10% of the smallest, the fastest wins
+    latency_margin: float = 0.03  # objective latency: within 3% of the fastest, the smallest wins
     graph: GraphConfig = field(default_factory=GraphConfig)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,12 @@ class SearchConfig:
                 )
         if self.repeats < 1 or self.batch_size < 1 or self.final_rounds < 0:
             raise InputError("repeats and batch_size must be >= 1, final_rounds >= 0")
+        for what, margin in (
+            ("size_margin", self.size_margin),
+            ("latency_margin", self.latency_margin),
+        ):
+            if not 0.0 <= margin < 1.0:
+                raise InputError(f"{what} must be a fraction in [0, 1), e.g. 0.1; got {margin}")
 
 
 def fp16_provider() -> str | None:

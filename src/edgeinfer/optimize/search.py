@@ -17,14 +17,19 @@ The original model is measured first; its outputs are the reference for fidelity
 A candidate is *within budget* when its metric is no more than ``max_drop`` worse than the
 original's. Among those, the best for the objective wins: ``latency`` (median single-sample
 latency; all measured candidates are re-timed side by side, round-robin, so that load from
-other work on the machine does not decide; within 3% of the fastest, the smaller file wins)
-or ``size`` (file bytes; within 1% of the smallest, the faster wins). If no candidate beats
-the original within budget, the original is kept and the result says so.
+other work on the machine does not decide; within 3% of the fastest, the smallest file wins)
+or ``size`` (file bytes; within 10% of the smallest, the fastest wins: a few percent of
+file size are rarely worth several times the latency). The margins are settings
+(``latency_margin``, ``size_margin``); when one changes the winner, the result's notes say
+so in a line. If no candidate beats the original within budget, the original is kept and
+the result says so. A candidate whose pass has nothing to do (no operator it quantizes) is
+skipped with the reason; one that fails says why in one line; neither ends the search.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -37,6 +42,7 @@ from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate, SearchResult
 from edgeinfer.optimize.data import Dataset
+from edgeinfer.optimize.errors import NotApplicable
 from edgeinfer.optimize.evaluate import Evaluation, compare_latency, evaluate, peak_memory
 from edgeinfer.optimize.metrics import Metric, parse_metric
 from edgeinfer.optimize.passes.graph import looks_like_transformer
@@ -58,6 +64,7 @@ __all__ = [
     "SearchConfig",
     "SearchResult",
     "choose",
+    "failure",
     "search",
 ]
 
@@ -66,8 +73,6 @@ log = logging.getLogger(__name__)
 ORIGINAL = "original"
 _SCREEN = 3.0  # a screened candidate dropping over 3x the budget is not measured further
 _COUNTING = frozenset({"accuracy", "topk", "f1", "agreement"})  # metrics that count samples
-_LATENCY_TIE = 1.03  # latencies within 3% of the fastest count as equal
-_SIZE_TIE = 1.01  # sizes within 1% of the smallest count as equal
 Progress = Callable[[str, Candidate, int, int], None]  # (event, candidate, index, total)
 
 
@@ -151,10 +156,12 @@ def search(
                     cand.reason = f"screened out on {len(screen)} samples (far outside budget)"
             if ev is None:
                 ev, _ = measure(applied.path, data, reference, providers)
+        except NotApplicable as exc:
+            cand.status, cand.reason = "skipped", failure(exc, workdir)
+            report("skipped", cand, index, total)
+            continue
         except Exception as exc:  # one broken candidate must not end the whole search
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            prefix = "" if isinstance(exc, EdgeInferError) else f"{type(exc).__name__}: "
-            cand.status, cand.reason = "failed", prefix + first
+            cand.status, cand.reason = "failed", failure(exc, workdir)
             log.debug("candidate %s failed:\n%s", cand.name, traceback.format_exc())
             report("failed", cand, index, total)
             continue
@@ -179,6 +186,19 @@ def search(
         time.perf_counter() - start,
         notes,
     )
+
+
+def failure(exc: BaseException, workdir: Path) -> str:
+    """One line a user can act on: no traceback, no scratch-file paths (they are gone)."""
+    text = " ".join(str(exc).split())
+    for scratch in {str(workdir), str(Path(workdir).resolve())}:
+        text = re.sub(rf"{re.escape(scratch)}/\S*?\.onnx\b:?", "the candidate model", text)
+    text = re.sub(r"\S*/edgeinfer-\w+-\w+/\S*?\.\w+\b:?", "a scratch file", text)
+    text = re.sub(r"Load model from \S+ failed: ?", "", text)
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    if not isinstance(exc, EdgeInferError):
+        text = f"{type(exc).__name__}: {text}"
+    return text.strip()[:300]
 
 
 def choose(
@@ -224,18 +244,38 @@ def choose(
     def size(c: Candidate) -> float:
         return float(c.evaluation.size_bytes) if c.evaluation else float("inf")
 
+    # The original takes part: a candidate a little smaller (or faster) than the original
+    # but far worse on the other count is not worth shipping.
+    pool = [baseline, *within]
     if config.objective == "size":
-        # Sizes within 1% are a tie: the faster one wins.
-        smallest = min(size(c) for c in within)
-        best = min((c for c in within if size(c) <= smallest * _SIZE_TIE), key=_latency)
-        if size(best) >= size(baseline):
-            return baseline, "no candidate within budget is smaller than the original", notes
+        # A few percent of file size are rarely worth several times the latency: sizes
+        # within the margin of the smallest count as equal, and the fastest of them wins.
+        first = min(pool, key=size)
+        near = [c for c in pool if size(c) <= size(first) * (1.0 + config.size_margin)]
+        best = min(near, key=_latency)
+        margin = f"sizes within {config.size_margin:.0%} of the smallest count as equal"
+        rest = "the fastest of them wins"
+        other = f"{size(best) / size(first) - 1:.0%} larger than"
+        gain = f"{_latency(first) / _latency(best):.2f}x faster"
     else:
-        # Latencies within 3% are a tie on a shared machine: the smaller file wins.
-        fastest = min(_latency(c) for c in within)
-        best = min((c for c in within if _latency(c) <= fastest * _LATENCY_TIE), key=size)
-        if _latency(best) >= _latency(baseline):
-            return baseline, "no candidate within budget is faster than the original", notes
+        # Latencies within the margin are a tie on a shared machine: the smaller file wins.
+        first = min(pool, key=_latency)
+        limit_ms = _latency(first) * (1.0 + config.latency_margin)
+        best = min((c for c in pool if _latency(c) <= limit_ms), key=size)
+        margin = f"latencies within {config.latency_margin:.0%} of the fastest count as equal"
+        rest = "the smallest of them wins"
+        other = f"{_latency(best) / _latency(first) - 1:.0%} slower than"
+        gain = f"{size(best) / size(first):.2f}x its size"
+    goal = "smaller" if config.objective == "size" else "faster"
+    if best is not first:
+        notes.append(
+            f"objective {config.objective}: {best.name} is {other} {first.name} and {gain}; "
+            f"{margin}, {rest}"
+        )
+    if best is baseline:
+        if first is baseline:
+            return baseline, f"no candidate within budget is {goal} than the original", notes
+        return baseline, f"keeping the original: {notes[-1]}", notes
     ev, base = best.evaluation, baseline.evaluation
     assert ev is not None
     speed = baseline.latency_ms / best.latency_ms if best.latency_ms > 0 else float("nan")

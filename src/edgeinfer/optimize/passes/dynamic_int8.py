@@ -12,17 +12,23 @@ without VNNI at some cost in precision.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx
+from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx, save_onnx
+from edgeinfer.optimize.errors import NotApplicable
 from edgeinfer.optimize.passes.base import PassResult, require_choice, run_tool
+from edgeinfer.optimize.passes.prepare import prepare
 
 __all__ = ["NAME", "DynamicInt8Config", "run"]
 
 NAME = "dynamic_int8"
+# ONNX Runtime's dynamic INT8 kernels (its IntegerOpsRegistry, less Transpose, which only
+# follows a quantized input)
+_INTEGER_OPS = ("Attention", "Conv", "EmbedLayerNormalization", "Gather", "LSTM", "MatMul")
 
 WeightType = Literal["int8", "uint8"]
 
@@ -64,22 +70,37 @@ def run(model: Path, config: DynamicInt8Config, out_path: Path) -> PassResult:
 
     model, out_path = Path(model), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    run_tool(
-        "dynamic INT8 quantization",
-        quantize_dynamic,
-        os.fspath(model),
-        os.fspath(out_path),
-        weight_type=quant_type(config.weight_type),
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        op_types_to_quantize=list(config.op_types) if config.op_types else None,
-        nodes_to_exclude=list(config.nodes_to_exclude),
-        # Fused ONNX Runtime operators have no ONNX type inference; their outputs are float.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    # Dynamic QuantizeLinear needs no opset 13: only the exporters' quirks are fixed.
+    proto, info = prepare(load_onnx(model), min_opset=0)
+    have = {n.op_type for n in proto.graph.node}
+    wanted = set(config.op_types or _INTEGER_OPS)
+    if not have & wanted:
+        ops = ", ".join(sorted(have)[:6]) + (", ..." if len(have) > 6 else "")
+        raise NotApplicable(
+            f"nothing to quantize: no operator here has a dynamic INT8 kernel (the model has {ops})"
+        )
+    with tempfile.TemporaryDirectory(prefix="edgeinfer-dynamic-", dir=out_path.parent) as tmp:
+        source = model
+        if info:
+            source = Path(tmp) / "prepared.onnx"
+            save_onnx(proto, source)
+        del proto
+        run_tool(
+            "dynamic INT8 quantization",
+            quantize_dynamic,
+            os.fspath(source),
+            os.fspath(out_path),
+            weight_type=quant_type(config.weight_type),
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            op_types_to_quantize=list(config.op_types) if config.op_types else None,
+            nodes_to_exclude=list(config.nodes_to_exclude),
+            # Fused ONNX Runtime operators have no ONNX type inference; their outputs are float.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     cap_ir_version(out_path)
-    info = {
-        "quantized_ops": quantized_ops(load_onnx(out_path)),
-        "excluded": list(config.nodes_to_exclude),
-    }
+    info.update(
+        quantized_ops=quantized_ops(load_onnx(out_path)),
+        excluded=list(config.nodes_to_exclude),
+    )
     return PassResult(out_path, info)

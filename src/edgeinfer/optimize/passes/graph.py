@@ -3,6 +3,8 @@
 The usual first step of every recipe, and the quantization pre-processing ONNX Runtime
 recommends:
 
+0. Models from other exporters are brought to one default-domain opset entry and opset 13
+   or newer (:mod:`.prepare`), as per-channel QDQ needs.
 1. For BERT-like models, ``onnxruntime.transformers.optimizer`` fuses attention, layer
    normalization, GELU and embedding subgraphs into single ONNX Runtime operators
    (``Attention``, ``SkipLayerNormalization``, ...). Fused models run only on ONNX Runtime.
@@ -31,6 +33,7 @@ from typing import Any, Literal
 from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx, save_onnx
 from edgeinfer.optimize.errors import OptimizeError
 from edgeinfer.optimize.passes.base import PassResult, quiet, require_choice, run_tool
+from edgeinfer.optimize.passes.prepare import QDQ_OPSET, prepare
 
 __all__ = ["NAME", "GraphConfig", "detect_attention_shape", "looks_like_transformer", "run"]
 
@@ -50,12 +53,17 @@ class GraphConfig:
     num_heads: int = 0  # attention heads (0: detect from the graph)
     hidden_size: int = 0  # hidden size (0: detect from the graph)
     shape_inference: bool = True  # symbolic + ONNX shape inference after optimizing
+    min_opset: int = QDQ_OPSET  # older default-domain opsets are converted up (0: never)
 
     def __post_init__(self) -> None:
         require_choice("graph level", self.level, ("none", "basic", "extended"))
         require_choice("graph transformer", self.transformer, ("auto", "bert", "off"))
         if self.num_heads < 0 or self.hidden_size < 0:
             raise OptimizeError("num_heads and hidden_size must be >= 0 (0: detect)")
+        if self.min_opset < 0:
+            raise OptimizeError(
+                f"min_opset must be >= 0 (0: keep the model's), got {self.min_opset}"
+            )
 
 
 def looks_like_transformer(model: Any) -> bool:
@@ -191,14 +199,16 @@ def _preprocess(src: Path, dst: Path, *, optimize: bool) -> str:
     """quant_pre_process with symbolic shape inference, falling back to ONNX's alone."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # Resolved before the working directory changes: a relative path would point elsewhere.
+    src, dst = src.resolve(), dst.resolve()
     for symbolic in (True, False):
         try:
             # ONNX Runtime's symbolic shape inference writes scratch files (a temporary
             # model and its external data) into the current directory: keep them in ours.
             with quiet(), _scratch_cwd(dst.parent):
                 quant_pre_process(
-                    os.fspath(src.resolve()),
-                    os.fspath(dst.resolve()),
+                    os.fspath(src),
+                    os.fspath(dst),
                     skip_optimization=not optimize,
                     skip_symbolic_shape=not symbolic,
                 )
@@ -219,6 +229,11 @@ def run(model: Path, config: GraphConfig, out_path: Path) -> PassResult:
     before = len(proto.graph.node)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-graph-", dir=out_path.parent) as tmp:
         current = model
+        proto, prepared = prepare(proto, config.min_opset)
+        if prepared:
+            info.update(prepared)
+            current = Path(tmp) / "prepared.onnx"
+            save_onnx(proto, current)
         want_fusion = config.transformer == "bert" or (
             config.transformer == "auto" and looks_like_transformer(proto)
         )

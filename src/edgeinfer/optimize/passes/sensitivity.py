@@ -215,13 +215,18 @@ def run(model: Path, config: SensitivityConfig, out_path: Path) -> PassResult:
     data = data.head(config.max_samples)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-sens-", dir=out_path.parent) as tmp:
+        source, quant = model, config.quantization
+        if isinstance(quant, StaticInt8Config):
+            source, quant, _ = static_int8.prepared(model, quant, Path(tmp))
         first, ranges = Path(tmp) / "quantized.onnx", Path(tmp) / "ranges.json"
-        _quantize(model, config.quantization, first, ranges)
-        ranking = rank_nodes(model, first, data, config.batch_size)
+        _quantize(source, quant, first, ranges)
+        ranking = rank_nodes(source, first, data, config.batch_size)
         if not ranking:
             raise InputError(f"{model}: the quantizer changed no node; nothing to rank or exclude")
         excluded = [e.node for e in ranking[: config.exclude]]
-        _quantize(model, _with_excluded(config.quantization, excluded), out_path, ranges)
+        _quantize(source, _with_excluded(quant, excluded), out_path, ranges)
+    if isinstance(quant, StaticInt8Config):
+        static_int8.check_loads(out_path, "static INT8 quantization")
     info = {
         "excluded": excluded,
         "ranking": [

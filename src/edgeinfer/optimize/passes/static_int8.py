@@ -18,18 +18,31 @@ classic way static INT8 collapses a model: the search measures every result.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx
+from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx, save_onnx
 from edgeinfer.errors import InputError
 from edgeinfer.optimize.data import DataSource, calibration_reader, load_dataset, model_specs
-from edgeinfer.optimize.passes.base import DATA, PassResult, require_choice, run_tool
+from edgeinfer.optimize.errors import NotApplicable, OptimizeError
+from edgeinfer.optimize.passes.base import DATA, PassResult, quiet, require_choice, run_tool
 from edgeinfer.optimize.passes.dynamic_int8 import quant_type, quantized_ops
+from edgeinfer.optimize.passes.prepare import QDQ_OPSET, default_opset, prepare
 
-__all__ = ["METHODS", "NAME", "StaticInt8Config", "calibrate", "quantize", "run"]
+__all__ = [
+    "METHODS",
+    "NAME",
+    "StaticInt8Config",
+    "calibrate",
+    "check_loads",
+    "prepared",
+    "quantize",
+    "run",
+    "runtime_reason",
+]
 
 NAME = "static_int8"
 _ENTROPY_BINS = 512  # histogram bins for entropy calibration (KL search over 64..256)
@@ -146,18 +159,72 @@ def quantize(model: Path, config: StaticInt8Config, cache: Path, out_path: Path)
     cap_ir_version(out_path)
 
 
+def prepared(
+    model: Path, config: StaticInt8Config, workdir: Path
+) -> tuple[Path, StaticInt8Config, dict[str, Any]]:
+    """``(model, config, info)`` ready for the quantizer (see :mod:`.prepare`).
+
+    The model is rewritten into ``workdir`` only if something had to change. Below opset
+    13 (the converter could not raise it) weights get per-tensor scales, which older
+    opsets can express. A model without any operator the quantizer handles is
+    :class:`NotApplicable`: calibrating it would collect nothing.
+    """
+    proto, info = prepare(load_onnx(model))
+    if default_opset(proto) < QDQ_OPSET and config.per_channel:
+        config = replace(config, per_channel=False)
+        info["per_channel"] = f"off: per-channel QDQ needs opset {QDQ_OPSET}"
+    have = {n.op_type for n in proto.graph.node}
+    if not have & set(_op_types(config)):
+        ops = ", ".join(sorted(have)[:6]) + (", ..." if len(have) > 6 else "")
+        raise NotApplicable(
+            f"nothing to quantize: no operator here has an INT8 kernel (the model has {ops})"
+        )
+    if not info:
+        return model, config, info
+    path = Path(workdir) / "prepared.onnx"
+    save_onnx(proto, path)
+    return path, config, info
+
+
+def check_loads(path: Path, what: str) -> None:
+    """Refuse a quantized model that ONNX Runtime cannot load, in one actionable line."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        with quiet():
+            ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise OptimizeError(
+            f"{what} wrote a model ONNX Runtime cannot load ({runtime_reason(exc)}); "
+            "keep the node it names in float (nodes_to_exclude) or try per_channel=False"
+        ) from exc
+
+
+def runtime_reason(exc: BaseException) -> str:
+    """ONNX Runtime's complaint without its code prefix, file paths and type listings."""
+    text = " ".join(str(exc).split())
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"Load model from \S+ failed: ?", "", text)
+    text = re.sub(r" : \(.*", "", text)  # the node's inputs with their types
+    return text.strip()[:200] or type(exc).__name__
+
+
 def run(model: Path, config: StaticInt8Config, out_path: Path) -> PassResult:
     """Calibrate on ``config.calibration``, quantize to QDQ INT8 and write ``out_path``."""
     model, out_path = Path(model), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgeinfer-static-", dir=out_path.parent) as tmp:
+        source, config, info = prepared(model, config, Path(tmp))
         cache = Path(tmp) / "ranges.json"
-        samples = calibrate(model, config, cache)
-        quantize(model, config, cache, out_path)
-    info = {
-        "calibration_samples": samples,
-        "method": config.method,
-        "quantized_ops": quantized_ops(load_onnx(out_path)),
-        "excluded": list(config.nodes_to_exclude),
-    }
+        samples = calibrate(source, config, cache)
+        quantize(source, config, cache, out_path)
+    check_loads(out_path, f"static INT8 quantization ({config.method} calibration)")
+    info.update(
+        calibration_samples=samples,
+        method=config.method,
+        quantized_ops=quantized_ops(load_onnx(out_path)),
+        excluded=list(config.nodes_to_exclude),
+    )
     return PassResult(out_path, info)
