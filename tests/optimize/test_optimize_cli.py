@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,7 @@ def test_optimize_command(digits_bundle: Path, files: dict[str, Path], tmp_path:
         ],
     )
     assert result.exit_code == 0, result.output
-    for column in ("candidate", "size", "latency", "metric", "within budget?"):
+    for column in ("candidate", "size", "latency", "speed", "accuracy", "in budget"):
         assert column in result.output
     assert "static-int8-minmax" in result.output and "chose" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
@@ -112,3 +113,56 @@ def test_distill_command(digits_bundle: Path, files: dict[str, Path], tmp_path: 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["inputs"][0]["name"] == "pixels"
     assert "distill" in manifest["metrics"]
+
+
+@pytest.mark.slow
+def test_optimize_table_reads_at_80_columns(
+    digits_bundle: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """COLUMNS=80 (a narrow terminal, or output redirected to a file): nothing is cut."""
+    out = tmp_path / "int8"
+    result = CliRunner(env={"COLUMNS": "80"}).invoke(
+        build_app(),
+        [
+            "optimize",
+            str(digits_bundle),
+            "--eval",
+            str(files["eval"]),
+            "--max-drop",
+            "0.0",
+            "--metric",
+            "max_abs_error",
+            "--out",
+            str(out),
+            "--no-memory",
+            "--repeats",
+            "3",
+            "--candidates",
+            "dynamic-int8-per-channel,dynamic-int8-per-channel-unfused,static-int8-minmax,fp16",
+            "--threads",
+            "1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    paths = ("bundle: ", "report: ")  # printed whole, for copying; the terminal wraps them
+    assert max(len(line) for line in lines if not line.startswith(paths)) <= 80
+    start = next(i for i, line in enumerate(lines) if line.startswith("candidate "))
+    table = "\n".join(lines[start : start + 12])
+    # whole names (long ones broken at a dash), sizes with units, no cut cells
+    names = [line.split(" ")[0] for line in lines[start:]]
+    assert "dynamic-int8-per-channel" in names and "-unfused" in names
+    assert "…" not in result.output and "kB" in table
+    assert "metric" in lines[start]  # "max_abs_error" is too wide a header; the title names it
+    # every reason in full, below the table, as numbered notes
+    text = " ".join(result.output.split())
+    assert re.search(
+        r"\[\d\] dynamic-int8-per-channel-unfused \(skip\): no transformer fusion to leave out",
+        text,
+    )
+    assert "report.md, report.json" in text  # paths are never broken by the wrapping
+    assert "static-int8-minmax (skip): no calibration data (give --calibration)" in text
+    assert (
+        "fp16 (skip): no GPU/NPU execution provider here; ONNX Runtime's CPU provider runs" in text
+    )
+    assert "none of the 1 measured candidates met the budget" in text

@@ -62,5 +62,5 @@ def test_demo_stage_prints_the_candidate_table(tmp_path: Path) -> None:
     console = Console(record=True, width=200)
     ctx = run_demo(tmp_path, stages=["foundation", "optimize"], console=console, fast=True)
     text = console.export_text()
-    assert "digits CNN: candidates" in text and "within budget?" in text
+    assert "digits CNN: candidates" in text and "in budget" in text
     assert (ctx.artifacts["digits_int8_bundle"] / "manifest.json").is_file()

@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from edgeinfer.errors import InputError
 
@@ -98,10 +99,15 @@ def _finish(console: Console, outcome: Any) -> None:
         candidate_table(result, title=f"{result.metric.name}, objective {result.objective}")
     )
     colour = "yellow" if result.kept_original else "green"
-    console.print(f"[{colour}]{result.message}[/]", highlight=False)
-    console.print(f"bundle: {outcome.bundle.path}  (v{outcome.bundle.version})")
+    console.print(Text(result.message, style=colour))
+    for note in result.notes:
+        console.print(Text(f"- {note}", style="dim"))
+    # Paths are printed whole (soft wrap): a path broken by a newline cannot be copied.
+    console.print(f"bundle: {outcome.bundle.path}  (v{outcome.bundle.version})", soft_wrap=True)
     if outcome.report_dir is not None:
-        console.print(f"report: {outcome.report_dir}/report.md, report.json, report.png")
+        console.print(
+            f"report: {outcome.report_dir}/report.md, report.json, report.png", soft_wrap=True
+        )
 
 
 def optimize(

@@ -65,6 +65,13 @@ class Metric:
         return self.kind not in _LOWER_IS_BETTER
 
     @property
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The values the metric can take (None: unbounded), e.g. to clamp a plot's axis."""
+        if self.kind in _LOWER_IS_BETTER:
+            return 0.0, None
+        return (-1.0 if self.kind in ("cosine", "min_cosine") else 0.0), 1.0
+
+    @property
     def needs_labels(self) -> bool:
         return self.kind in _NEEDS_LABELS
 

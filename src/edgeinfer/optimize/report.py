@@ -20,11 +20,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from edgeinfer.optimize.candidate import Candidate, SearchResult
 
-__all__ = ["Row", "report_dir_for", "rows", "write_report"]
+__all__ = [
+    "Row",
+    "break_name",
+    "candidate_table",
+    "clamp_axis",
+    "place_labels",
+    "report_dir_for",
+    "rows",
+    "write_report",
+]
 
 Row = dict[str, str]
 COLUMNS = ("candidate", "size", "latency", "metric", "drop", "within budget?", "note")
-_NOTE_CHARS = 48  # notes longer than this are cut in the terminal table
+_NAME_WIDTH = 24  # characters of a candidate name per line in the terminal table
 
 
 def report_dir_for(bundle_dir: Path) -> Path:
@@ -109,6 +118,72 @@ def _markdown(result: SearchResult, title: str, plot: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def clamp_axis(ax: Any, bounds: tuple[float | None, float | None]) -> None:
+    """Keep the metric axis inside the metric's range (accuracy never reads 1.02)."""
+    low, high = ax.get_ylim()
+    lo, hi = bounds
+    if hi is not None and high > hi:
+        high = hi  # points on the bound are drawn unclipped
+    if lo is not None and low < lo:
+        low = lo
+    if high - low < 1e-9:  # every point on the bound: a small window below it
+        low = high - 0.01
+    ax.set_ylim(low, high)
+    if hi is not None:
+        ax.axhline(hi, color="black", linewidth=0.6, alpha=0.4)
+
+
+_OFFSETS = ((6, 4), (6, -11), (-14, 4), (-14, -11), (6, 14), (-14, 14), (6, -21), (-14, -21))
+
+
+def place_labels(ax: Any, points: list[tuple[float, float]], fontsize: float) -> list[Any]:
+    """Number every point; move a label to the first offset where it overlaps nothing.
+
+    Candidates often measure alike (the same latency, the same accuracy), so labels
+    written at one fixed offset pile up on each other. Boxes are estimated in display
+    pixels; a label that finds no free offset takes the least crowded one.
+    """
+    fig = ax.figure
+    scale = fig.dpi / 72.0
+    height = fontsize * scale * 1.2
+    taken: list[tuple[float, float, float, float]] = []
+    marks = [tuple(ax.transData.transform(p)) for p in points]
+    r = 4 * scale  # a marker's half width
+    for x, y in marks:  # the points themselves are in the way too
+        taken.append((x - r, y - r, x + r, y + r))
+
+    frame = ax.bbox
+
+    def overlaps(box: tuple[float, float, float, float]) -> int:
+        outside = not (
+            frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] and box[3] <= frame.y1
+        )
+        return int(outside) + sum(
+            1 for b in taken if box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+        )
+
+    labels: list[Any] = []
+    for number, (point, (x, y)) in enumerate(zip(points, marks, strict=True)):
+        width = 0.62 * fontsize * scale * len(str(number))
+        best, best_hits = _OFFSETS[0], None
+        for dx, dy in _OFFSETS:
+            px, py = x + dx * scale, y + dy * scale
+            box = (px, py, px + width, py + height)
+            hits = overlaps(box)
+            if best_hits is None or hits < best_hits:
+                best, best_hits = (dx, dy), hits
+            if hits == 0:
+                break
+        px, py = x + best[0] * scale, y + best[1] * scale
+        taken.append((px, py, px + width, py + height))
+        labels.append(
+            ax.annotate(
+                str(number), point, fontsize=fontsize, textcoords="offset points", xytext=best
+            )
+        )
+    return labels
+
+
 def _plot(result: SearchResult, path: Path) -> bool:
     try:
         import matplotlib
@@ -122,26 +197,20 @@ def _plot(result: SearchResult, path: Path) -> bool:
     ]
     name = result.metric.name
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    for number, c in enumerate(measured):
+    points: list[tuple[float, float]] = []
+    for c in measured:
         ev = c.evaluation
         assert ev is not None
         chosen = c is result.chosen
+        points.append((c.latency_ms, ev.metrics[name]))
         ax.scatter(
-            c.latency_ms,
-            ev.metrics[name],
+            *points[-1],
             s=180 if chosen else 45,
             color="tab:green" if c.within_budget else "tab:red",
             marker="*" if chosen else "o",
             zorder=3,
             edgecolors="black" if chosen else "none",
-        )
-        # Numbers, not names, by the points: names of close candidates would overlap.
-        ax.annotate(
-            str(number),
-            (c.latency_ms, ev.metrics[name]),
-            fontsize=8,
-            textcoords="offset points",
-            xytext=(5, 3),
+            clip_on=False,
         )
     base = result.baseline.evaluation
     if base is not None:
@@ -149,7 +218,12 @@ def _plot(result: SearchResult, path: Path) -> bool:
         allowed = result.budget.allowed(value)
         edge = value - allowed if result.metric.higher_is_better else value + allowed
         ax.axhline(edge, color="gray", linestyle="--", linewidth=1, label="budget edge")
-        ax.legend(loc="best", fontsize=8)
+        ax.legend(
+            loc="lower right" if result.metric.higher_is_better else "upper right", fontsize=8
+        )
+    ax.margins(x=0.08, y=0.08)
+    ax.autoscale_view()
+    clamp_axis(ax, result.metric.bounds)
     ax.set_xlabel("latency, ms (median, batch 1)")
     ax.set_ylabel(name)
     ax.set_title(f"latency vs {name} (star: chosen; green: within budget)", fontsize=10)
@@ -165,6 +239,9 @@ def _plot(result: SearchResult, path: Path) -> bool:
     bars.set_xlabel(f"file size, {unit}")
     bars.set_title("size (numbers match the points)", fontsize=10)
     fig.tight_layout()
+    # Numbers, not names, by the points (the bar chart names them), placed once the
+    # layout is final, so that their pixel positions are known.
+    place_labels(ax, points, fontsize=8)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
@@ -193,24 +270,75 @@ def write_report(
     return out_dir
 
 
-def candidate_table(result: SearchResult, title: str = "candidates") -> Any:
-    """The candidate table as a ``rich.table.Table`` (for the CLI and the demo)."""
-    from rich.table import Table
+def _ms(ms: float) -> str:
+    if math.isnan(ms):
+        return "-"
+    return f"{ms:.3g} ms" if ms < 100 else f"{ms:.0f} ms"
 
-    table = Table(title=title)
-    for col in COLUMNS:
-        table.add_column(
-            col,
-            justify="right" if col in ("size", "latency", "metric") else "left",
-            overflow="fold",
-        )
-    for row in rows(result):
-        if len(row["note"]) > _NOTE_CHARS:
-            row["note"] = row["note"][: _NOTE_CHARS - 1] + "…"  # the full text is in report.md
-        row["latency"] = row["latency"].replace(" speed)", ")")
-        within = row["within budget?"]
-        style = "green" if within == "yes" else ("dim" if within in ("skipped",) else None)
-        if "(chosen)" in row["candidate"]:
-            style = "bold green"
-        table.add_row(*(row[c] for c in COLUMNS), style=style)
-    return table
+
+def break_name(name: str, width: int = _NAME_WIDTH) -> str:
+    """A candidate name on lines of at most ``width``, broken before ``+`` and at ``-``.
+
+    Terminal tables wrap only at spaces; a long name would otherwise be cut anywhere
+    ("dynamic-i/nt8"). Names stay whole words a user can copy into ``--candidates``.
+    """
+    lines: list[str] = []
+    for part in name.replace("+", "\n+").split("\n"):
+        while len(part) > width:
+            cut = part.rfind("-", 1, width + 1)
+            cut = cut if cut > 0 else width
+            lines.append(part[:cut])
+            part = part[cut:]
+        lines.append(part)
+    return "\n".join(lines)
+
+
+def candidate_table(result: SearchResult, title: str = "candidates") -> Any:
+    """The candidate table for a terminal, with every reason in full below it.
+
+    Fits 80 columns (``COLUMNS=80``, or output redirected to a file): a short set of
+    columns, names broken at their dashes, sizes in kB/MB, and the reasons (why a
+    candidate failed, was skipped or screened out) as numbered notes under the table
+    instead of cut-off cells. Returns a rich renderable (``console.print`` it).
+    """
+    from rich import box
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    name = result.metric.name
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    header = name if len(name) <= 8 else "metric"  # the title names it
+    for col in ("candidate", "size", "latency", "speed", header, "drop", "in budget"):
+        table.add_column(col, justify="left" if col == "candidate" else "right", no_wrap=True)
+    base = result.baseline
+    notes: list[Text] = []
+    for cand in [base, *result.candidates]:
+        ev = cand.evaluation
+        state = {"skipped": "skip", "failed": "fail"}.get(cand.status, cand.status)
+        if ev is not None:
+            state = "chosen" if cand is result.chosen else ("yes" if cand.within_budget else "no")
+        if cand.reason:
+            notes.append(Text(f"[{len(notes) + 1}] {cand.name} ({state}): {cand.reason}"))
+            state = f"{state} [{len(notes)}]"
+        style = {"chosen": "bold green", "yes": "green", "skip": "dim"}.get(state.split()[0])
+        if ev is None:
+            cells = ["-"] * 5
+        else:
+            speed = base.latency_ms / cand.latency_ms if cand.latency_ms else math.nan
+            cells = [
+                _size(ev.size_bytes),
+                _ms(cand.latency_ms),
+                f"{speed:.2f}x",
+                f"{ev.metrics[name]:.4f}",
+                "-" if cand.drop is None else f"{cand.drop:+.4f}",
+            ]
+        table.add_row(Text(break_name(cand.name)), *cells, state, style=style)
+    return Group(table, *notes) if notes else table
