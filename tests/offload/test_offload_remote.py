@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from offload_helpers import Served
 
+import edgeinfer
 from edgeinfer.errors import InputError
 from edgeinfer.netem import NetemProxy
 from edgeinfer.offload import (
@@ -153,3 +154,23 @@ def test_bad_configuration(kwargs: dict[str, object], match: str) -> None:
     args: dict[str, object] = {"url": "http://127.0.0.1:1", "model": "m", **kwargs}
     with pytest.raises(InputError, match=match):
         RemoteModel(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_a_batch_larger_than_the_servers_cap_goes_as_several_requests(
+    served: Served, local: Model, transport: str
+) -> None:
+    # The server takes at most max_batch_size (8) rows per request, as Triton does; the
+    # client learns it from the model's metadata and sends 20 rows as 8 + 8 + 4.
+    url = served.url if transport == "http" else served.grpc_url
+    rows = np.random.default_rng(3).standard_normal((20, 4)).astype(np.float32)
+    before = served.infer_count()
+    with edgeinfer.RemoteModel(url, "mlp") as remote:
+        assert remote.max_rows == 8
+        result = remote.infer(rows)
+    assert served.infer_count() - before == 3
+    want = local.predict(rows)
+    assert set(result.outputs) == set(want)
+    for name, value in want.items():
+        np.testing.assert_allclose(result.outputs[name], value, rtol=1e-5, atol=1e-6)
+    assert result.stats.up_bytes > rows.nbytes

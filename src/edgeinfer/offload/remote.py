@@ -71,6 +71,23 @@ def specs_from_metadata(meta: ModelMetadata) -> Signature:
     return specs(meta.inputs), specs(meta.outputs)
 
 
+def _sum_stats(parts: Sequence[CallStats]) -> CallStats:
+    """One call's stats for a batch sent as several requests, one after the other."""
+
+    def total(values: Sequence[float | None]) -> float | None:
+        return None if any(v is None for v in values) else sum(v for v in values if v)
+
+    return CallStats(
+        seconds=sum(p.seconds for p in parts),
+        up_bytes=sum(p.up_bytes for p in parts),
+        down_bytes=sum(p.down_bytes for p in parts),
+        server_s=total([p.server_s for p in parts]),
+        download_s=total([p.download_s for p in parts]),
+        streamed_bytes=sum(p.streamed_bytes for p in parts),
+        codec_s=sum(p.codec_s for p in parts),
+    )
+
+
 def transport_of(url: str, transport: str | None = None) -> TransportName:
     """The transport a URL names (``grpc://``: gRPC; ``http(s)://``: REST), checked against
     an explicit ``transport``; a bare ``HOST:PORT`` names none, so it needs ``"grpc"``.
@@ -269,6 +286,40 @@ class RemoteModel:
                     f"{', '.join(map(repr, sorted(by_name)))}"
                 )
             specs = tuple(by_name[n] for n in outputs)
+        rows = batch_rows(feeds)
+        cap = self.max_rows
+        if cap is None or rows <= cap:
+            return self._call(feeds, outputs, specs, start, limit)
+        # The server takes at most ``cap`` rows per request (Triton refuses more): send the
+        # batch as consecutive requests within the one deadline and join the answers.
+        parts = [
+            self._call({n: a[i : i + cap] for n, a in feeds.items()}, outputs, specs, start, limit)
+            for i in range(0, rows, cap)
+        ]
+        joined = {
+            name: np.concatenate([p.outputs[name] for p in parts]) for name in parts[0].outputs
+        }
+        return RemoteResult(joined, _sum_stats([p.stats for p in parts]))
+
+    @property
+    def max_rows(self) -> int | None:
+        """The most rows the server takes per request for this model (its
+        ``max_batch_size`` property; None when it does not say or does not batch)."""
+        meta = self.metadata()
+        try:
+            cap = int(meta.properties.get("max_batch_size", "0"))
+        except ValueError:
+            return None
+        return cap if cap > 0 else None
+
+    def _call(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        outputs: Sequence[str] | None,
+        specs: tuple[TensorSpec, ...],
+        start: float,
+        limit: float,
+    ) -> RemoteResult:
         request = InferenceRequest(
             inputs=[InferTensor.from_array(n, a) for n, a in feeds.items()],
             outputs=None if outputs is None else [RequestedOutput(n) for n in outputs],
@@ -277,8 +328,7 @@ class RemoteModel:
         left = limit - (time.perf_counter() - start)
         if left <= 0:
             raise RemoteTimeout(
-                f"no time left for the call after fetching the metadata ({limit:.3g} s)",
-                url=self.url,
+                f"no time left for the call ({limit:.3g} s, metadata included)", url=self.url
             )
         response, stats = self.transport.infer(
             request, self.version, left, max_bytes=answer_limit(specs, batch_rows(feeds))
