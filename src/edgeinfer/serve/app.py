@@ -45,7 +45,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,11 +104,16 @@ async def read_body(request: Request, limit: int, why: str = "") -> bytes:
                 f"bytes{because}"
             )
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(f"request body is larger than the limit of {limit} bytes{because}")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(f"request body is larger than the limit of {limit} bytes{because}")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # A client gone mid-body (or cut off by the body timeout, which has answered 408
+        # already) is the client's doing: no traceback in the server's log.
+        raise BadRequest("the connection closed before the request body ended") from None
     return b"".join(chunks)
 
 
