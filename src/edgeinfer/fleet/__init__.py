@@ -14,16 +14,11 @@ Modules: ``reports`` (wire format, signatures), ``sketches``, ``store`` (+ ``mig
 
 from __future__ import annotations
 
+import importlib.util
+
 from edgeinfer.errors import MissingDependencyError
 
-for _package, _module in (
-    ("sqlalchemy", "sqlalchemy"),
-    ("alembic", "alembic"),
-    ("datasketches", "datasketches"),
-    ("cryptography", "cryptography"),
-    ("pydantic", "pydantic"),
-):
-    try:
-        __import__(_module)
-    except ImportError as _exc:
-        raise MissingDependencyError(_package, "fleet", "the fleet control plane") from _exc
+# found, not imported: the sketch parser's child process imports this package too
+for _module in ("sqlalchemy", "alembic", "datasketches", "cryptography", "pydantic"):
+    if importlib.util.find_spec(_module) is None:
+        raise MissingDependencyError(_module, "fleet", "the fleet control plane")

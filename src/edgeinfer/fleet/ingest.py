@@ -216,8 +216,9 @@ def _merge_sketch(
         insert(SketchRow)
         .values(**values)
         .on_conflict_do_nothing(index_elements=["model", "version", "hardware_class", "metric"])
+        .returning(SketchRow.id)
     )
-    if session.execute(stmt).rowcount == 1:  # type: ignore[attr-defined]
+    if session.execute(stmt).scalar_one_or_none() is not None:  # the first of its key
         return
     row = session.scalars(
         select(SketchRow)
