@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# System packages the test suite uses: espeak-ng speaks "okay nabu" for the real wake-word test.
+# System packages the test suite uses, from Debian's archive:
+#   espeak-ng   speaks "okay nabu" for the real wake-word test
+#   postgresql  the fleet tests run the same suite on PostgreSQL as on SQLite (the fixture
+#               starts its own server from these binaries; it fails if they are missing)
 set -euo pipefail
-if command -v espeak-ng >/dev/null 2>&1; then
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+    missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -eq 0 ]; then
     exit 0
 fi
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = "0" ]; then
-    echo "installing espeak-ng (for the wake-word test)..."
+    echo "installing ${missing[*]} (for the wake-word and fleet tests)..."
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-    echo "warning: espeak-ng is not installed and cannot be installed here;" \
-         "the wake-word speech test will be skipped (install espeak-ng to run it)" >&2
+    echo "warning: ${missing[*]} not installed and cannot be installed here;" \
+         "the wake-word speech test will be skipped without espeak-ng, and the fleet" \
+         "tests on PostgreSQL fail without postgresql (install them as root with apt-get)" >&2
 fi
