@@ -25,6 +25,10 @@ A cycle has a deadline (``cycle_timeout``) and every transfer a minimum average 
 a ``failed`` cycle retried later -- never a strike against the version being installed.
 Credentials in the repository URL never reach a log line or ``status.json``.
 
+The settings are :class:`~edgeinfer.deliver.agent_config.AgentConfig`; the lock, crash
+recovery, disk check, download cleanup and ``status.json`` of the state directory are
+:mod:`edgeinfer.deliver._agent_files`.
+
 >>> agent = Agent(AgentConfig("http://updates.local/repo", "/var/lib/edgeinfer",
 ...                           root=Path("root.json")))                 # doctest: +SKIP
 >>> agent.run_once().result                                            # doctest: +SKIP
@@ -33,9 +37,7 @@ Credentials in the repository URL never reach a log line or ``status.json``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,11 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer._version import __version__
-from edgeinfer.deliver._fsutil import crash_point, exclusive_lock, read_json
+from edgeinfer.deliver._agent_files import _AgentFiles
+from edgeinfer.deliver._fsutil import crash_point, read_json
 from edgeinfer.deliver._transfer import check_http_url, disk_full, scrub, split_userinfo
 from edgeinfer.deliver._tuf_client import PacedFetcher, open_updater, refresh_targets
+from edgeinfer.deliver.agent_config import AgentConfig
 from edgeinfer.deliver.delta import apply_delta
-from edgeinfer.deliver.download import DownloadConfig, Downloader, target_url
+from edgeinfer.deliver.download import Downloader, target_url
 from edgeinfer.deliver.errors import (
     AgentError,
     DeltaError,
@@ -55,41 +59,15 @@ from edgeinfer.deliver.errors import (
     UpdateDownloadError,
     UpdateRefused,
 )
-from edgeinfer.deliver.gate import GateConfig, GateResult, run_gate
+from edgeinfer.deliver.gate import GateResult, run_gate
 from edgeinfer.deliver.select import Device, choose
 from edgeinfer.deliver.slots import SlotStore
-from edgeinfer.deliver.state import (
-    CycleResult,
-    History,
-    device_id,
-    report_status,
-    utc_now,
-    write_status,
-)
+from edgeinfer.deliver.state import CycleResult, History, device_id, utc_now
 from edgeinfer.errors import BundleError
 
 __all__ = ["Agent", "AgentConfig"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    repo_url: str  # base URL of the repository (holds metadata/ and targets/)
-    state_dir: Path
-    root: Path | None = None  # trusted root.json, needed on the first run only
-    model: str | None = None  # model name; None: the installed one, or the repository's only one
-    channel: str = "stable"
-    device_id: str | None = None  # None: a random id generated once and kept in state_dir
-    version_floor: int = 0  # never install a version below this
-    min_free_bytes: int = 32 << 20  # bytes that must stay free after the update
-    use_deltas: bool = True
-    report_url: str | None = None  # POST status.json here after each cycle
-    report_timeout: float = 5.0  # seconds
-    max_trial_crashes: int = 2  # trials cut short by a crash before a version counts as bad
-    cycle_timeout: float = 3600.0  # seconds; transfers stop here (downloads resume next cycle)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
 
 
 @dataclass
@@ -102,7 +80,7 @@ class _Cycle:
     step: str = "recovering"  # what the cycle was doing, for a failure's message
 
 
-class Agent:
+class Agent(_AgentFiles):
     """Keeps one model on this device up to date from a TUF repository."""
 
     def __init__(self, config: AgentConfig) -> None:
@@ -325,44 +303,6 @@ class Agent:
     def _targets_url(self) -> str:
         return self._repo_base + "/targets"
 
-    # ------------------------------------------------------------ housekeeping
-    def _recover(self, history: History) -> None:
-        interrupted = self.slots.recover()
-        if interrupted is not None:
-            n = history.strike(interrupted.sha256)
-            logger.warning(
-                "rolled back %s v%d: its trial was cut short by a crash (%d of %d allowed)",
-                interrupted.name,
-                interrupted.version,
-                n,
-                self.config.max_trial_crashes,
-            )
-            if n >= self.config.max_trial_crashes:
-                history.mark_bad(
-                    interrupted.sha256,
-                    interrupted.name,
-                    interrupted.version,
-                    f"the agent died {n} times during its health gate",
-                )
-        if self.metadata_dir.is_dir():  # ngclient's own temporary files
-            for tmp in self.metadata_dir.glob("tmp*"):
-                tmp.unlink(missing_ok=True)
-        if self.downloads.is_dir():
-            for tmp in self.downloads.glob(".*"):
-                tmp.unlink(missing_ok=True)
-
-    def _end_trial_quietly(self) -> None:
-        """A trial that ended in a failed write (a full disk): back to the committed bundle.
-
-        Never a strike against the version. When even the rollback cannot be written, the
-        pointer stays on trial without its crash marker, and the next cycle's recovery
-        finishes the rollback.
-        """
-        try:
-            self.slots.rollback()
-        except OSError as exc:
-            logger.warning("could not write the rollback yet (%s); the next cycle will", exc)
-
     def _os_failure(self, exc: OSError, cycle: _Cycle) -> str:
         """A failed cycle's reason for an ``OSError``: a full disk said plainly."""
         if disk_full(exc) is not None:
@@ -374,57 +314,3 @@ class Agent:
                 f"{cycle.step}; {stays} and tries again next cycle"
             )
         return f"{cycle.step}: {exc}"
-
-    def _clean_downloads(self, keep: set[str]) -> None:
-        if not self.downloads.is_dir():
-            return
-        for f in self.downloads.iterdir():
-            if f.name.split(".", 1)[0] not in keep:
-                if f.is_dir():
-                    shutil.rmtree(f, ignore_errors=True)
-                else:
-                    f.unlink(missing_ok=True)
-
-    def _check_disk(self, need: int) -> None:
-        self.downloads.mkdir(parents=True, exist_ok=True)
-        free = shutil.disk_usage(self.downloads).free
-        if free - need < self.config.min_free_bytes:
-            raise DiskSpaceError(
-                f"not enough disk space for the update: it needs {need / 1e6:.1f} MB and "
-                f"{self.config.min_free_bytes / 1e6:.1f} MB must stay free, but "
-                f"{free / 1e6:.1f} MB are free in {self.state_dir}"
-            )
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        path = self.state_dir / ".lock"
-        return exclusive_lock(
-            path,
-            0.0,
-            lambda: AgentError(
-                f"another agent is running on {self.state_dir} (lock {path} is held)"
-            ),
-        )
-
-    def _write_status(self, outcome: CycleResult, history: History) -> dict[str, Any]:
-        committed = self.slots.committed()
-        active = None
-        if committed is not None:
-            active = {
-                **committed.to_dict(),
-                "bundle_path": str(self.slots.bundle_dir(committed).resolve()),
-            }
-        status = {
-            "device_id": self.device_id,
-            "agent_version": self.agent_version,
-            "channel": self.config.channel,
-            "updated_at": utc_now(),
-            "active": active,
-            "last_cycle": outcome.to_dict(),
-            "bad_versions": history.bad_list(),
-        }
-        write_status(self.status_path, status)
-        return status
-
-    def _report(self, status: dict[str, Any]) -> None:
-        if self.config.report_url:
-            report_status(self.config.report_url, status, self.config.report_timeout)
