@@ -8,41 +8,34 @@ a dynamic input dimension (those stay dynamic in the halves). Whatever static in
 cannot resolve (shapes computed from data in ways it does not follow) is measured instead,
 by one ONNX Runtime run on sample inputs with those tensors added as outputs. The shapes
 as the model declares them, symbols kept, come from inference on the unmodified graph.
-
-A dynamic input dimension is sized by its symbol (``sequence``), or, when it has none,
-by ``INPUT.AXIS`` (``x.2``, as everywhere ``--dim`` is taken): exporters write unnamed
-dimensions as a missing size, as ``-1``, as ``"?"`` or ``"unk__N"``, and none of those
-says two axes have the same size.
+The inputs, their dynamic dimensions and the feeds are :mod:`edgeinfer.split._inputs`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edgeinfer.errors import BackendError, InputError
+from edgeinfer.errors import BackendError
+from edgeinfer.split._inputs import (
+    by_name,
+    declared_shape,
+    input_shapes,
+    measuring_feeds,
+)
 from edgeinfer.tensors import dtype_from_numpy, dtype_from_onnx
 
 if TYPE_CHECKING:
     import onnx
 
-__all__ = [
-    "InputShape",
-    "TensorInfo",
-    "dims_from_inputs",
-    "input_shapes",
-    "sample_feeds",
-    "tensor_infos",
-]
+__all__ = ["TensorInfo", "tensor_infos"]
 
 _MAX_PROTO = 2_000_000_000  # bytes: protobuf's limit for one serialized model
 _SKELETON_ABOVE = 4096  # bytes: initializers larger than this lose their data for inference
-_UNNAMED = re.compile(r"\?|unk__\d+")  # dim_params that mean "unknown", not a shared symbol
 
 
 @dataclass(frozen=True)
@@ -51,130 +44,6 @@ class TensorInfo:
     declared: tuple[int | str | None, ...]  # input symbols kept, derived dims measured
     bytes: int  # at batch 1
     batched: bool  # bytes grow with the batch size
-
-
-@dataclass(frozen=True)
-class InputShape:
-    name: str
-    elem_type: int
-    declared: tuple[int | str | None, ...]  # None: dynamic without a name
-    batch_axis: bool  # the first axis is dynamic: the batch
-
-    def key(self, axis: int) -> str | None:
-        """What sizes this axis in ``dims``: its symbol, ``"<input>.<axis>"`` for an
-        unnamed dynamic axis, ``None`` for a fixed one or the batch."""
-        d = self.declared[axis]
-        if isinstance(d, int) or (axis == 0 and self.batch_axis):
-            return None
-        return d if isinstance(d, str) else f"{self.name}.{axis}"
-
-    def concrete(self, batch: int, dims: Mapping[str, int]) -> list[int]:
-        out = []
-        for axis, d in enumerate(self.declared):
-            key = self.key(axis)
-            if key is not None:
-                out.append(dims[key])
-            elif isinstance(d, int):
-                out.append(d)
-            else:
-                out.append(batch)
-        return out
-
-
-def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
-    if d.HasField("dim_value"):
-        return d.dim_value if d.dim_value >= 0 else None  # -1: some exporters' "dynamic"
-    return d.dim_param if d.dim_param and not _UNNAMED.fullmatch(d.dim_param) else None
-
-
-def _declared(vi: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
-    tt = vi.type.tensor_type
-    if not tt.HasField("shape"):
-        return None
-    return tuple(_dim(d) for d in tt.shape.dim)
-
-
-def _shapes_of(model: onnx.ModelProto, where: str) -> list[InputShape]:
-    inits = {t.name for t in model.graph.initializer}
-    shapes = []
-    for vi in model.graph.input:
-        if vi.name in inits:
-            continue
-        declared = _declared(vi)
-        if declared is None:
-            raise InputError(f"{where}: input {vi.name!r} has no declared rank; cannot size cuts")
-        batch = bool(declared) and not isinstance(declared[0], int)
-        shapes.append(InputShape(vi.name, vi.type.tensor_type.elem_type, declared, batch))
-    return shapes
-
-
-def _describe(key: str, shapes: Sequence[InputShape]) -> str:
-    for s in shapes:
-        for axis in range(len(s.declared)):
-            if s.key(axis) == key and s.declared[axis] is None:
-                return f"{key!r} (input {s.name!r} axis {axis}, unnamed)"
-    return repr(key)
-
-
-def input_shapes(
-    model: onnx.ModelProto, dims: Mapping[str, int], where: str = "model"
-) -> list[InputShape]:
-    """The model inputs with their batch axis found, checking ``dims`` sizes the rest."""
-    shapes = _shapes_of(model, where)
-    bad = {k: v for k, v in dims.items() if not isinstance(v, int) or v < 1}
-    if bad:
-        raise InputError(f"{where}: dimension sizes must be integers >= 1, got {bad}")
-    keys = list(dict.fromkeys(k for s in shapes for a in range(len(s.declared)) if (k := s.key(a))))
-    unknown = [k for k in dims if k not in keys]
-    if unknown:
-        raise InputError(
-            f"{where}: unknown dimension(s) {', '.join(map(repr, unknown))}; the dynamic "
-            f"dimensions besides the batch are {', '.join(map(repr, keys)) or '(none)'}"
-        )
-    missing = [k for k in keys if k not in dims]
-    if missing:
-        raise InputError(
-            f"{where}: dynamic dimension(s) besides the batch need a size to compute the bytes "
-            f"crossing each cut: {', '.join(_describe(m, shapes) for m in missing)}; pass real "
-            f"inputs (CLI: --inputs FILE) or sizes (CLI: "
-            f"{' '.join(f'--dim {m}=N' for m in missing)}; API: dims={{...}})"
-        )
-    return shapes
-
-
-def dims_from_inputs(model: onnx.ModelProto, inputs: Any, where: str = "model") -> dict[str, int]:
-    """The sizes real ``inputs`` (name -> array, or one array for a one-input model) give
-    the dynamic dimensions besides the batch, keyed as ``dims`` is (see
-    :meth:`InputShape.key`). Inputs missing or of another rank are left to the model's own
-    input check; one symbol with two sizes is an error here."""
-    shapes = _shapes_of(model, where)
-    inputs = _by_name(shapes, inputs)
-    found: dict[str, tuple[int, str]] = {}
-    for s in shapes:
-        value = inputs.get(s.name)
-        shape = getattr(value, "shape", None)
-        if shape is None and value is not None:
-            shape = np.shape(value)
-        if shape is None or len(shape) != len(s.declared):
-            continue
-        for axis, size in enumerate(shape):
-            key = s.key(axis)
-            if key is None:
-                continue
-            seen = found.setdefault(key, (int(size), s.name))
-            if seen[0] != size:
-                raise InputError(
-                    f"{where}: dimension {key!r} is {seen[0]} in input {seen[1]!r} but {size} "
-                    f"in input {s.name!r}; inputs of one request must agree on it"
-                )
-    return {k: v[0] for k, v in found.items()}
-
-
-def _by_name(shapes: Sequence[InputShape], inputs: Any) -> Mapping[str, Any]:
-    """``inputs`` as name -> value (one bare value is the one input's)."""
-    if isinstance(inputs, Mapping):
-        return inputs
-    return {shapes[0].name: inputs} if len(shapes) == 1 else {}
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -217,50 +86,8 @@ def _infer(model: onnx.ModelProto, fixed: Mapping[str, list[int]] | None) -> dic
     for vi in [*g.input, *g.value_info, *g.output]:
         tt = vi.type.tensor_type
         if tt.elem_type:
-            out[vi.name] = (tt.elem_type, _declared(vi))
+            out[vi.name] = (tt.elem_type, declared_shape(vi))
     return out
-
-
-def sample_feeds(
-    shapes: Sequence[InputShape], batch: int, dims: Mapping[str, int]
-) -> dict[str, np.ndarray]:
-    """Plausible inputs: floats in [0, 1), masks of ones, other integers 0 (an id every
-    embedding table has)."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for s in shapes:
-        shape = s.concrete(batch, dims)
-        dt = dtype_from_onnx(s.elem_type).numpy
-        if "mask" in s.name.lower():
-            feeds[s.name] = np.ones(shape, dtype=dt)
-        elif dt.kind == "f":
-            feeds[s.name] = rng.random(shape).astype(dt)
-        elif dt.kind == "b":
-            feeds[s.name] = rng.integers(0, 2, shape).astype(dt)
-        else:
-            feeds[s.name] = np.zeros(shape, dtype=dt)
-    return feeds
-
-
-def _feeds(
-    shapes: Sequence[InputShape],
-    batch: int,
-    dims: Mapping[str, int],
-    real: Mapping[str, Any] | None,
-) -> dict[str, np.ndarray]:
-    """:func:`sample_feeds`, with each real input used where it fits these sizes (its
-    first sample repeated ``batch`` times): some models run only on real values (a sample
-    rate, token ids in a vocabulary)."""
-    feeds = sample_feeds(shapes, batch, dims)
-    for s in shapes:
-        if real is None or s.name not in real:
-            continue
-        a = np.asarray(real[s.name])
-        if s.batch_axis and a.ndim >= 1 and a.shape[0] >= 1:
-            a = np.repeat(a[:1], batch, axis=0)
-        if list(a.shape) == s.concrete(batch, dims) and a.dtype == feeds[s.name].dtype:
-            feeds[s.name] = a
-    return feeds
 
 
 def _measure(
@@ -356,7 +183,7 @@ def tensor_infos(
     """dtype, declared shape, bytes at batch 1 and batchedness of each named tensor;
     ``inputs``: real inputs to measure on where shape inference falls short."""
     shapes = input_shapes(model, dims, where)
-    real = None if inputs is None else _by_name(shapes, inputs)
+    real = None if inputs is None else by_name(shapes, inputs)
     batched_model = any(s.batch_axis for s in shapes)
     skeleton = _skeleton(model)
     declared = _infer(skeleton, None)
@@ -414,7 +241,7 @@ def tensor_infos(
     if missing:
         wanted = sorted(missing)
         keys = list(configs)
-        feeds = [_feeds(shapes, *configs[key], real) for key in keys]
+        feeds = [measuring_feeds(shapes, *configs[key], real) for key in keys]
         for key, values in zip(keys, _measure(model, wanted, feeds), strict=True):
             if isinstance(values, str):
                 # a doubled size may not fit the model (position tables), nor a batch of

@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgeinfer.errors import InputError
-from edgeinfer.split._shapes import TensorInfo, dims_from_inputs, tensor_infos
+from edgeinfer.split._inputs import dims_from_inputs
+from edgeinfer.split._shapes import TensorInfo, tensor_infos
 from edgeinfer.split._sort import node_inputs, topological_nodes
 
 if TYPE_CHECKING:

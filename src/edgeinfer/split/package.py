@@ -68,7 +68,7 @@ def read_cut_record(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _sample_inputs(source: Bundle, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
     """Sample inputs sized as the cuts were (unnamed dims too: ``x.2``)."""
-    from edgeinfer.split._shapes import input_shapes, sample_feeds
+    from edgeinfer.split._inputs import input_shapes, sample_feeds
     from edgeinfer.split.graph import load_model
 
     model = load_model(source.model_path, weights=False)

@@ -292,7 +292,7 @@ def profile_cuts(
 
     from edgeinfer.bundle import sha256_file
     from edgeinfer.runtime import load
-    from edgeinfer.split._shapes import input_shapes, sample_feeds
+    from edgeinfer.split._inputs import input_shapes, sample_feeds
     from edgeinfer.split.compress import check_mode, compress_split, restore_outputs
     from edgeinfer.split.compress import compress_outputs as quantize_outputs
     from edgeinfer.split.extract import HEAD_FILE, TAIL_FILE, SplitFiles, save_model, split_model
