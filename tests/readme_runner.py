@@ -5,6 +5,7 @@ typed into one session; bash blocks run line by line (``\\`` continues a line) w
 interpreter's ``bin`` first on ``PATH`` and ``HOME`` set to WORKDIR. A command ending in
 ``&`` is started in the background and stopped at the end, once the port it listens on
 (``--port N``, a trailing port number, or ``edgeinfer serve``'s 8000) accepts connections.
+``NAME=VALUE`` sets ``$NAME`` for the lines after it, as in one shell.
 
 A README line ``# SomeError: ...`` right after a one-line statement documents that the
 statement raises ``edgeinfer.SomeError``; the runner checks that it does. The opening
@@ -25,6 +26,7 @@ from pathlib import Path
 
 FENCE = re.compile(r"^```(python|bash)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 RAISES = re.compile(r"^# (\w+Error):")
+ASSIGN = re.compile(r"^([A-Za-z_]\w*)=(\S.*)$")
 
 
 def blocks(readme: str) -> list[tuple[str, str]]:
@@ -109,6 +111,16 @@ def main(readme_path: str, workdir: str) -> int:
             for line in logical_lines(code):
                 cmd = _uncommented(line)
                 print(f"$ {cmd}", flush=True)
+                if m := ASSIGN.match(cmd):  # NAME=... holds for the block's later lines
+                    value = subprocess.run(
+                        ["bash", "-c", f"printf %s {m.group(2)}"],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    ).stdout
+                    env[m.group(1)] = value
+                    continue
                 if cmd.endswith("&"):
                     cmd = cmd[:-1].rstrip()
                     proc = subprocess.Popen(["bash", "-c", cmd], env=env, start_new_session=True)
