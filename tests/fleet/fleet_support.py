@@ -67,6 +67,7 @@ class FleetProcess:
     url: str
     db: str
     output: list[str]
+    pump: threading.Thread
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -85,6 +86,8 @@ class FleetProcess:
         self._close()
 
     def _close(self) -> None:
+        self.pump.join(30)  # EOF once the service (and every child holding its stdout) is gone
+        assert not self.pump.is_alive(), "something still holds the fleet service's stdout"
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
@@ -113,7 +116,8 @@ def start_fleet(db: str, port: int = 0) -> FleetProcess:
             first.set()
         first.set()
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     if not first.wait(60) or not output or not output[0].startswith("fleet service on "):
         proc.kill()
         proc.wait(15)
@@ -129,7 +133,7 @@ def start_fleet(db: str, port: int = 0) -> FleetProcess:
                 proc.kill()
                 pytest.fail(f"the fleet service does not answer: {''.join(output)[-800:]}")
             time.sleep(0.05)
-    return FleetProcess(proc, url, db, output)
+    return FleetProcess(proc, url, db, output, reader)
 
 
 def token(fleet: FleetProcess, uses: int = 1) -> str:

@@ -251,14 +251,20 @@ def test_a_revoked_device_is_refused_and_cannot_enroll_again(
 
 def test_a_sketch_that_is_not_kll_is_refused(fleet: FleetProcess, tmp_path: Path) -> None:
     client = device(fleet, tmp_path / "dev")
-    good = bytes(sketches.make([1.0, 2.0, 3.0] * 50).serialize())
-    for i, bad in enumerate([b"not a sketch at all", good[:24], good[:-16]], start=1):
+    good = bytes(sketches.make([float(v) for v in range(1000)]).serialize())
+    crashing = bytearray(good)
+    crashing[29] = 30  # a level offset far past the items: datasketches reads wild memory
+    bads = [b"not a sketch at all", good[:24], good[:-16], bytes(crashing)]
+    for i, bad in enumerate(bads, start=1):
         doc = document(client, i)
         doc["payload"]["sketches"] = [
             {"metric": "latency_ms", "kll": base64.b64encode(bad).decode()}
         ]
         refused(post(fleet, sealed(client.key, doc)), 400, "not a KLL doubles sketch")
-    doc = document(client, 4)
+    assert "crashed" in post(fleet, sealed(client.key, doc)).json()["error"]
+    # the service lives on: the parser's child was replaced
+    assert fleet.proc.poll() is None
+    doc = document(client, 5)
     doc["payload"]["sketches"] = [{"metric": "latency_ms", "kll": wire.b64encode(good)}]
     assert post(fleet, sealed(client.key, doc)).status_code == 200
 

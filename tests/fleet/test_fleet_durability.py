@@ -21,6 +21,9 @@ pytestmark = pytest.mark.timeout(180)
 def test_sigkill_during_a_burst_loses_no_accepted_report(database: str, tmp_path: Path) -> None:
     service = start_fleet(database)
     clients = [device(service, tmp_path / f"dev{i}") for i in range(4)]
+    # a sketch starts the parser's children: killed with the service, they must not linger
+    sketcher = device(service, tmp_path / "sketcher")
+    assert report_cycle(sketcher, status(2), latency_ms=[1.0, 2.0]).sent == 1
     accepted: set[tuple[str, int]] = set()
     last_body: dict[str, bytes] = {}
     lock = threading.Lock()
@@ -44,7 +47,7 @@ def test_sigkill_during_a_burst_loses_no_accepted_report(database: str, tmp_path
     deadline = time.monotonic() + 60
     while len(accepted) < 40 and time.monotonic() < deadline:
         time.sleep(0.01)
-    service.kill()  # SIGKILL in the middle of the burst
+    service.kill()  # SIGKILL in the middle of the burst (and its children exit on their own)
     for t in threads:
         t.join(30)
     assert len(accepted) >= 40

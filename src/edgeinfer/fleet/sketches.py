@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from edgeinfer.fleet.errors import BadReport
+from edgeinfer.fleet.errors import BadReport, FleetUnavailable
 from edgeinfer.fleet.reports import b64decode, b64encode
 
 __all__ = ["K", "Sandbox", "encode", "make", "merge", "quantiles"]
@@ -86,6 +88,18 @@ def _check(raw: bytes) -> tuple[bytes, int]:
     return bytes(fresh.serialize()), int(fresh.n)
 
 
+def _follow_parent(parent: int) -> None:
+    """In each child: exit when the service is gone (a SIGKILLed service cannot stop its
+    children, and they would hold its stdout and wait for work forever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="follow-parent", daemon=True).start()
+
+
 def _check_in_child(raw: bytes) -> tuple[bytes, int] | str:
     try:
         return _check(raw)
@@ -94,14 +108,15 @@ def _check_in_child(raw: bytes) -> tuple[bytes, int] | str:
 
 
 class Sandbox:
-    """A child process that parses devices' sketches, so a crash there is one refusal.
+    """Child processes that parse devices' sketches, so a crash there is one refusal.
 
     ``check(text)`` returns the sketch as this service's own serialization, and its count.
-    Thread-safe; the child is started on first use and again after it dies.
+    Thread-safe; the children start on first use, and again after one dies.
     """
 
-    def __init__(self, timeout_s: float = 10.0) -> None:
-        self.timeout_s = timeout_s  # seconds one sketch may take to parse
+    def __init__(self, timeout_s: float = 30.0, workers: int = 2) -> None:
+        self.timeout_s = timeout_s  # seconds a sketch may wait and take to parse
+        self.workers = workers  # child processes
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
 
@@ -109,7 +124,12 @@ class Sandbox:
         with self._lock:
             if self._pool is None:
                 # spawn, not fork: the service runs threads, and a forked copy of them is unsafe
-                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_follow_parent,
+                    initargs=(os.getpid(),),
+                )
             return self._pool
 
     def _discard(self, pool: ProcessPoolExecutor) -> None:
@@ -119,18 +139,27 @@ class Sandbox:
         pool.shutdown(wait=False, cancel_futures=True)
 
     def check(self, text: str, what: str = "sketch") -> tuple[bytes, int]:
+        """The sketch re-serialized by the child, and its count; ``BadReport`` if it is not
+        one. A crash is tried once more in a new child before it counts against this
+        sketch (the crash may have been another request's); a child too busy to answer
+        within ``timeout_s`` is ``FleetUnavailable`` (the device sends it again later)."""
         raw = b64decode(text, what)
         why = _header_ok(raw)
-        if why is None:
+        for attempt in range(2):
+            if why is not None:
+                break
             pool = self._executor()
             try:
                 result = pool.submit(_check_in_child, raw).result(self.timeout_s)
             except BrokenProcessPool:
                 self._discard(pool)
-                result = "the sketch parser crashed on it"
+                why = None if attempt == 0 else "the sketch parser crashed on it"
+                continue
             except TimeoutError:
                 self._discard(pool)
-                result = f"parsing took longer than {self.timeout_s:g} s"
+                raise FleetUnavailable(
+                    "the sketch parser is busy; send the report again later"
+                ) from None
             if not isinstance(result, str):
                 return result
             why = result
