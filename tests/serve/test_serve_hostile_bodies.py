@@ -258,9 +258,11 @@ def test_an_oversized_binary_batch_is_refused_before_it_is_read(
 
 
 @pytest.mark.parametrize("compression", [None, grpc.Compression.Gzip])
-def test_an_oversized_grpc_batch_is_refused_before_it_is_parsed(
+def test_an_oversized_grpc_batch_is_refused_by_grpc_at_the_models_need(
     server: BackgroundServer, channel: grpc.Channel, compression: grpc.Compression | None
 ) -> None:
+    # 67072 bytes: mlp's need at max_batch_size 8, the largest of the models loaded; grpc
+    # refuses a longer message (a gzip one once it has inflated that much) itself
     req = InferenceRequest(
         [InferTensor.from_array("x", np.zeros((BIG_ROWS, 4), np.float32))], model_name="mlp"
     )
@@ -270,11 +272,55 @@ def test_an_oversized_grpc_batch_is_refused_before_it_is_parsed(
     def attack() -> None:
         with pytest.raises(grpc.RpcError) as err:
             infer(msg)  # type: ignore[operator]
-        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "larger than the limit of 67072 bytes" in str(err.value.details())
-        assert "max_batch_size 8" in str(err.value.details())
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = str(err.value.details())
+        if compression is None:
+            assert details.endswith(f"message larger than max ({msg.ByteSize()} vs. 67072)")
+        else:
+            assert "ecompressed message larger than max" in details
 
     _under_attack(server, attack, times=5)
+
+
+def test_a_62_mb_grpc_gzip_bomb_is_not_inflated_past_the_models_need(
+    server: BackgroundServer, channel: grpc.Channel
+) -> None:
+    # 62 MB of zeros, 61 KB in grpc's gzip: grpc had inflated it whole (the server's limit
+    # was 64 MiB), +190-287 MB of RSS under a bomb a second
+    msg = gc_codec.pb.ModelInferRequest(model_name="mlp")
+    msg.inputs.add(name="x", datatype="FP32", shape=[3_900_000, 4])
+    msg.raw_input_contents.append(bytes(3_900_000 * 16))
+    raw = msg.SerializeToString()
+    del msg
+    method = channel.unary_unary(
+        "/inference.GRPCInferenceService/ModelInfer",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+
+    def attack() -> None:
+        with pytest.raises(grpc.RpcError) as err:
+            method(raw, timeout=60, compression=grpc.Compression.Gzip)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "ecompressed message larger than max" in str(err.value.details())
+
+    _under_attack(server, attack, times=3)
+
+
+def test_a_grpc_message_past_its_own_models_need_names_the_model(
+    channel: grpc.Channel,
+) -> None:
+    # fixed's [2, 3] int64 needs far less than mlp's 67072 bytes, which grpc lets through:
+    # the handler holds the message to its own model before parsing it
+    msg = gc_codec.pb.ModelInferRequest(model_name="fixed")
+    msg.inputs.add(name="a", datatype="INT64", shape=[2, 3])
+    msg.raw_input_contents.append(bytes(66_000))
+    with pytest.raises(grpc.RpcError) as err:
+        _infer_stub(channel)(msg)  # type: ignore[operator]
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = str(err.value.details())
+    assert details.startswith(f"message of {msg.ByteSize()} bytes is larger than the limit of")
+    assert "the most a request for model 'fixed' can need, its inputs at their fixed" in details
 
 
 def test_one_row_past_max_batch_size_is_refused_and_names_the_limit(

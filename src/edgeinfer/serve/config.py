@@ -89,6 +89,10 @@ class ServeConfig:
     # REST connections served at once; one more is answered 503 and closed. None: no cap
     # (keep it below the process's open-file limit, ulimit -n).
     max_connections: int | None = 1000
+    # gRPC connections (serve/_grpc_listener.py) share max_connections and header_timeout_s
+    # (for the HTTP/2 preface and settings); beyond these, grpc closes or refuses.
+    grpc_max_streams: int = 100  # calls in flight on one gRPC connection (HTTP/2 streams)
+    grpc_idle_timeout_s: float = 300.0  # seconds a gRPC connection with no call stays open
 
     def __post_init__(self) -> None:
         if self.compress_min_bytes is not None and self.compress_min_bytes < 0:
@@ -106,7 +110,9 @@ class ServeConfig:
                 f"max_header_bytes {self.max_header_bytes} and max_headers {self.max_headers}: "
                 "expected at least 256 bytes and 1 field"
             )
-        for name in ("header_timeout_s", "body_timeout_s", "min_body_rate"):
+        if self.grpc_max_streams < 1:
+            raise InputError(f"grpc_max_streams {self.grpc_max_streams} must be >= 1")
+        for name in ("header_timeout_s", "body_timeout_s", "min_body_rate", "grpc_idle_timeout_s"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} {getattr(self, name)} must be > 0")
         if self.max_connections is not None and self.max_connections < 1:

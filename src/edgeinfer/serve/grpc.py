@@ -14,7 +14,8 @@ deadline, and answers ``UNAVAILABLE`` with ``retry-after-ms`` trailing metadata 
 own ``grpc-retry-pushback-ms``, which a client's retry policy obeys). The full parse and the
 authoritative admission check follow only for admitted requests. A message longer than its
 model can need (:meth:`DataPlane.request_limits`) is refused there too, before it is parsed,
-and a large message is parsed on a worker thread.
+and a large message is parsed on a worker thread. grpc itself reads no message longer than
+the loaded models can need (serve/_grpc_listener.py), compressed or not.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 from edgeinfer.protocol import grpc_codec
 from edgeinfer.protocol.errors import ProtocolError
 from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
+from edgeinfer.serve._grpc_listener import GrpcListener
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.config import ServeConfig
 from edgeinfer.serve.dataplane import DataPlane
@@ -281,7 +283,8 @@ def _unary(message_type: Any, method: Handler) -> Any:
 
 
 async def start_grpc_server(config: ServeConfig, dataplane: DataPlane) -> tuple[Any, int]:
-    """Start the gRPC server on the running loop; returns it and the port it bound."""
+    """Start the gRPC server on the running loop; returns it (a :class:`GrpcListener`, which
+    follows the models' message limit) and the port it bound."""
     s = _Servicer(dataplane, config_auth(config))
     handlers = {
         "ServerLive": _unary(pb.ServerLiveRequest, s.server_live),
@@ -291,25 +294,21 @@ async def start_grpc_server(config: ServeConfig, dataplane: DataPlane) -> tuple[
         "ModelMetadata": _unary(pb.ModelMetadataRequest, s.model_metadata),
         "ModelInfer": _infer_handler(s),
     }
-    limit = config.limits.max_body_bytes
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ]
-    )
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    address = f"{host}:{config.grpc_port}"
-    if config.ssl_keyfile and config.ssl_certfile:
-        with open(config.ssl_keyfile, "rb") as k, open(config.ssl_certfile, "rb") as c:
-            creds = grpc.ssl_server_credentials([(k.read(), c.read())])
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
-    await server.start()
-    return server, int(port)
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    def build(options: list[tuple[str, int]]) -> Any:
+        server = grpc.aio.server(options=options)
+        server.add_generic_rpc_handlers((generic,))
+        return server
+
+    def check_port(port: int) -> None:
+        from edgeinfer.serve.server import check_grpc_port
+
+        check_grpc_port(config.host, port)
+
+    listener = GrpcListener(config, dataplane, build, check_port)
+    port = await listener.start()
+    return listener, port
 
 
 def config_auth(config: ServeConfig) -> Auth:

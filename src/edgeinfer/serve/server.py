@@ -27,7 +27,7 @@ from typing import Any
 from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.serve.config import ServeConfig
 
-__all__ = ["BackgroundServer", "is_loopback", "run_server"]
+__all__ = ["BackgroundServer", "check_grpc_port", "is_loopback", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +69,20 @@ def _socket(host: str, port: int, what: str = "REST") -> socket.socket:
     return sock
 
 
+def check_grpc_port(host: str, port: int) -> None:
+    """Raise ``InputError`` naming the gRPC port if something listens there already."""
+    from edgeinfer.serve._grpc_listener import port_is_free
+
+    exc = port_is_free(host, port)
+    if exc is not None:
+        raise _bind_error("gRPC", host, port, _reason(exc)) from None
+
+
 def _check_grpc_port(config: ServeConfig) -> None:
     """Fail before startup if the gRPC port is taken (gRPC's own failure is a traceback
     from deep inside the app's startup; :class:`_StartupErrors` still catches the race)."""
     if config.grpc_port:
-        probe = _socket(config.host, config.grpc_port, "gRPC")
-        try:
-            probe.listen(1)
-        except OSError as exc:
-            raise _bind_error("gRPC", config.host, config.grpc_port, _reason(exc)) from None
-        finally:
-            probe.close()
+        check_grpc_port(config.host, config.grpc_port)
 
 
 _Scope = MutableMapping[str, Any]
