@@ -16,12 +16,11 @@ import os
 import shutil
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fleet_support import FleetProcess, free_port, start_fleet
+from fleet_support import FleetProcess, free_port, fresh_database, start_fleet
 
 
 def _pg_bin(name: str) -> str:
@@ -87,19 +86,6 @@ def postgres() -> Iterator[str]:
             timeout=60,
         )
         shutil.rmtree(root, ignore_errors=True)
-
-
-def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
-    """A new, empty database of ``backend``: its URL for ``--db``."""
-    if backend == "sqlite":
-        return str(tmp_path / f"fleet-{uuid.uuid4().hex[:8]}.db")
-    import psycopg
-
-    base = request.getfixturevalue("postgres")
-    name = f"fleet_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return f"{base}/{name}"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

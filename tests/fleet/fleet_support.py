@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,19 @@ def status(version: int = 2, result: str = "updated", reason: str | None = None)
         },
         "bad_versions": [],
     }
+
+
+def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A new, empty database of ``backend``: its URL for ``--db``."""
+    if backend == "sqlite":
+        return str(tmp_path / f"fleet-{uuid.uuid4().hex[:8]}.db")
+    import psycopg
+
+    base = request.getfixturevalue("postgres")
+    name = f"fleet_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(base + "/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return f"{base}/{name}"
 
 
 @dataclass

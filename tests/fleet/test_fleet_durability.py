@@ -9,7 +9,16 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fleet_support import device, document, free_port, post, sealed, start_fleet, status
+from fleet_support import (
+    device,
+    document,
+    free_port,
+    fresh_database,
+    post,
+    sealed,
+    start_fleet,
+    status,
+)
 from sqlalchemy import select
 
 from edgeinfer.fleet.client import FleetClient, report_cycle
@@ -118,3 +127,28 @@ def test_a_refused_report_leaves_the_outbox_and_the_rest_go_on(tmp_path: Path) -
         assert (result.sent, result.refused, result.kept) == (1, 1, 0)
     finally:
         service.stop()
+
+
+def test_two_replicas_on_one_postgresql_accept_a_counter_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    db = fresh_database(request, "postgresql", tmp_path)
+    replicas = [start_fleet(db), start_fleet(db)]  # both migrate at once: one does the work
+    try:
+        client = device(replicas[0], tmp_path / "dev")
+        for counter in range(1, 9):
+            bodies = [
+                sealed(client.key, document(client, counter, created_at_ms=stamp))
+                for stamp in (int(time.time() * 1000), int(time.time() * 1000) - 1)
+            ]  # two different reports claiming one counter, one to each replica
+            with ThreadPoolExecutor(2) as pool:
+                answers = list(pool.map(post, replicas, bodies))
+            codes = sorted(a.status_code for a in answers)
+            assert codes == [200, 409], [a.text for a in answers]
+        detail = replicas[1].admin("GET", f"/v1/devices/{client.device_id}").json()
+        assert (detail["reports"], detail["last_counter"]) == (8, 8)
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -128,7 +128,9 @@ def register(app: typer.Typer) -> None:
             300.0, help="Seconds a report may be dated ahead of this service's clock."
         ),
     ) -> None:
-        """Run the fleet service: devices enroll and report; operators list and revoke.
+        """Run the fleet service.
+
+        Devices enroll and report here; operators list, inspect and revoke them.
 
         Prints 'fleet service on http://HOST:PORT' once the database is ready.
         """
@@ -153,7 +155,10 @@ def register(app: typer.Typer) -> None:
         admin_token_file: Path | None = _TOKEN_FILE,
         uses: int = typer.Option(1, min=1, help="Enrollments the token allows."),
     ) -> None:
-        """Make an enrollment token; prints the token alone on stdout (its id on stderr)."""
+        """Make an enrollment token.
+
+        Prints the token alone on stdout (its id and uses on stderr).
+        """
         made = _call(
             fleet, _admin_token(admin_token, admin_token_file), "POST", "/v1/tokens", {"uses": uses}
         )
@@ -167,7 +172,10 @@ def register(app: typer.Typer) -> None:
         admin_token_file: Path | None = _TOKEN_FILE,
         as_json: bool = typer.Option(False, "--json", help="Print the service's JSON."),
     ) -> None:
-        """List the enrolled devices: id, model, active version, state, last report."""
+        """List the devices.
+
+        Each with its id, model, active version, state and last report time.
+        """
         found = _call(fleet, _admin_token(admin_token, admin_token_file), "GET", "/v1/devices")
         typer.echo(json.dumps(found, indent=2) if as_json else _table(found))
 
@@ -179,7 +187,11 @@ def register(app: typer.Typer) -> None:
         admin_token_file: Path | None = _TOKEN_FILE,
         as_json: bool = typer.Option(False, "--json", help="Print the service's JSON."),
     ) -> None:
-        """One device: what it runs, its hardware, its recent reports, its class's latency."""
+        """Show one device.
+
+        What it runs, its hardware, its recent reports, and the merged latency of
+        its model version on its hardware class.
+        """
         from urllib.parse import quote
 
         token = _admin_token(admin_token, admin_token_file)
@@ -204,7 +216,10 @@ def register(app: typer.Typer) -> None:
         admin_token: str | None = _TOKEN,
         admin_token_file: Path | None = _TOKEN_FILE,
     ) -> None:
-        """Revoke a device: its reports are refused from now on, and it cannot re-enroll."""
+        """Revoke a device.
+
+        Its reports are refused from now on, and its key cannot enroll again.
+        """
         from urllib.parse import quote
 
         token = _admin_token(admin_token, admin_token_file)
