@@ -59,12 +59,15 @@ def register(app: typer.Typer) -> None:
         threads: int | None = typer.Option(None, help="ONNX Runtime threads per model."),
         max_body_mb: float = typer.Option(64.0, help="Largest request body, MiB."),
         max_header_bytes: int = typer.Option(
-            16384, help="Largest request line and headers of a request, bytes (more: 431)."
+            16384,
+            help="Largest request line and headers of a request, bytes (more: 431). "
+            "Not under --ray.",
         ),
         header_timeout: float = typer.Option(
             60.0,
             help="Seconds a client may take to send a request's line and headers, from "
-            "connecting (or, on a kept-alive connection, from its first byte); then 408.",
+            "connecting (or, on a kept-alive connection, from its first byte); then 408. "
+            "Also a gRPC connection's HTTP/2 preface. Not under --ray.",
         ),
         body_timeout: float = typer.Option(
             60.0,
@@ -73,7 +76,8 @@ def register(app: typer.Typer) -> None:
         ),
         max_connections: int = typer.Option(
             1000,
-            help="REST connections served at once; more are answered 503 and closed (0: no cap).",
+            help="REST connections served at once; more are answered 503 and closed; also "
+            "the cap on gRPC connections (0: no cap). Not under --ray.",
         ),
         compress_min_bytes: int = typer.Option(
             8192,
@@ -83,7 +87,13 @@ def register(app: typer.Typer) -> None:
         poll: float = typer.Option(2.0, help="Seconds between repository scans; 0: off."),
         ssl_keyfile: str | None = typer.Option(None, "--ssl-keyfile", help="TLS key (PEM)."),
         ssl_certfile: str | None = typer.Option(None, "--ssl-certfile", help="TLS cert (PEM)."),
-        ray: bool = typer.Option(False, "--ray", help="Serve on Ray Serve (REST only)."),
+        ray: bool = typer.Option(
+            False,
+            "--ray",
+            help="Serve on Ray Serve (REST only). Each replica keeps the body limits, batch "
+            "and datatype checks and --body-timeout; Ray's HTTP proxy owns the connections, "
+            "so --max-header-bytes, --header-timeout and --max-connections do not apply.",
+        ),
         replicas: int = typer.Option(2, help="Ray Serve replicas (with --ray)."),
         freeze_heap: bool = typer.Option(
             True,
@@ -187,6 +197,11 @@ def register(app: typer.Typer) -> None:
         if ray:
             from edgeinfer.serve.ray import run_ray
 
+            typer.echo(
+                "edgeinfer serve --ray: Ray's HTTP proxy owns the connections; "
+                "--max-header-bytes, --header-timeout and --max-connections do not apply",
+                err=True,
+            )
             run_ray(config, replicas=replicas)
         else:
             typer.echo(
