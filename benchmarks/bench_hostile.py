@@ -489,6 +489,7 @@ def main() -> None:
         {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
     ).encode()
     results: dict[str, Any] = {}
+    load_before = os.getloadavg()  # the cores are shared: other work's load, for the record
     with tempfile.TemporaryDirectory() as tmp:
         repo = tiny_repository(Path(tmp) / "repo")
         server = Server(repo, settings, Path(tmp) / "server.log")
@@ -505,6 +506,7 @@ def main() -> None:
             "server_settings": settings,
             "settings_not_supported": unsupported,
             "targets": {"p99_ratio_max": P99_TARGET, "rss_growth_mb_max": RSS_TARGET_MB},
+            "load_average": {"before": load_before, "after": os.getloadavg()},  # 1, 5, 15 min
             "attacks": results,
             "server_log_tail": log.splitlines()[-20:],
         },
