@@ -66,6 +66,7 @@ class CorpusModel:
     output: str | None = None  # the output the metric reads (default: the first)
     batchable: bool = True  # eval sets may stack samples on the batch axis
     dims: dict[str, int] = field(default_factory=dict)  # bench --dim NAME=N
+    interior_cuts: bool = True  # split finds a cut between remote-only and local-only
     refuses: dict[str, str] = field(default_factory=dict)  # command -> error fragment
 
     @property
@@ -107,8 +108,8 @@ def _nudenet(n: int, seed: int) -> Feeds:
 
 
 def _ocr_det(n: int, seed: int) -> Feeds:
-    # Height != width, both multiples of 32: PP-OCR's detector takes any such page.
-    x = np.stack([normalize(to_chw(text_page(256, 320, seed + i))) for i in range(n)])
+    # Height != width, both multiples of 32: PP-OCR's detector takes any such crop.
+    x = np.stack([normalize(to_chw(text_page(128, 160, seed + i))) for i in range(n)])
     return {"x": x}
 
 
@@ -128,7 +129,7 @@ def _ocr_cls_labels(n: int, seed: int) -> np.ndarray:
 
 
 def _ocr_rec(n: int, seed: int) -> Feeds:
-    lines = [text_line(_WORDS[(seed + i) % len(_WORDS)], 48, 320, seed + i) for i in range(n)]
+    lines = [text_line(_WORDS[(seed + i) % len(_WORDS)], 48, 160, seed + i) for i in range(n)]
     return {"x": np.stack([normalize(to_chw(img)) for img in lines])}
 
 
@@ -301,6 +302,7 @@ MODELS: tuple[CorpusModel, ...] = (
         "PyTorch 2.3 (torch.onnx), YOLOv8n",
         "images float32 [batch, 3, height, width], RGB in 0..1 (320x320 here)",
         _nudenet,
+        dims={"height": 320, "width": 320},
     ),
     CorpusModel(
         "silero-vad",
@@ -310,13 +312,16 @@ MODELS: tuple[CorpusModel, ...] = (
         "input float32 [batch, 64+512] audio at 16 kHz, state float32 [2, batch, 128], "
         "sr int64 scalar",
         _silero,
+        # An eval set stacks samples on axis 0; the sample rate is one scalar for all of
+        # them (and the state's batch is axis 1), which optimize's eval data cannot express.
+        refuses={"optimize": "input 'sr' is a scalar; expected samples on axis 0"},
     ),
     CorpusModel(
         "ppocr-det",
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
         "Paddle (paddle2onnx, opset 12)",
-        "x float32 [N, 3, H, W], H and W multiples of 32, (x/255-0.5)/0.5",
+        "x float32 [N, 3, H, W], H and W multiples of 32 (128x160 here), (x/255-0.5)/0.5",
         _ocr_det,
     ),
     CorpusModel(
@@ -334,7 +339,7 @@ MODELS: tuple[CorpusModel, ...] = (
         "rapidocr-onnxruntime==1.4.4",
         "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
         "Paddle (paddle2onnx, opset 12)",
-        "x float32 [N, 3, 48, W] text lines (W=320 here)",
+        "x float32 [N, 3, 48, W] text lines (W=160 here)",
         _ocr_rec,
     ),
     CorpusModel(
@@ -413,6 +418,8 @@ MODELS: tuple[CorpusModel, ...] = (
         "input float32 [N, 10] diabetes features (MinMaxScaler + GradientBoosting)",
         _gbr,
         build=build_gbr,
+        # Every position inside the tree ensemble has more tensors crossing than a cut allows.
+        interior_cuts=False,
         labels=_gbr_labels,
         metric="mae",
     ),

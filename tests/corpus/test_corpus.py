@@ -1,0 +1,287 @@
+"""Every corpus model through every command, each answer checked against plain ONNX Runtime or
+LiteRT on the same inputs.
+
+A command that cannot support a model must say why in one line and exit with code 2 (the
+model's ``refuses`` row names what the line must mention); nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corpus_build import reference
+from corpus_fixtures import Corpus, Prepared, Served
+from corpus_models import MODELS, CorpusModel
+
+from edgeinfer.cli.main import main
+from edgeinfer.optimize.plan import DEFAULT_CANDIDATES
+
+IDS = [m.id for m in MODELS]
+# Every candidate optimize tries by default, but for two calibration methods of static INT8
+# (entropy histograms take a minute per convolutional model on 2 cores): minmax stands for
+# them here, and benchmarks/bench_corpus.py runs all of them on every model.
+CANDIDATES = [c for c in DEFAULT_CANDIDATES if c not in ("static-int8-entropy",
+                                                         "static-int8-percentile")]  # fmt: skip
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
+    """Run ``edgeinfer ARGS`` in-process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_refused(result: tuple[int, str, str], fragment: str) -> None:
+    code, out, err = result
+    # Progress lines ("benchmarking ...") may come before it; the error is one line.
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2, f"expected a refusal (exit 2), got {code}:\n{out}\n{err}"
+    assert len(lines) == 1 and "Traceback" not in err, f"expected one error line:\n{err}"
+    assert fragment in lines[0], lines[0]
+
+
+def assert_close(got: dict[str, np.ndarray], want: dict[str, np.ndarray], what: str) -> None:
+    assert set(got) == set(want), f"{what}: outputs {sorted(got)} != {sorted(want)}"
+    for name, value in want.items():
+        actual = np.asarray(got[name])
+        assert actual.shape == value.shape, f"{what}: {name} shape {actual.shape}"
+        if value.dtype.kind in "iub":
+            np.testing.assert_array_equal(actual, value, err_msg=f"{what}: {name}")
+        else:
+            np.testing.assert_allclose(actual, value, rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    x, y = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(x @ y / max(np.linalg.norm(x) * np.linalg.norm(y), 1e-30))
+
+
+@pytest.fixture(params=IDS)
+def prepared(request: pytest.FixtureRequest, corpus: Corpus) -> Prepared:
+    return corpus.get(request.param)
+
+
+def _refusal(model: CorpusModel, command: str) -> str | None:
+    return model.refuses.get(command)
+
+
+def test_manifest_rows_are_complete() -> None:
+    assert len(IDS) == len(set(IDS))
+    for model in MODELS:
+        assert model.source and model.path and model.exporter and model.inputs, model.id
+        assert set(model.refuses) <= {"inspect", "run", "bench", "optimize", "split",
+                                      "bundle", "serve"}  # fmt: skip
+        assert model.build is not None or "==" in model.source, model.id
+
+
+def test_inspect(prepared: Prepared, capsys: pytest.CaptureFixture[str]) -> None:
+    model = prepared.model
+    result = cli(capsys, "inspect", prepared.path, "--json")
+    if (fragment := _refusal(model, "inspect")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, out, err = result
+    assert code == 0, err
+    facts = json.loads(out)
+    assert facts["format"] == model.format
+    assert [i["name"] for i in facts["inputs"]] == list(prepared.feeds)
+    assert [o["name"] for o in facts["outputs"]] == list(prepared.expected)
+    for spec in facts["inputs"]:
+        assert spec["dtype"] == str(prepared.feeds[spec["name"]].dtype), spec
+        assert len(spec["shape"]) == prepared.feeds[spec["name"]].ndim, spec
+
+
+def test_run(prepared: Prepared, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model = prepared.model
+    out_file = tmp_path / "out.npz"
+    result = cli(capsys, "run", prepared.path, "--input", prepared.sample, "-o", out_file)
+    if (fragment := _refusal(model, "run")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, _, err = result
+    assert code == 0, err
+    with np.load(out_file) as z:
+        got = {k: z[k] for k in z.files}
+    assert_close(got, prepared.expected, f"{model.id} run")
+
+
+def test_bench(prepared: Prepared, capsys: pytest.CaptureFixture[str]) -> None:
+    model = prepared.model
+    args = ["bench", prepared.path, "--seconds", "0.1", "--json"]
+    result = cli(capsys, *args, "--input", prepared.sample)
+    if (fragment := _refusal(model, "bench")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, out, err = result
+    assert code == 0, err
+    facts = json.loads(out)
+    assert facts["calls"] >= 1 and facts["p50_ms"] > 0
+    shapes = {i["name"]: list(i["shape"]) for i in facts["inputs"]}
+    assert shapes == {k: list(v.shape) for k, v in prepared.feeds.items()}
+    # Without real inputs: dynamic sizes besides the batch are never guessed.
+    code, out, err = cli(capsys, *args)
+    if code != 0:
+        assert_refused((code, out, err), "dynamic dimension")
+        sized = [f"{k}={v}" for k, v in model.dims.items()]
+        if sized:
+            code, out, err = cli(capsys, *args, "--dim", ",".join(sized))
+            assert code == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("model_id", IDS)
+def test_optimize(
+    model_id: str, corpus: Corpus, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    prepared = corpus.get(model_id)
+    model = prepared.model
+    out = tmp_path / "opt"
+    args: list[str | Path] = ["optimize", prepared.path, "--max-drop", "1%", "--out", out,
+                              "--repeats", "2", "--no-memory", "--threads", "1",
+                              "--candidates", ",".join(CANDIDATES)]  # fmt: skip
+    if prepared.eval_set is None:  # a fixed-batch model: its one sample is the eval set
+        args += ["--eval", prepared.sample]
+    else:
+        args += ["--eval", prepared.eval_set, "--calibration", prepared.calibration or ""]
+    args += ["--metric", model.metric]
+    if model.output:
+        args += ["--output", model.output]
+    result = cli(capsys, *args)
+    if (fragment := _refusal(model, "optimize")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, stdout, err = result
+    assert code == 0, f"{stdout}\n{err}"
+    report = json.loads((tmp_path / "opt-report" / "report.json").read_text())
+    for candidate in report["candidates"]:
+        assert candidate["status"] in ("ok", "skipped", "failed"), candidate
+        if candidate["status"] != "ok":
+            assert candidate["reason"], f"{candidate['name']} has no reason"
+        assert candidate["status"] != "failed" or "Traceback" not in candidate["reason"]
+    measured = [c for c in report["candidates"] if c["status"] == "ok"]
+    assert len(measured) >= 2, "no candidate besides the original was measured"
+    # The chosen bundle answers like the original within the budget on a real sample.
+    chosen = reference(out / "model.onnx", prepared.feeds)
+    assert list(chosen) == list(prepared.expected)
+    name = model.output or next(iter(prepared.expected))
+    if model.metric == "cosine":
+        assert cosine(chosen[name], prepared.expected[name]) >= 0.98
+    elif model.metric == "accuracy":
+        got, want = chosen[name], prepared.expected[name]
+        np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+_CUTS = re.compile(r"^\S+: (\d+) cut points", re.MULTILINE)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_split(prepared: Prepared, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model = prepared.model
+    result = cli(capsys, "split", prepared.path, "--list", "-i", prepared.sample)
+    if (fragment := _refusal(model, "split")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, out, err = result
+    assert code == 0, err
+    if not model.interior_cuts:
+        assert "no cut points besides remote-only and local-only" in " ".join(out.split())
+        return
+    match = _CUTS.search(out)
+    assert match, out
+    n_cuts = int(match.group(1))
+    assert n_cuts > 2, out  # remote-only, local-only and at least one between
+    cut = n_cuts // 2
+    code, out, err = cli(
+        capsys, "split", prepared.path, "--cut", str(cut), "--out", tmp_path / "s",
+        "-i", prepared.sample, "--repeats", "2",
+    )  # fmt: skip
+    assert code == 0, err
+    head = next((tmp_path / "s" / "heads").glob(f"*-head-{cut}")) / "model.onnx"
+    tail = next((tmp_path / "s" / "tails").glob(f"*-tail-{cut}")) / "1" / "model.onnx"
+    crossing = reference(head, prepared.feeds)
+    import onnx
+
+    tail_inputs = [i.name for i in onnx.load(tail, load_external_data=False).graph.input]
+    feeds = {n: crossing[n] if n in crossing else prepared.feeds[n] for n in tail_inputs}
+    got = reference(tail, feeds)
+    assert_close(got, prepared.expected, f"{model.id} head+tail at cut {cut}")
+
+
+def test_bundle(prepared: Prepared, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    model = prepared.model
+    out = tmp_path / "b"
+    result = cli(
+        capsys, "bundle", "create", prepared.path, "--out", out, "--name", model.id,
+        "--golden", prepared.sample,
+    )  # fmt: skip
+    if (fragment := _refusal(model, "bundle")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, _, err = result
+    assert code == 0, err
+    code, text, err = cli(capsys, "bundle", "verify", out)
+    assert code == 0 and "golden sample reproduced" in " ".join(text.split()), err
+    with np.load(out / "golden.npz") as z:
+        names = [str(n) for n in z["output_names"]]
+        recorded = {n: z[f"output_{i}"] for i, n in enumerate(names)}
+    assert_close(recorded, prepared.expected, f"{model.id} golden outputs")
+
+
+def _infer(client_mod: object, url: str, model_id: str, feeds: dict[str, np.ndarray]) -> dict:
+    from tritonclient.utils import np_to_triton_dtype
+
+    client = client_mod.InferenceServerClient(url)  # type: ignore[attr-defined]
+    inputs = []
+    for name, value in feeds.items():
+        item = client_mod.InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))  # type: ignore[attr-defined]
+        item.set_data_from_numpy(value)
+        inputs.append(item)
+    try:
+        result = client.infer(model_id, inputs)
+        return {o: result.as_numpy(o) for o in _output_names(result)}
+    finally:
+        client.close()
+
+
+def _output_names(result: object) -> list[str]:
+    response = result.get_response()  # type: ignore[attr-defined]
+    if isinstance(response, dict):
+        return [o["name"] for o in response["outputs"]]
+    return [o.name for o in response.outputs]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_serve(prepared: Prepared, served: Served) -> None:
+    import httpx
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    model = prepared.model
+    ready = httpx.get(f"http://{served.rest}/v2/models/{model.id}/ready", timeout=30)
+    if (fragment := _refusal(model, "run")) is not None:
+        # A model the runtime cannot run is not served, and says why; the rest of the
+        # repository is served.
+        assert ready.status_code != 200
+        body = httpx.post(
+            f"http://{served.rest}/v2/models/{model.id}/infer", json={"inputs": []}, timeout=30
+        )
+        assert 400 <= body.status_code < 500 or body.status_code == 503, body.text
+        assert fragment in body.json()["error"], body.text
+        return
+    assert ready.status_code == 200, served.log.read_text()[-2000:]
+    got = _infer(httpclient, served.rest, model.id, prepared.feeds)
+    assert_close(got, prepared.expected, f"{model.id} served over REST")
+    got = _infer(grpcclient, served.grpc, model.id, prepared.feeds)
+    assert_close(got, prepared.expected, f"{model.id} served over gRPC")
