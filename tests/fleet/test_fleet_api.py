@@ -139,6 +139,22 @@ def test_an_out_of_order_counter_is_refused(fleet: FleetProcess, tmp_path: Path)
     assert post(fleet, sealed(client.key, document(client, 6))).status_code == 200
 
 
+def test_a_device_that_lost_its_counter_resumes_above_the_fleets(
+    fleet: FleetProcess, tmp_path: Path
+) -> None:
+    client = device(fleet, tmp_path / "dev")
+    for _ in range(3):
+        assert report_cycle(client, status(2)).sent == 1
+    (tmp_path / "dev" / "fleet" / "counter").unlink()  # e.g. the state restored from a backup
+    result = report_cycle(client, status(3))  # counter 1 again: refused, signed again as 4
+    assert (result.sent, result.refused, result.kept) == (1, 0, 0)
+    detail = fleet.admin("GET", f"/v1/devices/{client.device_id}").json()
+    assert (detail["reports"], detail["last_counter"], detail["version"]) == (4, 4, 3)
+    refusal = post(fleet, sealed(client.key, document(client, 2)))
+    refused(refusal, 409, "already used")
+    assert refusal.json()["last_counter"] == 4
+
+
 @pytest.mark.parametrize(
     ("make_body", "fragment"),
     [

@@ -35,7 +35,14 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edgeinfer.fleet import ingest, inventory
-from edgeinfer.fleet.errors import BadReport, FleetError, Refused, TooLarge, Unauthenticated
+from edgeinfer.fleet.errors import (
+    BadReport,
+    Conflict,
+    FleetError,
+    Refused,
+    TooLarge,
+    Unauthenticated,
+)
 from edgeinfer.fleet.reports import parse_json
 from edgeinfer.fleet.sketches import Sandbox
 from edgeinfer.fleet.store import Store
@@ -141,6 +148,10 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
         assert isinstance(exc, FleetError)
         if not isinstance(exc, Refused):
             log.error("%s %s: %s", request.method, request.url.path, exc)
+        if isinstance(exc, Conflict) and exc.last_counter is not None:
+            # the device resumes above it (its counter file was lost or restored from a backup)
+            body = {"error": str(exc), "last_counter": exc.last_counter}
+            return JSONResponse(body, status_code=exc.status)
         return _error(exc.status, str(exc))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from edgeinfer._atomic import write_atomic
 from edgeinfer.errors import InputError
 from edgeinfer.fleet import reports as wire
-from edgeinfer.fleet.errors import FleetUnavailable, Refused, refusal
+from edgeinfer.fleet.errors import Conflict, FleetUnavailable, Refused, refusal
 
 __all__ = ["ClientConfig", "FleetClient", "FlushResult", "hardware_info", "report_cycle"]
 
@@ -176,16 +176,27 @@ class FleetClient:
         return counter
 
     def flush(self) -> FlushResult:
-        """Send the outbox, oldest first, until it is empty or the fleet is unreachable."""
-        pending = self.pending()
+        """Send the outbox, oldest first, until it is empty or the fleet is unreachable.
+
+        A report refused because the fleet already passed its counter (this device's
+        counter file was lost, or restored from a backup) is signed again above the
+        fleet's last counter and sent once more; other refusals drop the report.
+        """
         sent = refused = 0
+        budget = 2 * len(self.pending()) + 1  # each report is at most re-signed once
         try:
-            if pending:
-                self.enroll()
-            for path in pending:
+            while (pending := self.pending()) and budget > 0:
+                budget -= 1
+                if not self.enrolled():
+                    self.enroll()
+                path = pending[0]
                 try:
                     self._post("/v1/reports", path.read_bytes())
                     sent += 1
+                except Conflict as exc:
+                    if not self._resign(path, exc.last_counter):
+                        log.warning("the fleet refused report %s: %s", path.stem, exc)
+                        refused += 1
                 except Refused as exc:
                     log.warning("the fleet refused report %s: %s", path.stem.lstrip("0"), exc)
                     refused += 1
@@ -193,6 +204,25 @@ class FleetClient:
         except FleetUnavailable as exc:
             log.warning("fleet unreachable, %d report(s) kept: %s", len(self.pending()), exc)
         return FlushResult(sent, refused, len(self.pending()))
+
+    def _resign(self, path: Path, last_counter: int | None) -> bool:
+        """Queue ``path``'s payload again above ``last_counter``; False if that cannot help."""
+        if last_counter is None or last_counter < int(path.stem):
+            return False
+        try:
+            report = json.loads(json.loads(path.read_bytes())["report"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if last_counter > self._counter():
+            self._write_counter(last_counter)
+        self.queue(report["payload"], report["bundle_sha256"])
+        log.warning(
+            "the fleet had passed counter %d (last %d): report signed again as %d",
+            int(path.stem),
+            last_counter,
+            self._counter(),
+        )
+        return True
 
     def report(self, payload: Mapping[str, Any], bundle_sha256: str | None) -> FlushResult:
         self.queue(payload, bundle_sha256)
@@ -246,7 +276,12 @@ class FleetClient:
         if answer.status_code >= 500 or not isinstance(data, dict):
             raise FleetUnavailable(f"{self.url}{route}: HTTP {answer.status_code}")
         if answer.status_code >= 400:
-            raise refusal(answer.status_code, str(data.get("error", answer.status_code)))
+            last = data.get("last_counter")
+            raise refusal(
+                answer.status_code,
+                str(data.get("error", answer.status_code)),
+                last if isinstance(last, int) and not isinstance(last, bool) else None,
+            )
         return data
 
 

@@ -67,7 +67,13 @@ class NotFound(Refused):
 
 
 class Conflict(Refused):
+    """A counter the fleet already passed; ``last_counter`` is the last one it accepted."""
+
     status = 409
+
+    def __init__(self, message: str, *, last_counter: int | None = None) -> None:
+        super().__init__(message)
+        self.last_counter = last_counter
 
 
 class TooLarge(Refused):
@@ -86,8 +92,10 @@ class FleetStoreError(FleetError):
     status = 500
 
 
-def refusal(status: int, message: str) -> Refused:
+def refusal(status: int, message: str, last_counter: int | None = None) -> Refused:
     """The ``Refused`` subclass for an HTTP status the service answered (device side)."""
+    if status == 409:
+        return Conflict(message, last_counter=last_counter)
     kinds: dict[int, type[Refused]] = {
         400: BadReport,
         401: Unauthenticated,

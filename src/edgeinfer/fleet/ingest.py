@@ -155,11 +155,13 @@ def accept_report(store: Store, body: bytes, limits: Limits, sandbox: Sandbox) -
             if earlier is not None:
                 raise Conflict(
                     f"report: counter {report.counter} was already used by another report "
-                    "(a replay)"
+                    "(a replay)",
+                    last_counter=device.last_counter,
                 )
             raise Conflict(
                 f"report: counter {report.counter} is below the last accepted "
-                f"({device.last_counter}): out of order"
+                f"({device.last_counter}): out of order",
+                last_counter=device.last_counter,
             )
         now = utc_now()
         cycle = payload.cycle
