@@ -19,11 +19,13 @@ from edgeinfer.tensors import TensorSpec, format_shape
 
 __all__ = [
     "GOLDEN_FILE",
+    "KINDS",
     "MANIFEST_FILE",
     "MODEL_FORMATS",
     "NAME_PATTERN",
     "SCHEMA_VERSION",
     "FileRef",
+    "GenerativeSpec",
     "Golden",
     "Manifest",
     "check_name",
@@ -36,6 +38,9 @@ MANIFEST_FILE = "manifest.json"
 GOLDEN_FILE = "golden.npz"
 MODEL_FORMATS = {".onnx": "onnx", ".tflite": "tflite"}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# "predictive": one call maps inputs to outputs; "generative": a language model that
+# continues token sequences (model, external data, genai config and tokenizer files).
+KINDS = ("predictive", "generative")
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -100,6 +105,50 @@ class FileRef:
 
 
 @dataclass(frozen=True)
+class GenerativeSpec:
+    """What a generative bundle's manifest says about its language model.
+
+    ``golden_max_tokens`` is how many tokens each golden prompt was continued by (greedy):
+    a device reproduces exactly that many, token for token.
+    """
+
+    context_length: int  # tokens: prompt and continuation together
+    vocab_size: int  # tokens
+    chat_template: str | None = None  # Jinja template of the model's chat format
+    quantization: Mapping[str, Any] | None = None  # the recipe: precision, method, block size
+    golden_max_tokens: int = 0  # tokens generated per golden prompt
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "context_length": self.context_length,
+            "vocab_size": self.vocab_size,
+            "chat_template": self.chat_template,
+            "quantization": None if self.quantization is None else dict(self.quantization),
+            "golden_max_tokens": self.golden_max_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> GenerativeSpec:
+        if not isinstance(data, dict):
+            raise TypeError("generative must be an object")
+        ints = {}
+        for key in ("context_length", "vocab_size", "golden_max_tokens"):
+            value = data.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"generative.{key} {value!r} must be an integer >= 0")
+            ints[key] = value
+        if ints["context_length"] < 1 or ints["vocab_size"] < 1:
+            raise ValueError("generative.context_length and vocab_size must be >= 1")
+        template = data.get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise ValueError("generative.chat_template must be a string or null")
+        quant = data.get("quantization")
+        if quant is not None and not isinstance(quant, dict):
+            raise ValueError("generative.quantization must be an object or null")
+        return cls(chat_template=template, quantization=quant, **ints)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What ``manifest.json`` holds. Parsed strictly: unknown schema versions are refused."""
 
@@ -115,6 +164,8 @@ class Manifest:
     golden: FileRef | None = None
     files: tuple[FileRef, ...] = ()  # further verified files (profiles, tokenizers, ...)
     schema_version: int = SCHEMA_VERSION
+    kind: str = "predictive"  # one of KINDS
+    generative: GenerativeSpec | None = None  # set exactly when kind is "generative"
 
     def to_dict(self) -> dict[str, Any]:
         def ref(r: FileRef | None) -> dict[str, Any] | None:
@@ -133,6 +184,12 @@ class Manifest:
             "metrics": dict(self.metrics),
             "golden": ref(self.golden),
             "files": [ref(f) for f in self.files],
+            # written only for generative bundles: predictive manifests keep their bytes
+            **(
+                {"kind": self.kind, "generative": self.generative.to_dict()}
+                if self.generative is not None
+                else {}
+            ),
         }
 
     def signature_mismatches(
@@ -210,6 +267,12 @@ class Manifest:
             if fmt not in MODEL_FORMATS.values():
                 raise ValueError(f"format {fmt!r} must be one of {sorted(MODEL_FORMATS.values())}")
             labels = data.get("labels")
+            kind = data.get("kind", "predictive")
+            if kind not in KINDS:
+                raise ValueError(f"kind {kind!r} must be one of {list(KINDS)}")
+            generative = data.get("generative")
+            if (kind == "generative") != (generative is not None):
+                raise ValueError("a generative bundle (and only one) has a 'generative' section")
             return cls(
                 name=check_name(data["name"]),
                 version=version,
@@ -222,6 +285,8 @@ class Manifest:
                 metrics=dict(data.get("metrics") or {}),
                 golden=None if data.get("golden") is None else ref(data["golden"]),
                 files=tuple(ref(f) for f in data.get("files") or ()),
+                kind=kind,
+                generative=None if generative is None else GenerativeSpec.from_dict(generative),
             )
         except BundleError:
             raise

@@ -8,6 +8,12 @@ A bundle is a directory::
                        input/output specs, labels, provenance (source hash, recipe), metrics
       golden.npz       optional: inputs, the outputs the model gave at build time, tolerance
 
+A generative bundle (``kind: "generative"``, :meth:`Bundle.create_generative`) holds a
+language model's several files (``model.onnx``, its external data, ``genai_config.json``,
+the tokenizer), each listed with its size and sha256, and a golden sample of greedy
+continuations; the manifest's ``generative`` section records its context length,
+vocabulary, chat template and quantization recipe.
+
 ``Bundle.open`` verifies sizes and hashes and raises :class:`BundleError` on any mismatch;
 ``Bundle.pack`` writes a deterministic single-file ``.tar`` (same bundle, same bytes: good
 for hashes and deltas) and ``Bundle.unpack`` extracts one, refusing absolute paths, ``..``,
@@ -47,6 +53,7 @@ from edgeinfer.manifest import (
     MODEL_FORMATS,
     SCHEMA_VERSION,
     FileRef,
+    GenerativeSpec,
     Golden,
     Manifest,
     check_name,
@@ -54,7 +61,7 @@ from edgeinfer.manifest import (
     sha256_file,
 )
 from edgeinfer.runtime.backends import backend_for
-from edgeinfer.tensors import InputValidator
+from edgeinfer.tensors import InputValidator, TensorSpec
 
 __all__ = [
     "GOLDEN_FILE",
@@ -253,6 +260,82 @@ class Bundle:
                 files=tuple(extra),
             )
             backend.close()
+            _write_manifest(stage, manifest)
+        return cls._open_dir(out)
+
+    @classmethod
+    def create_generative(
+        cls,
+        model_dir: str | os.PathLike[str],
+        out_dir: str | os.PathLike[str],
+        *,
+        name: str,
+        spec: GenerativeSpec,
+        inputs: tuple[TensorSpec, ...],
+        outputs: tuple[TensorSpec, ...],
+        version: int = 1,
+        golden: Golden | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        recipe: Mapping[str, Any] | None = None,
+        source: str | None = None,
+        source_sha256: str | None = None,
+        model_file: str = "model.onnx",
+        overwrite: bool = False,
+    ) -> Bundle:
+        """Bundle a generative model directory (kind ``"generative"``).
+
+        Every plain file of ``model_dir`` is copied and listed with its size and sha256
+        (``model_file`` as the manifest's model, the external data, the genai config and
+        the tokenizer files as its ``files``), so ``open`` verifies each of them.
+        ``golden`` (greedy continuations, computed by :mod:`edgeinfer.generate`, which
+        sits above the runtime) is stored as the golden sample.
+        """
+        src = Path(model_dir)
+        if not (src / model_file).is_file():
+            raise BundleError(f"{src}: no {model_file} (expected a generative model directory)")
+        check_name(name)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+            raise BundleError(f"version {version!r} must be an integer >= 0")
+        out = Path(out_dir)
+        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+            raise BundleError(
+                f"{out} already exists and is not empty "
+                "(pass --overwrite, or overwrite=True from Python)"
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _staging(out) as stage:
+            extra = []
+            for path in sorted(src.iterdir()):
+                if not path.is_file() or path.name in {MANIFEST_FILE, GOLDEN_FILE}:
+                    continue
+                shutil.copyfile(path, stage / path.name)
+                if path.name != model_file:
+                    extra.append(FileRef.of(stage / path.name))
+            golden_ref = None
+            if golden is not None:
+                golden.save(stage / GOLDEN_FILE)
+                golden_ref = FileRef.of(stage / GOLDEN_FILE)
+            model_ref = FileRef.of(stage / model_file)
+            manifest = Manifest(
+                name=name,
+                version=version,
+                format=model_format(model_file),
+                model=model_ref,
+                inputs=inputs,
+                outputs=outputs,
+                provenance={
+                    "source": source or src.name,
+                    "source_sha256": source_sha256 or model_ref.sha256,
+                    "recipe": dict(recipe) if recipe else None,
+                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "edgeinfer_version": __version__,
+                },
+                metrics=dict(metrics or {}),
+                golden=golden_ref,
+                files=tuple(extra),
+                kind="generative",
+                generative=spec,
+            )
             _write_manifest(stage, manifest)
         return cls._open_dir(out)
 

@@ -11,10 +11,11 @@ a dict name -> array. It is safe to call from many threads at once.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -216,6 +217,11 @@ class Model:
         self.backend.close()
 
 
+# Bundle kinds a pillar above the runtime runs, imported by name on first use: the runtime
+# opens and verifies every bundle but must not import the pillars (ADR 0012).
+KIND_OPENERS: dict[str, str] = {"generative": "edgeinfer.generate.model:open_generative"}
+
+
 def load(
     path: str | os.PathLike[str],
     *,
@@ -234,6 +240,10 @@ def load(
     such as ``["cuda", "cpu"]``; an unavailable provider is an error unless ``fallback``.
     ``threads``: intra-op threads (``None``: the runtime's default).
     Further ``options`` go to the backend (``graph_optimization``, ``spinning``).
+
+    A bundle of kind ``"generative"`` (a language model) opens as
+    :class:`edgeinfer.generate.GenerativeModel` (``generate``, ``stream``), not as a
+    ``Model``; it needs the ``generate`` extra.
     """
     p = Path(path)
     bundle = None
@@ -242,6 +252,13 @@ def load(
     else:
         bundle = Bundle.open(p)
         model_file = bundle.model_path
+        opener = KIND_OPENERS.get(bundle.manifest.kind)
+        if opener is not None:
+            module, _, func = opener.partition(":")
+            open_kind = getattr(importlib.import_module(module), func)
+            # Typed as Model for the many callers of predictive bundles; a generative
+            # bundle's caller asked for one (edgeinfer.generate.load types it exactly).
+            return cast(Model, open_kind(bundle, providers=providers, threads=threads, **options))
     backend = backend_for(
         model_file, providers=providers, threads=threads, fallback=fallback, **options
     )
