@@ -282,6 +282,7 @@ def test_an_oversized_grpc_batch_is_refused_by_grpc_at_the_models_need(
     _under_attack(server, attack, times=5)
 
 
+@pytest.mark.slow
 def test_a_62_mb_grpc_gzip_bomb_is_not_inflated_past_the_models_need(
     server: BackgroundServer, channel: grpc.Channel
 ) -> None:
