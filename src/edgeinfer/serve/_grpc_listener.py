@@ -99,6 +99,7 @@ class GrpcListener:
         self.config, self.dp = config, dataplane
         self._build, self._check_port = build, check_port
         self._server: Any = None
+        self._retiring: set[Any] = set()  # replaced servers still finishing their calls
         self._watch: asyncio.Task[None] | None = None
         self._swap_lock = asyncio.Lock()
         self.port = 0
@@ -152,7 +153,11 @@ class GrpcListener:
             self.limit = limit
             self.swaps += 1
             log.info("gRPC message limit %d -> %d bytes (models changed)", previous, limit)
-        await old.stop(grace=SWAP_GRACE_S)
+            self._retiring.add(old)
+        try:
+            await old.stop(grace=SWAP_GRACE_S)
+        finally:
+            self._retiring.discard(old)
         return True
 
     async def stop(self, grace: float | None = None) -> None:
@@ -162,8 +167,8 @@ class GrpcListener:
                 await self._watch
         async with self._swap_lock:
             server, self._server = self._server, None
-        if server is not None:
-            await server.stop(grace)
+        servers = [s for s in (server, *self._retiring) if s is not None]
+        await asyncio.gather(*(s.stop(grace) for s in servers))
 
 
 def port_is_free(host: str, port: int) -> OSError | None:
