@@ -38,6 +38,7 @@ COMMANDS: list[str] = [
     "edgeinfer.cli.offload_bench",
     "edgeinfer.cli.optimize",
     "edgeinfer.cli.convert",
+    "edgeinfer.cli.generate",
 ]
 
 
