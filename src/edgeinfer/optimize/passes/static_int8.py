@@ -13,6 +13,11 @@ Calibration data: a :class:`~edgeinfer.optimize.data.Dataset`, an ``.npz`` path,
 arrays, or an iterable of feed dicts (an ONNX Runtime ``CalibrationDataReader`` works); it
 is checked against the model's inputs before anything runs. A bad calibration set is the
 classic way static INT8 collapses a model: the search measures every result.
+
+Models exported by other tools are prepared first (:func:`prepared`, :mod:`.prepare`):
+opset 13 for per-channel QDQ, one default-domain opset entry, weights as initializers. The
+result is loaded once in ONNX Runtime before the pass returns, so a model it would refuse
+fails here, in one line that names the node, rather than later in the search.
 """
 
 from __future__ import annotations
