@@ -110,10 +110,11 @@ class FleetProcess:
         return httpx.request(method, self.url + route, headers=headers, timeout=30, **kw)
 
 
-def start_fleet(db: str, port: int = 0) -> FleetProcess:
+def start_fleet(db: str, port: int = 0, *options: str) -> FleetProcess:
     env = {**os.environ, "EDGEINFER_ADMIN_TOKEN": ADMIN}
+    command = [sys.executable, "-m", "edgeinfer", "fleet", "serve", "--db", db]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "edgeinfer", "fleet", "serve", "--db", db, "--port", str(port)],
+        [*command, "--port", str(port), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

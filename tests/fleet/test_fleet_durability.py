@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import threading
 import time
 from pathlib import Path
@@ -155,3 +156,25 @@ def test_two_replicas_on_one_postgresql_accept_a_counter_once(
     finally:
         for replica in replicas:
             replica.stop()
+
+
+def test_a_client_that_trickles_its_body_is_cut_off(tmp_path: Path) -> None:
+    service = start_fleet(str(tmp_path / "fleet.db"), 0, "--body-timeout", "1")
+    try:
+        host, port = service.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                b"POST /v1/reports HTTP/1.1\r\nHost: fleet\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000\r\n\r\n" + b"{" * 10
+            )
+            answer = ""  # no more bytes ever come from this client
+            while "}" not in answer:
+                chunk = sock.recv(4096).decode()
+                if not chunk:
+                    break
+                answer += chunk
+        assert answer.startswith("HTTP/1.1 408"), answer
+        assert '{"error":"body: not received within 1 s"}' in answer
+        assert httpx.get(service.url + "/v1/health", timeout=30).status_code == 200
+    finally:
+        service.stop()

@@ -127,6 +127,9 @@ def register(app: typer.Typer) -> None:
         max_skew: float = typer.Option(
             300.0, help="Seconds a report may be dated ahead of this service's clock."
         ),
+        body_timeout: float = typer.Option(
+            30.0, min=0.1, help="Seconds a client may take to send a request body (then 408)."
+        ),
     ) -> None:
         """Run the fleet service.
 
@@ -142,7 +145,11 @@ def register(app: typer.Typer) -> None:
         token = _admin_token(admin_token, admin_token_file)
         config = ServerConfig(
             store=StoreConfig(db),
-            fleet=FleetConfig(admin_tokens=(token,), limits=Limits(max_skew_s=max_skew)),
+            fleet=FleetConfig(
+                admin_tokens=(token,),
+                limits=Limits(max_skew_s=max_skew),
+                body_timeout_s=body_timeout,
+            ),
             host=host,
             port=port,
         )

@@ -19,6 +19,7 @@ every refusal is a 4xx with ``{"error": reason}``; a database that cannot be rea
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +41,7 @@ from edgeinfer.fleet.errors import (
     Conflict,
     FleetError,
     Refused,
+    RequestTimeout,
     TooLarge,
     Unauthenticated,
 )
@@ -58,6 +60,7 @@ class FleetConfig:
     admin_tokens: tuple[str, ...]  # bearer tokens of the operator routes
     max_report_bytes: int = 256 * 1024  # a report with 64 sketches of ~3 kB fits
     max_small_bytes: int = 16 * 1024  # enrollment and operator bodies
+    body_timeout_s: float = 30.0  # seconds a client may take to send a body (then 408)
     limits: ingest.Limits = field(default_factory=ingest.Limits)
 
 
@@ -65,18 +68,26 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-async def _body(request: Request, cap: int) -> bytes:
-    """The request body, read no further than ``cap`` bytes."""
+async def _body(request: Request, cap: int, timeout_s: float) -> bytes:
+    """The request body, read no further than ``cap`` bytes and for no longer than
+    ``timeout_s`` (a client trickling its body would otherwise hold its worker forever)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > cap:
         raise TooLarge(f"body: {int(declared)} bytes, more than the {cap} accepted")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise TooLarge(f"body: more than the {cap} bytes accepted")
-        chunks.append(chunk)
-    return b"".join(chunks)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise TooLarge(f"body: more than the {cap} bytes accepted")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestTimeout(f"body: not received within {timeout_s:g} s") from None
 
 
 def _admin(request: Request, config: FleetConfig) -> None:
@@ -103,12 +114,12 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
         return JSONResponse({"status": "ok"})
 
     async def enroll(request: Request) -> JSONResponse:
-        body = await _body(request, config.max_small_bytes)
+        body = await _body(request, config.max_small_bytes, config.body_timeout_s)
         device_id, counter = await _db(ingest.enroll, store, body, config.limits)
         return JSONResponse({"device_id": device_id, "last_counter": counter})
 
     async def report(request: Request) -> JSONResponse:
-        body = await _body(request, config.max_report_bytes)
+        body = await _body(request, config.max_report_bytes, config.body_timeout_s)
         accepted = await _db(ingest.accept_report, store, body, config.limits, sandbox)
         return JSONResponse(
             {
@@ -121,7 +132,7 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
 
     async def tokens(request: Request) -> JSONResponse:
         _admin(request, config)
-        body = await _body(request, config.max_small_bytes)
+        body = await _body(request, config.max_small_bytes, config.body_timeout_s)
         data = parse_json(body, "body") if body.strip() else {}
         if not isinstance(data, dict) or not set(data) <= {"uses"}:
             raise BadReport('body: expected {"uses": N}')
@@ -141,7 +152,7 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
 
     async def revoke(request: Request) -> JSONResponse:
         _admin(request, config)
-        await _body(request, config.max_small_bytes)
+        await _body(request, config.max_small_bytes, config.body_timeout_s)
         return JSONResponse(await _db(inventory.revoke, store, request.path_params["device_id"]))
 
     async def refused(request: Request, exc: Exception) -> JSONResponse:

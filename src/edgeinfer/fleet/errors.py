@@ -10,6 +10,7 @@ They hang under :class:`~edgeinfer.errors.EdgeInferError`::
         │   │                        enrollment token, a signature that does not verify
         │   ├── Forbidden        403 a revoked device, an enrollment token used up
         │   ├── NotFound         404 no such device
+        │   ├── RequestTimeout   408 a body that does not arrive in time
         │   ├── Conflict         409 a replayed or out-of-order report counter
         │   └── TooLarge         413 a body over the service's cap
         ├── FleetUnavailable         the device side could not reach the fleet (transport,
@@ -33,6 +34,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "Refused",
+    "RequestTimeout",
     "TooLarge",
     "Unauthenticated",
 ]
@@ -64,6 +66,10 @@ class Forbidden(Refused):
 
 class NotFound(Refused):
     status = 404
+
+
+class RequestTimeout(Refused):
+    status = 408
 
 
 class Conflict(Refused):
