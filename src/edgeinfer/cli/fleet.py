@@ -183,7 +183,13 @@ def register(app: typer.Typer) -> None:
 
         Each with its id, model, active version, state and last report time.
         """
-        found = _call(fleet, _admin_token(admin_token, admin_token_file), "GET", "/v1/devices")
+        token = _admin_token(admin_token, admin_token_file)
+        found: list[Any] = []
+        while True:  # the service answers a page at a time
+            page = _call(fleet, token, "GET", f"/v1/devices?limit=10000&offset={len(found)}")
+            found.extend(page)
+            if len(page) < 10000:
+                break
         typer.echo(json.dumps(found, indent=2) if as_json else _table(found))
 
     @fleet_app.command("device")
