@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -113,14 +114,15 @@ def enroll(store: Store, body: bytes, limits: Limits) -> tuple[str, int]:
     return device_id, 0
 
 
-def _key_of(store: Store, device_id: Any) -> Any:
+def _key_of(store: Store, device_id: Any) -> Ed25519PublicKey:
+    """The key of the device a report claims to come from (nothing else is read yet)."""
     if not isinstance(device_id, str):
         raise BadReport("report.device_id: expected a string")
     with store.session() as session:
         raw = session.scalars(select(Device.public_key).where(Device.id == device_id)).first()
     if raw is None:
         raise Unauthenticated(f"report: unknown device {device_id[:40]!r}; enroll first")
-    return wire.public_key_from_b64(wire.b64encode(raw))
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 def accept_report(store: Store, body: bytes, limits: Limits, sandbox: Sandbox) -> Accepted:
