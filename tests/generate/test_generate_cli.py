@@ -3,8 +3,10 @@ one-line errors with exit code 2."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgeinfer.bundle import Bundle
@@ -73,3 +75,32 @@ def test_a_predictive_bundle_is_refused(tmp_path: Path, capsys: pytest.CaptureFi
     code, _, err = run([str(bundle.path), "-p", "hello"], capsys)
     assert code == 2
     assert "a predictive bundle, not a generative one" in err
+
+
+def test_tools_for_predictive_models_handle_a_generative_bundle(
+    tiny_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """inspect and bench show and time it (greedy continuations); run refuses an array."""
+    with pytest.raises(SystemExit) as info:
+        main(["inspect", str(tiny_bundle.path), "--json"])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    assert info.value.code == 0, out.err
+    facts = json.loads(out.out)
+    assert facts["backend"] == "onnxruntime-genai"
+    assert facts["inputs"] == [{"name": "input_ids", "dtype": "int64", "shape": ["prompt"]}]
+    with pytest.raises(SystemExit) as info:
+        main(["bench", str(tiny_bundle.path), "--json", "--threads", "1"])
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    assert info.value.code == 0, out.err
+    assert json.loads(out.out)["calls"] >= 1
+    np.save(tmp_path / "x.npy", np.array([1, 2, 3]))
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(tiny_bundle.path), "-i", str(tmp_path / "x.npy")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert (
+        err.startswith("error: inputs must map names to token-id prompts")
+        and "Traceback" not in err
+    )

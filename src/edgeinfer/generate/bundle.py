@@ -15,18 +15,15 @@ from typing import Any
 import numpy as np
 
 from edgeinfer.errors import BundleError
-from edgeinfer.generate.model import GenerativeModel
+from edgeinfer.generate.model import TOKEN_INPUTS, TOKEN_OUTPUTS, GenerativeModel
 from edgeinfer.manifest import GenerativeSpec, Golden
 from edgeinfer.runtime.bundle import Bundle
-from edgeinfer.tensors import TensorSpec
 
 __all__ = ["GOLDEN_PROMPTS", "INPUTS", "OUTPUTS", "create_bundle"]
 
 # Fixed prompts whose greedy continuations are the golden sample.
 GOLDEN_PROMPTS = ("The capital of France is", "Once upon a time,", "def add(a, b):")
-# The token-level signature a generative bundle declares (what its golden sample feeds).
-INPUTS = (TensorSpec("input_ids", "int64", ("prompt",)),)
-OUTPUTS = (TensorSpec("token_ids", "int64", ("generated",)),)
+INPUTS, OUTPUTS = TOKEN_INPUTS, TOKEN_OUTPUTS  # the token-level signature it declares
 
 
 def create_bundle(

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,21 @@ from edgeinfer.errors import BackendError, BundleError, InputError, MissingDepen
 from edgeinfer.generate._stops import StopFinder
 from edgeinfer.generate.options import GenerateOptions, Generation, check_messages
 from edgeinfer.runtime.bundle import Bundle
+from edgeinfer.tensors import TensorSpec
 
-__all__ = ["GenerativeModel", "TextStream", "load", "open_generative"]
+__all__ = ["BackendInfo", "GenerativeModel", "TextStream", "load", "open_generative"]
+
+# The token-level signature of a generative model (what its golden sample feeds).
+TOKEN_INPUTS = (TensorSpec("input_ids", "int64", ("prompt",)),)
+TOKEN_OUTPUTS = (TensorSpec("token_ids", "int64", ("generated",)),)
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What runs a generative model, for tools that name a model's backend."""
+
+    name: str
+
 
 Prompt = str | Sequence[Mapping[str, str]]  # a text, or a chat of {"role", "content"}
 
@@ -106,6 +120,24 @@ class GenerativeModel:
     @property
     def version(self) -> int | None:
         return None if self.bundle is None else self.bundle.version
+
+    # What tools written for a predictive Model read (inspect, bench, run, the gate): the
+    # token-level signature of the golden sample, run by predict.
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self.bundle.manifest.inputs if self.bundle is not None else TOKEN_INPUTS
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return self.bundle.manifest.outputs if self.bundle is not None else TOKEN_OUTPUTS
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        return ("CPUExecutionProvider",)
+
+    @property
+    def backend(self) -> BackendInfo:
+        return BackendInfo("onnxruntime-genai")
 
     # ---------------------------------------------------------------- tokens
     def encode(self, text: str) -> list[int]:
@@ -250,14 +282,39 @@ class GenerativeModel:
 
     def predict_n(self, inputs: Mapping[str, Any], max_tokens: int) -> dict[str, np.ndarray]:
         """:meth:`predict` with ``max_tokens`` greedy tokens per prompt."""
-        if not isinstance(inputs, Mapping):
-            raise InputError(
-                f"inputs must map names to token-id prompts, got {type(inputs).__name__}"
-            )
         return {
-            name: self.continue_ids(np.asarray(ids).reshape(-1).tolist(), max_tokens)
-            for name, ids in inputs.items()
+            name: self.continue_ids(ids.tolist(), max_tokens)
+            for name, ids in self.validate(inputs).items()
         }
+
+    def validate(self, inputs: Any) -> dict[str, np.ndarray]:
+        """Token-id prompts as :meth:`predict` takes them: a name -> 1-D ids mapping."""
+        if not isinstance(inputs, Mapping) or not inputs:
+            raise InputError(
+                "inputs must map names to token-id prompts (1-D integer arrays), got "
+                f"{type(inputs).__name__}"
+            )
+        out = {}
+        for name, ids in inputs.items():
+            arr = np.asarray(ids)
+            if arr.dtype.kind not in "iu" or arr.ndim != 1 or arr.size == 0:
+                raise InputError(
+                    f"input {name!r}: expected 1-D integer token ids, got {arr.dtype} "
+                    f"{list(arr.shape)}"
+                )
+            out[str(name)] = arr.astype(np.int64)
+        return out
+
+    def sample_inputs(
+        self,
+        batch: int = 1,
+        dims: Mapping[str, int] | None = None,
+        seed: int = 0,
+        *,
+        strict: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """One fixed English prompt's token ids (``predict`` continues it): for benchmarks."""
+        return {"input_ids": np.asarray(self.encode("The capital of France is"), np.int64)}
 
     def continue_ids(self, ids: Sequence[int], max_tokens: int) -> np.ndarray:
         """The greedy continuation of token ids (no text involved), as int64 ids."""
