@@ -194,3 +194,14 @@ def test_a_closed_model_refuses_to_generate(tiny_bundle: Bundle) -> None:
     model.close()
     with pytest.raises(BackendError, match=r"model 'tiny-llm' is closed"):
         model.generate(PROMPT)  # type: ignore[attr-defined]
+
+
+def test_threads_share_one_model(tiny: GenerativeModel) -> None:
+    """Each call has its own generator and KV cache: concurrent greedy calls agree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = ["the quick brown", "edge devices run", "a small model", "the lazy"]
+    want = [tiny.generate(p, max_tokens=20).token_ids for p in prompts]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda p: tiny.generate(p, max_tokens=20).token_ids, prompts * 3))
+    assert got == want * 3
