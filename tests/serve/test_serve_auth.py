@@ -58,15 +58,29 @@ def test_health_is_open(server: BackgroundServer) -> None:
         (ADMIN, 200, None),
     ],
 )
-def test_repository_needs_the_admin_token(
+def test_repository_control_needs_the_admin_token(
     server: BackgroundServer, token: str | None, status: int, message: str | None
 ) -> None:
-    r = httpx.post(server.url + "/v2/repository/index", headers=_auth(token))
-    assert r.status_code == status
+    r = httpx.post(server.url + "/v2/repository/models/fixed/load", headers=_auth(token))
+    assert r.status_code == status, r.text
     if message:
         assert message in r.json()["error"]
-    else:
+
+
+@pytest.mark.parametrize(
+    ("token", "status"), [(None, 401), ("wrong", 401), (USER, 200), (ADMIN, 200)]
+)
+def test_repository_index_needs_the_inference_token(
+    server: BackgroundServer, token: str | None, status: int
+) -> None:
+    # As Triton: any client that may infer may read the index (tritonclient's
+    # get_model_repository_index); only load/unload are kept behind the admin token.
+    r = httpx.post(server.url + "/v2/repository/index", headers=_auth(token))
+    assert r.status_code == status, r.text
+    if status == 200:
         assert {"name": "fixed", "version": "1", "state": "READY"} in r.json()
+    else:
+        assert "bearer token" in r.json()["error"]
 
 
 def test_grpc_tokens(server: BackgroundServer) -> None:
@@ -99,6 +113,8 @@ def test_admin_disabled_without_admin_token(tmp_path_factory: pytest.TempPathFac
     with h.running(h.config(root, grpc_port=None)) as srv:
         r = httpx.post(srv.url + "/v2/repository/models/mlp/unload")
         assert r.status_code == 403 and "--admin-token" in r.json()["error"]
+        index = httpx.post(srv.url + "/v2/repository/index")  # open server: index readable
+        assert index.status_code == 200 and {r["name"] for r in index.json()} >= {"mlp"}
         assert httpx.post(srv.url + "/v2/models/mlp/infer", json=BODY).status_code == 200
 
 

@@ -7,7 +7,7 @@ Routes (``open_inference_rest.yaml``; ``[/versions/V]`` is optional everywhere):
     GET  /v2/models/M[/versions/V]                     model metadata
     GET  /v2/models/M[/versions/V]/ready               model readiness
     POST /v2/models/M[/versions/V]/infer               inference (JSON or binary tensors)
-    POST /v2/repository/index                          admin token
+    POST /v2/repository/index                          inference token (read-only, as Triton)
     POST /v2/repository/models/M/load | unload         admin token
     GET  /metrics                                      Prometheus text format
 
@@ -218,7 +218,9 @@ class _Routes:
             )
 
     async def repository_index(self, request: Request) -> Response:
-        self._check(request, admin=True)
+        # Reading the index changes nothing: any client that may infer may list the models
+        # (Triton's clients call it before they pick one); load/unload need the admin token.
+        self._check(request)
         await self.dp.start()
         body = await read_body(request, self.limits.max_body_bytes)
         only_ready = False
