@@ -1,4 +1,4 @@
-"""The fleet's database: devices, enrollment tokens, reports and merged sketches.
+"""The fleet's database: devices, enrollment tokens, reports, merged sketches, rollouts.
 
 SQLAlchemy 2's typed ORM over SQLite (the default: one file, WAL, ``synchronous=FULL``)
 or PostgreSQL (``postgresql://``, through psycopg 3), with the schema made and moved only
@@ -22,6 +22,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
@@ -43,6 +44,9 @@ __all__ = [
     "Device",
     "EnrollToken",
     "Report",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutEvent",
     "SketchRow",
     "Store",
     "StoreConfig",
@@ -128,6 +132,66 @@ class SketchRow(Base):
     metric: Mapped[str] = mapped_column(String(80))
     n: Mapped[int] = mapped_column(BigInteger)
     kll: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Rollout(Base):
+    """A staged rollout of one model version; ``revision`` grows with every change of it.
+
+    Shares are percents of the model's devices; thresholds are fractions (0.1 = 10 %).
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    target_sha256: Mapped[str | None] = mapped_column(String(64))  # the TUF target, if named
+    target_length: Mapped[int | None] = mapped_column(BigInteger)  # bytes
+    previous_version: Mapped[int | None] = mapped_column(Integer)  # latency baseline
+    stages: Mapped[list[float]] = mapped_column(JSON)  # percents, increasing, last 100
+    stage: Mapped[int] = mapped_column(Integer)  # index into stages
+    state: Mapped[str] = mapped_column(String(16))  # running|paused|halted|aborted|done
+    max_failure: Mapped[float] = mapped_column(Float)  # failure share that halts
+    min_devices: Mapped[int] = mapped_column(Integer)  # reporting before a halt can trip
+    max_latency_regression: Mapped[float | None] = mapped_column(Float)  # p95 ratio - 1
+    soak_s: Mapped[float] = mapped_column(Float)  # seconds a stage lasts at least
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    stage_started_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    halt_rule: Mapped[str | None] = mapped_column(String(32))
+    halt_detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    revision: Mapped[int] = mapped_column(Integer)
+
+
+class RolloutEvent(Base):
+    """One change of a rollout (started, promoted, halted, ...), with the figures behind it."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (
+        # one change per revision: two replicas deciding the same stage cannot both record it
+        UniqueConstraint("rollout_id", "revision", name="uq_rollout_events_revision"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(String(16))
+    stage: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class RolloutDevice(Base):
+    """What one device's reports say of a rollout's version: ``ok`` or ``failed``."""
+
+    __tablename__ = "rollout_devices"
+
+    rollout_id: Mapped[int] = mapped_column(ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(8))
+    stage: Mapped[int] = mapped_column(Integer)  # the stage when it first reported
+    reason: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
