@@ -109,6 +109,17 @@ def test_manifest_generative_section_is_checked(tiny_bundle: Bundle, tmp_path: P
         Bundle.open(copy)
 
 
+def test_a_manifest_that_contradicts_the_genai_config_is_refused(
+    tiny_bundle: Bundle, tmp_path: Path
+) -> None:
+    copy = Path(shutil.copytree(tiny_bundle.path, tmp_path / "copy"))
+    data = json.loads((copy / "manifest.json").read_text())
+    data["generative"]["context_length"] = 4096
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"the manifest says context 4096, vocabulary 300; "):
+        edgeinfer.load(copy)
+
+
 def test_create_bundle_refuses_what_is_not_a_genai_model(tmp_path: Path) -> None:
     with pytest.raises(BundleError, match=r"no genai_config.json"):
         create_bundle(tmp_path, tmp_path / "out", name="x")

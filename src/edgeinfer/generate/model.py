@@ -97,6 +97,16 @@ class GenerativeModel:
             int(t) for t in self._tokenizer.eos_token_ids
         )
         spec = bundle.manifest.generative if bundle is not None else None
+        if spec is not None and (spec.context_length, spec.vocab_size) != (
+            self.context_length,
+            self.vocab_size,
+        ):
+            # A manifest edited by hand would have callers plan for a context the model lacks.
+            raise BundleError(
+                f"{self.path}: the manifest says context {spec.context_length}, vocabulary "
+                f"{spec.vocab_size}; genai_config.json says {self.context_length}, "
+                f"{self.vocab_size}"
+            )
         self.chat_template: str | None = spec.chat_template if spec else _chat_template(self.path)
         self._closed = False
         self._lock = threading.Lock()  # the tokenizer's encode/decode, not the generation
