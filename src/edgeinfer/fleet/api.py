@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from edgeinfer.fleet import ingest, inventory
+from edgeinfer.fleet import ingest, inventory, web
 from edgeinfer.fleet.errors import (
     BadReport,
     Conflict,
@@ -203,6 +203,7 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
         lifespan=lifespan,
     )
     app.state.store = store
+    app.state.metrics = web.mount(app, store, config.admin_tokens)  # dashboard, /metrics
     return app
 
 
