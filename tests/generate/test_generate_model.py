@@ -205,3 +205,15 @@ def test_threads_share_one_model(tiny: GenerativeModel) -> None:
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda p: tiny.generate(p, max_tokens=20).token_ids, prompts * 3))
     assert got == want * 3
+
+
+def test_a_stream_not_yet_read_does_not_count_the_wait(tiny: GenerativeModel) -> None:
+    import time
+
+    called = time.perf_counter()
+    stream = tiny.stream(PROMPT, max_tokens=4)
+    time.sleep(0.3)  # the caller is busy before reading: not the model's time
+    list(stream)
+    wall = time.perf_counter() - called
+    assert stream.result is not None
+    assert stream.result.ttft_s <= stream.result.total_s <= wall - 0.3

@@ -364,6 +364,7 @@ class TextStream(Iterator[str]):
         self.model = model
         self.prompt_tokens = len(ids)
         self.result: Generation | None = None
+        self._created = time.perf_counter()
         self._it = self._run(ids, opts, start)
 
     def __iter__(self) -> TextStream:
@@ -386,6 +387,8 @@ class TextStream(Iterator[str]):
         self, ids: list[int], opts: GenerateOptions, start: float
     ) -> Generator[str, None, None]:
         model = self.model
+        # Timings count the call and the generation, not a wait before the first next().
+        start += time.perf_counter() - self._created
         gen = model._generator(ids, opts)
         detok = model._tokenizer.create_stream()
         stops = StopFinder(opts.stop)
