@@ -217,20 +217,22 @@ def _mel_audio(seed: int) -> np.ndarray:
 
 def _oww_mel(n: int, seed: int) -> Feeds:
     clip = _mel_audio(seed)
-    x = np.stack([clip[8000 + 1280 * i : 8000 + 1280 * (i + 1)] for i in range(n)])
+    starts = [(8000 + 1280 * i) % (len(clip) - 1280) for i in range(n)]
+    x = np.stack([clip[s : s + 1280] for s in starts])
     return {"serving_default_input:0": x.astype(np.float32)}
 
 
 def _mel_frames(seed: int) -> np.ndarray:
     mel = package_file("wyoming_openwakeword", "models/melspectrogram.tflite")
-    clip = _mel_audio(seed)[None, :32000].astype(np.float32)
+    clip = _mel_audio(seed)[None, :].astype(np.float32)
     frames = next(iter(reference(mel, {"serving_default_input:0": clip}).values()))
     return (frames[0, 0] / 10.0 + 2.0).astype(np.float32)  # openWakeWord's scaling
 
 
 def _oww_embedding(n: int, seed: int) -> Feeds:
     frames = _mel_frames(seed)
-    x = np.stack([frames[8 * i : 8 * i + 76] for i in range(n)])[..., None]
+    starts = [(8 * i) % (len(frames) - 76) for i in range(n)]  # 80 ms hops, wrapping around
+    x = np.stack([frames[s : s + 76] for s in starts])[..., None]
     return {"serving_default_input_1:0": x.astype(np.float32)}
 
 
