@@ -48,6 +48,8 @@ def _stop(proc: subprocess.Popen[str]) -> str:
 
 def test_serve_command_end_to_end(tmp_path: Path) -> None:
     root = h.repository(tmp_path / "repo")
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "model.onnx").write_bytes(b"not a model")
     port = _free_port()
     proc = _start(
         [
@@ -68,7 +70,8 @@ def test_serve_command_end_to_end(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200:
+                # live, not ready: the broken model keeps it from being ready
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/live").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -82,7 +85,14 @@ def test_serve_command_end_to_end(tmp_path: Path) -> None:
     finally:
         out = _stop(proc)
     assert "REST on 127.0.0.1" in out
-    assert "warning" not in out.lower()
+    assert "without a token" not in out  # loopback: no exposure warning
+    # what was loaded, and what was not and why, one line each, after the banner
+    lines = [line.strip() for line in out.splitlines()]
+    start = next(i for i, line in enumerate(lines) if "REST on 127.0.0.1" in line)
+    assert "model mlp: versions 1, 2 on onnxruntime" in lines[start + 1 :]
+    assert "model fixed: version 1 on onnxruntime" in lines[start + 1 :]
+    (broken,) = [line for line in lines if line.startswith("model broken")]
+    assert broken.startswith("model broken version 1 not loaded: ") and "not a" in broken
 
 
 def test_warns_on_non_loopback_without_token(tmp_path: Path) -> None:
@@ -180,9 +190,11 @@ def test_port_in_use_is_one_line(
     with pytest.raises(SystemExit) as info:
         main(["serve", str(h.repository(tmp_path / "repo")), "--poll", "0", *args])
     assert info.value.code == 2
-    err = capsys.readouterr().err.strip()
+    captured = capsys.readouterr()
+    err = captured.err.strip()
     assert len(err.splitlines()) == 1, err
     assert f"{what} port {busy_port} of 127.0.0.1: it is already in use" in err
+    assert "REST on" not in captured.out  # no banner for a server that never listened
     assert hint in err
 
 
@@ -206,7 +218,7 @@ def test_grpc_port_in_use_in_a_real_process(tmp_path: Path, busy_port: int) -> N
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "REST on" not in proc.stdout
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and f"gRPC port {busy_port}" in lines[0], proc.stderr
 

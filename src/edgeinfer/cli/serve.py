@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -13,7 +14,10 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         repository: Path | None = typer.Argument(
-            None, help="Model repository: REPOSITORY/<model>/<version>/{bundle | model.onnx}."
+            None,
+            metavar="[REPOSITORY]",
+            help="Model repository: REPOSITORY/<model>/<version>/{bundle | model.onnx}.",
+            show_default=False,
         ),
         follow: list[Path] = typer.Option(
             [],
@@ -204,13 +208,24 @@ def register(app: typer.Typer) -> None:
             )
             run_ray(config, replicas=replicas)
         else:
-            typer.echo(
-                f"edgeinfer serve: REST on {host}:{port}"
-                + (f", gRPC on {host}:{grpc_port}" if grpc_port >= 0 else "")
-            )
             if config.max_connections is not None:
                 _make_room_for(config.max_connections)
-            run_server(config)
+            run_server(config, on_started=_banner)
+
+
+def _banner(app: Any, port: int) -> None:
+    """Printed once both ports are bound and the models loaded: where to connect and what
+    is served (a port conflict is the only line when there is one)."""
+    from edgeinfer.serve.server import startup_lines
+
+    config = app.state.dataplane.config
+    grpc_port = app.state.grpc_port
+    typer.echo(
+        f"edgeinfer serve: REST on {config.host}:{port}"
+        + (f", gRPC on {config.host}:{grpc_port}" if grpc_port is not None else "")
+    )
+    for line in startup_lines(app.state.dataplane):
+        typer.echo(f"  {line}")
 
 
 def _read_tokens(path: Path, option: str) -> list[str]:

@@ -27,7 +27,7 @@ from typing import Any
 from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.serve.config import ServeConfig
 
-__all__ = ["BackgroundServer", "check_grpc_port", "is_loopback", "run_server"]
+__all__ = ["BackgroundServer", "check_grpc_port", "is_loopback", "run_server", "startup_lines"]
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +97,12 @@ class _StartupErrors:
     has given up. Any other exception is a bug and keeps its traceback.
     """
 
-    def __init__(self, app: Any, config: ServeConfig) -> None:
+    def __init__(
+        self, app: Any, config: ServeConfig, on_started: Callable[[], None] | None = None
+    ) -> None:
         self.app, self.config = app, config
         self.error: EdgeInferError | None = None
+        self.on_started = on_started
 
     async def __call__(self, scope: _Scope, receive: Any, send: _Send) -> None:
         if scope["type"] != "lifespan":
@@ -112,6 +115,8 @@ class _StartupErrors:
                 self.error = self._one_line(sys.exc_info()[1])
                 if self.error is not None:
                     message = {**message, "message": ""}
+            elif message["type"] == "lifespan.startup.complete" and self.on_started:
+                self.on_started()  # models loaded, gRPC bound, the REST socket bound before
             await send(message)
 
         await self.app(scope, receive, lifespan_send)
@@ -151,13 +156,48 @@ def _uvicorn_config(config: ServeConfig, app: Any, log_level: str) -> Any:
     )
 
 
-def run_server(config: ServeConfig, log_level: str = "info") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM), in the foreground."""
+def startup_lines(dataplane: Any) -> list[str]:
+    """One line per model in service (name, versions, backend) and one per model or version
+    that failed to load, with the reason: what an operator checks first after a start."""
+    repo = dataplane.repository
+    ready: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for row in repo.index():
+        if row["state"] == "READY":
+            ready.setdefault(row["name"], []).append(row["version"])
+    for name, versions in ready.items():
+        backend = repo.get(name).model.backend.name
+        label = "version" if len(versions) == 1 else "versions"
+        lines.append(f"model {name}: {label} {', '.join(versions)} on {backend}")
+    for row in repo.index():
+        if row["state"] != "READY":
+            version = f" version {row['version']}" if "version" in row else ""
+            reason = " ".join(str(row.get("reason", "not loaded")).split())
+            lines.append(f"model {row['name']}{version} not loaded: {reason}")
+    return lines or ["no models loaded yet"]
+
+
+def run_server(
+    config: ServeConfig,
+    log_level: str = "info",
+    on_started: Callable[[Any, int], None] | None = None,
+) -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM), in the foreground.
+
+    ``on_started(app, rest_port)`` runs once both ports are bound and the models are loaded, before
+    the first request is served (the CLI prints its banner there, never before a port
+    conflict is known).
+    """
     import uvicorn
 
     from edgeinfer.serve.app import create_app
 
-    app = _StartupErrors(create_app(config), config)
+    asgi = create_app(config)
+    app = _StartupErrors(
+        asgi,
+        config,
+        None if on_started is None else (lambda: on_started(asgi, sock.getsockname()[1])),
+    )
     _check_grpc_port(config)
     sock = _socket(config.host, config.port)
     server = uvicorn.Server(_uvicorn_config(config, app, log_level))
