@@ -35,6 +35,7 @@ from edgeinfer.optimize.data import DataSource, calibration_reader, load_dataset
 from edgeinfer.optimize.errors import NotApplicable, OptimizeError
 from edgeinfer.optimize.passes.base import DATA, PassResult, quiet, require_choice, run_tool
 from edgeinfer.optimize.passes.dynamic_int8 import quant_type, quantized_ops
+from edgeinfer.optimize.passes.entropy import speed_up
 from edgeinfer.optimize.passes.prepare import QDQ_OPSET, default_opset, prepare
 
 __all__ = [
@@ -109,7 +110,8 @@ def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> int:
     Returns the number of calibration samples. ``quantize_static`` builds its entropy
     calibrator with as many histogram bins as quantized bins (128/128), which leaves the
     KL search a single candidate threshold, the full range: entropy calibration would be
-    min-max in disguise. The calibrator is therefore built here, with 512 bins.
+    min-max in disguise. The calibrator is therefore built here, with 512 bins, and its
+    threshold search runs vectorized (:mod:`.entropy`, same thresholds, ~5x faster).
     """
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
@@ -133,6 +135,8 @@ def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> int:
                 extra_options=options,
             )
             calibrator.collect_data(calibration_reader(data, config.batch_size))
+            if config.method == "entropy":
+                speed_up(getattr(calibrator, "collector", None))
             return calibrator.compute_data()
 
         ranges = run_tool(f"{config.method} calibration", _collect)
