@@ -341,7 +341,7 @@ def mount(app: Starlette, store: Store, admin_tokens: tuple[str, ...]) -> FleetM
     def headers(response: Response) -> Response:
         response.headers["content-security-policy"] = CSP
         response.headers["x-content-type-options"] = "nosniff"
-        response.headers["referrer-policy"] = "no-referrer"
+        response.headers["referrer-policy"] = "same-origin"  # no-referrer makes Origin null
         response.headers["cache-control"] = "no-store"
         return response
 

@@ -1,0 +1,338 @@
+"""The fleet dashboard and /metrics, on a real fleet service with devices that reported.
+
+Four devices enroll and report through the client library (real keys, real signed reports,
+real KLL sketches); one of them sends HTML in every free-text field it has. The pages are
+read as JSON and HTML over HTTP on SQLite and PostgreSQL, and driven end to end in Debian's
+headless Chromium through Playwright (never ``playwright install``): sign in, the overview,
+a device's history, the latency plots, sign out. Chromium missing is a failure, not a skip.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fleet_support import (
+    ADMIN,
+    SHA,
+    FleetProcess,
+    device,
+    document,
+    post,
+    sealed,
+    status,
+)
+
+from edgeinfer.fleet import web
+from edgeinfer.fleet.client import report_cycle
+from edgeinfer.fleet.sketches import encode, make
+
+pytestmark = pytest.mark.timeout(120)
+
+XSS_REASON = "<script>alert('reason')</script> health gate: accuracy 0.41 < 0.90"
+XSS_AGENT_ID = '<img src=x onerror="alert(1)">'
+XSS_MACHINE = "<svg onload=alert(2)>"
+XSS_GATE = "<b>bold</b>"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@dataclass
+class Fleet:
+    service: FleetProcess
+    ids: dict[str, str]  # name -> device id
+
+    @property
+    def url(self) -> str:
+        return self.service.url
+
+    def get(self, route: str, **kw: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        return httpx.get(self.url + route, headers=headers, timeout=30, **kw)
+
+
+@pytest.fixture(scope="module")
+def populated(fleet: FleetProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Four devices on two hardware classes; one rolled back with HTML in what it sent."""
+    root = tmp_path_factory.mktemp("devices")
+    a = device(fleet, root / "a", hardware_class="test-x86_64")
+    assert report_cycle(a, status(version=1), latency_ms=[4.0, 4.5, 5.0]).sent == 1
+    assert report_cycle(a, status(version=2), latency_ms=[2.0, 2.5, 3.0, 3.5]).sent == 1
+    b = device(fleet, root / "b", hardware_class="test-x86_64")
+    up_to_date = status(version=2, result="up-to-date")
+    assert report_cycle(b, up_to_date, latency_ms=[2.2, 2.8, 3.1]).sent == 1
+    c = device(fleet, root / "c", hardware_class="test-arm64")
+    rolled_back = status(version=1, result="rolled-back", reason=XSS_REASON)
+    rolled_back["device_id"] = XSS_AGENT_ID
+    gate = {"accuracy": 0.41, "note": XSS_GATE}
+    assert report_cycle(c, rolled_back, latency_ms=[9.0, 11.0], gate=gate).sent == 1
+    d = device(fleet, root / "d", hardware_class="test-arm64")
+    payload = {
+        "agent_version": "0.1.0",
+        "active": {"slot": "b", "name": "digits", "version": 2, "sha256": SHA},
+        "cycle": {"result": "updated", "via": "full", "from_version": 1, "to_version": 2},
+        "hardware": {"hardware_class": "test-arm64", "machine": XSS_MACHINE, "system": "linux"},
+        "sketches": [{"metric": "latency_ms", "kll": encode(make([7.0, 8.0, 9.5]))}],
+    }
+    assert d.report(payload, SHA).sent == 1
+    # two refusals: a forged signature and a malformed body
+    forged = sealed(Ed25519PrivateKey.generate(), document(a, 99))
+    assert post(fleet, forged).status_code == 401
+    assert post(fleet, b'{"report": 1}').status_code == 400
+    yield Fleet(fleet, {"a": a.device_id, "b": b.device_id, "c": c.device_id, "d": d.device_id})
+
+
+def _login(fleet: Fleet, token: str = ADMIN, **headers: str) -> httpx.Response:
+    return httpx.post(
+        fleet.url + "/login",
+        data={"token": token, "next": "/latency"},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def test_the_overview_counts_devices_by_version_and_state(populated: Fleet) -> None:
+    data = populated.get("/.json").json()
+    assert data["devices"] == 4
+    assert data["reports"] == 5
+    assert data["states"] == {"rolled-back": 1, "up-to-date": 1, "updated": 2}
+    groups = {(g["model"], g["version"], g["state"]): g["devices"] for g in data["by_version"]}
+    assert groups == {
+        ("digits", 2, "updated"): 2,
+        ("digits", 2, "up-to-date"): 1,
+        ("digits", 1, "rolled-back"): 1,
+    }
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:]{8}Z", g["last_report_at"]) for g in data["by_version"]
+    )
+    assert {d["id"] for d in data["recent_devices"]} == set(populated.ids.values())
+    assert data["refused_since_start"] == {"bad-signature": 1, "malformed": 1}
+    again = populated.get("/?format=json").json()  # the same page (ages move on: "3 s ago")
+    assert _without_ages(again) == _without_ages(data)
+
+
+def _without_ages(data: dict[str, Any]) -> dict[str, Any]:
+    lists = ("by_version", "recent_devices")
+    rows = {k: [{**r, "last_report_age": None} for r in data[k]] for k in lists}
+    return {**data, **rows}
+
+
+def test_a_device_page_holds_its_history(populated: Fleet) -> None:
+    a = populated.get(f"/devices/{populated.ids['a']}.json").json()
+    assert [(r["counter"], r["version"], r["result"]) for r in a["history"]] == [
+        (2, 2, "updated"),
+        (1, 1, "updated"),
+    ]
+    assert a["history"][0]["via"] == "delta"
+    assert [s["metric"] for s in a["fleet_latency"]] == ["latency_ms"]
+    c = populated.get(f"/devices/{populated.ids['c']}", params={"format": "json"}).json()
+    assert c["state"] == "rolled-back"
+    assert c["history"][0]["reason"] == XSS_REASON
+    assert c["history"][0]["gate"] == {"accuracy": 0.41, "note": XSS_GATE}
+
+
+def test_everything_a_device_sent_is_escaped(populated: Fleet) -> None:
+    for name in ("c", "d"):
+        page = populated.get(f"/devices/{populated.ids[name]}")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "script-src" not in page.headers["content-security-policy"]
+        assert "<script" not in page.text and "<svg" not in page.text and "<img" not in page.text
+    c = populated.get(f"/devices/{populated.ids['c']}").text
+    assert "&lt;script&gt;alert(&#39;reason&#39;)&lt;/script&gt;" in c
+    assert "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;" in c
+    assert "&lt;b&gt;bold&lt;/b&gt;" in c
+    d = populated.get(f"/devices/{populated.ids['d']}").text
+    assert "&lt;svg onload=alert(2)&gt;" in d
+    overview = populated.get("/").text
+    assert "<script" not in overview and "&lt;script&gt;" in overview  # the reason, as a title
+
+
+def test_latency_per_hardware_class_is_plotted(populated: Fleet) -> None:
+    data = populated.get("/latency.json").json()
+    classes = {c["hardware_class"]: c for c in data["hardware_classes"]}
+    assert set(classes) == {"test-arm64", "test-x86_64"}
+    x86 = {(s["version"], s["n"]) for s in classes["test-x86_64"]["series"]}
+    assert x86 == {(1, 3), (2, 7)}  # a's version 2 and b's, merged
+    v2 = next(s for s in classes["test-x86_64"]["series"] if s["version"] == 2)
+    assert 2.0 <= v2["p50"] <= v2["p95"] <= v2["p99"] <= v2["max"] == 3.5
+    svg = populated.get(classes["test-arm64"]["plot"])
+    assert svg.status_code == 200
+    assert svg.headers["content-type"] == "image/svg+xml"
+    assert svg.text.lstrip().startswith("<?xml") and "<svg" in svg.text
+    assert populated.get("/latency/no-such-class.svg").status_code == 404
+
+
+def test_rollouts_page_without_rollouts(populated: Fleet) -> None:
+    assert populated.get("/rollouts.json").json() == {"rollouts": []}
+    assert "No rollouts." in populated.get("/rollouts").text
+
+
+def test_metrics_are_behind_the_admin_token(populated: Fleet) -> None:
+    open_answer = httpx.get(populated.url + "/metrics", timeout=30)
+    assert open_answer.status_code == 401
+    assert "admin token" in open_answer.json()["error"]
+    text = populated.get("/metrics").text
+    samples = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['edgeinfer_fleet_devices{model="digits",state="updated",version="2"}'] == 2
+    assert samples['edgeinfer_fleet_devices{model="digits",state="rolled-back",version="1"}'] == 1
+    assert samples['edgeinfer_fleet_reports_received_total{outcome="accepted"}'] == 5
+    assert samples['edgeinfer_fleet_reports_received_total{outcome="refused"}'] == 2
+    assert samples['edgeinfer_fleet_reports_refused_total{reason="bad-signature"}'] == 1
+    assert samples['edgeinfer_fleet_reports_refused_total{reason="malformed"}'] == 1
+    assert samples['edgeinfer_fleet_reports_refused_total{reason="revoked"}'] == 0
+
+
+def test_sign_in_sets_a_strict_http_only_cookie_without_the_token(populated: Fleet) -> None:
+    answer = _login(populated)
+    assert answer.status_code == 303 and answer.headers["location"] == "/latency"
+    cookie = answer.headers["set-cookie"]
+    assert cookie.startswith(web.COOKIE + "=")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    assert ADMIN not in cookie
+    session = {web.COOKIE: answer.cookies[web.COOKIE]}
+    page = httpx.get(populated.url + "/", cookies=session, timeout=30)
+    assert page.status_code == 200 and "Fleet overview" in page.text
+
+
+@pytest.mark.parametrize(
+    ("token", "headers", "status_code", "fragment"),
+    [
+        ("not-the-token", {}, 401, "wrong admin token"),
+        ("", {}, 401, "wrong admin token"),
+        (ADMIN, {"origin": "http://evil.example"}, 403, "cross-site POST"),
+        (ADMIN, {"sec-fetch-site": "cross-site"}, 403, "cross-site POST"),
+    ],
+)
+def test_sign_in_refuses_wrong_tokens_and_other_sites(
+    populated: Fleet, token: str, headers: dict[str, str], status_code: int, fragment: str
+) -> None:
+    answer = _login(populated, token, **headers)
+    assert answer.status_code == status_code
+    assert fragment in answer.text
+    assert "set-cookie" not in answer.headers
+
+
+def test_pages_need_a_session(populated: Fleet) -> None:
+    answer = httpx.get(populated.url + f"/devices/{populated.ids['a']}", timeout=30)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == f"/login?next=/devices/{populated.ids['a']}"
+    assert httpx.get(populated.url + "/.json", timeout=30).status_code == 401
+    forged = {web.COOKIE: web.session_cookie("some-other-token")}
+    assert httpx.get(populated.url + "/.json", cookies=forged, timeout=30).status_code == 401
+    expired = {web.COOKIE: web.session_cookie(ADMIN, now=time.time() - web.SESSION_S - 5)}
+    assert httpx.get(populated.url + "/.json", cookies=expired, timeout=30).status_code == 401
+    login = httpx.get(populated.url + "/login", params={"next": "//evil.example/x"}, timeout=30)
+    assert 'name="next" value="/"' in login.text  # no redirect off the site
+
+
+def test_an_unknown_device_is_a_404(populated: Fleet) -> None:
+    missing = "d-" + "0" * 20
+    assert populated.get(f"/devices/{missing}.json").json() == {"error": f"no device {missing!r}"}
+    page = populated.get(f"/devices/{missing}")
+    assert page.status_code == 404 and "no device" in page.text
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).exists():
+        pytest.fail("Debian's chromium is not installed: run scripts/system-deps.sh")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet", ["sqlite"], indirect=True)
+def test_the_dashboard_in_chromium(populated: Fleet, tmp_path: Path) -> None:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"playwright is not installed (the test extra): {exc}")
+    with sync_playwright() as pw:
+        try:
+            browser = pw.chromium.launch(
+                executable_path=_chromium(), args=CHROMIUM_ARGS, headless=True, timeout=60_000
+            )
+        except Exception as exc:  # the reason, whatever it is, is the failure
+            pytest.fail(f"Chromium cannot start: {str(exc).splitlines()[0]}")
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.set_default_timeout(20_000)
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            url = populated.url
+
+            page.goto(url + "/")
+            assert page.url.endswith("/login?next=/")
+            page.fill("#token", "not-the-token")
+            page.click("button[type=submit]")
+            assert page.locator(".error").inner_text() == "wrong admin token"
+            assert context.cookies() == []
+
+            page.fill("#token", ADMIN)
+            page.click("button[type=submit]")
+            page.wait_for_url(url + "/")
+            (cookie,) = context.cookies()
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            assert page.evaluate("document.cookie") == ""  # no script can read the session
+            assert page.locator("#device-count").inner_text() == "4"
+            rows = page.locator("#by-version tbody tr").all_inner_texts()
+            assert len(rows) == 3
+            assert any(re.match(r"digits\s+2\s+updated\s+2\s+20", r) for r in rows), rows
+            assert "bad-signature" in page.locator("#refused").inner_text()
+            page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+            page.click(f"a[href='/devices/{populated.ids['c']}']")
+            page.wait_for_url(url + f"/devices/{populated.ids['c']}")
+            history = page.locator("#history tbody tr")
+            assert history.count() == 1
+            assert XSS_REASON in history.first.inner_text()  # shown as text, not run
+            assert XSS_GATE in history.first.inner_text()
+            assert page.locator("script, svg, img[onerror], b").count() == 0
+            assert XSS_AGENT_ID in page.locator("dl.facts").inner_text()
+            page.screenshot(path=str(tmp_path / "device.png"), full_page=True)
+
+            page.goto(url + f"/devices/{populated.ids['d']}")
+            assert XSS_MACHINE in page.locator("#hardware").inner_text()
+            assert page.locator("svg").count() == 0
+
+            page.click("nav >> text=Latency")
+            plots = page.locator("img.plot")
+            assert plots.count() == 2
+            loaded = "img => img.complete && img.naturalWidth > 0"
+            deadline = time.monotonic() + 30
+            while not all(plots.nth(i).evaluate(loaded) for i in range(2)):
+                assert time.monotonic() < deadline, "the latency plots did not load"
+                time.sleep(0.1)
+            page.screenshot(path=str(tmp_path / "latency.png"), full_page=True)
+
+            page.click("nav >> text=Rollouts")
+            assert page.locator("#no-rollouts").inner_text() == "No rollouts."
+
+            page.click("text=Sign out")
+            page.wait_for_url(re.compile(r".*/login$"))
+            assert context.cookies() == []
+            page.goto(url + "/")
+            assert page.url.endswith("/login?next=/")
+            assert dialogs == []  # nothing a device sent ever ran
+        finally:
+            browser.close()
