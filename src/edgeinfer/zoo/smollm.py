@@ -50,10 +50,9 @@ def _hf_checkpoint() -> Path:
     """The GGUF as a Hugging Face checkpoint (float32 safetensors, tokenizer), cached."""
     dest = zoo_cache("smollm2") / "hf"
     meta = zoo_cache("smollm2") / "hf.json"
-    info = read_json(meta)
-    if dest.is_dir() and info is not None and info.get("code_version") == CODE_VERSION:
-        return dest
     gguf = gguf_path()
+    if dest.is_dir() and _fresh(read_json(meta), gguf):
+        return dest
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the file is local; never ask a hub
     require("gguf", "gguf", "generate", _PURPOSE)
     require("accelerate", "accelerate", "generate", _PURPOSE)
@@ -83,7 +82,7 @@ def _hf_checkpoint() -> Path:
         _replace_dir(stage, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_json(meta, {"code_version": CODE_VERSION, "gguf": GGUF_FILE})
+    write_json(meta, _key(gguf))
     return dest
 
 
@@ -93,8 +92,7 @@ def model_dir(precision: str = "int4") -> Path:
         raise ZooError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
     dest = zoo_cache("smollm2") / precision
     meta = zoo_cache("smollm2") / f"{precision}.json"
-    info = read_json(meta)
-    if dest.is_dir() and info is not None and info.get("code_version") == CODE_VERSION:
+    if dest.is_dir() and _fresh(read_json(meta), gguf_path()):
         return dest
     require("onnxruntime_genai", "onnxruntime-genai", "generate", _PURPOSE)
     require("onnx_ir", "onnx-ir", "generate", _PURPOSE)
@@ -125,8 +123,20 @@ def model_dir(precision: str = "int4") -> Path:
         _replace_dir(stage, dest)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    write_json(meta, {"code_version": CODE_VERSION, "precision": precision})
+    write_json(meta, {**_key(gguf_path()), "precision": precision})
     return dest
+
+
+def _key(gguf: Path) -> dict[str, Any]:
+    """What a cached build was made from: this code, and the GGUF file (a new wheel's
+    file has another size or time)."""
+    st = gguf.stat()
+    return {"code_version": CODE_VERSION, "gguf_bytes": st.st_size, "gguf_mtime": st.st_mtime}
+
+
+def _fresh(info: dict[str, Any] | None, gguf: Path) -> bool:
+    key = _key(gguf)
+    return info is not None and all(info.get(k) == v for k, v in key.items())
 
 
 def _replace_dir(stage: Path, dest: Path) -> None:
@@ -162,8 +172,8 @@ def build(
         "execution_provider": "cpu",
         "source_format": "GGUF Q4_1, dequantized to float32",
     }
-    if precision == "int4":
-        # the builder's defaults on the CPU
+    if precision in ("int4", "int8"):
+        # weight-only MatMulNBits with the builder's defaults on the CPU
         recipe.update(method="MatMulNBits RTN", block_size=32, symmetric=True, accuracy_level=4)
     return create_bundle(
         built,
