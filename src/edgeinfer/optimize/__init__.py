@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.data import Dataset, load_dataset
-from edgeinfer.optimize.errors import OptimizeError
+from edgeinfer.optimize.errors import NotApplicable, OptimizeError
 from edgeinfer.optimize.evaluate import Evaluation, compare_latency, evaluate
 from edgeinfer.optimize.metrics import Metric, parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult, distill, optimize
@@ -30,6 +30,7 @@ __all__ = [
     "Dataset",
     "Evaluation",
     "Metric",
+    "NotApplicable",
     "OptimizeError",
     "OptimizeResult",
     "Recipe",
