@@ -112,6 +112,9 @@ def register(app: typer.Typer) -> None:
     token_app = typer.Typer(help="Enrollment tokens.", no_args_is_help=True, rich_markup_mode=None)
     fleet_app.add_typer(token_app, name="token")
     app.add_typer(fleet_app, name="fleet")
+    from edgeinfer.cli.fleet_rollout import register_rollout
+
+    register_rollout(fleet_app)
 
     @fleet_app.command("serve")
     def serve(
@@ -130,6 +133,12 @@ def register(app: typer.Typer) -> None:
         body_timeout: float = typer.Option(
             30.0, min=0.1, help="Seconds a client may take to send a request body (then 408)."
         ),
+        rollout_key: Path | None = typer.Option(
+            None,
+            "--rollout-key",
+            help="The fleet's Ed25519 rollout key (PEM; made if missing). Default: "
+            "DB.rollout-key.pem beside a SQLite --db; replicas share one file.",
+        ),
     ) -> None:
         """Run the fleet service.
 
@@ -139,16 +148,20 @@ def register(app: typer.Typer) -> None:
         """
         from edgeinfer.fleet.api import FleetConfig
         from edgeinfer.fleet.ingest import Limits
+        from edgeinfer.fleet.rollout_api import RolloutConfig
         from edgeinfer.fleet.server import ServerConfig, run_fleet
         from edgeinfer.fleet.store import StoreConfig
 
         token = _admin_token(admin_token, admin_token_file)
+        if rollout_key is None and "://" not in db:
+            rollout_key = Path(db).expanduser().with_name(Path(db).name + ".rollout-key.pem")
         config = ServerConfig(
             store=StoreConfig(db),
             fleet=FleetConfig(
                 admin_tokens=(token,),
                 limits=Limits(max_skew_s=max_skew),
                 body_timeout_s=body_timeout,
+                rollouts=RolloutConfig(key_file=rollout_key),
             ),
             host=host,
             port=port,

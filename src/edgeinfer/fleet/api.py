@@ -46,6 +46,7 @@ from edgeinfer.fleet.errors import (
     Unauthenticated,
 )
 from edgeinfer.fleet.reports import parse_json
+from edgeinfer.fleet.rollout_api import RolloutConfig, after_report, rollout_routes, start_timer
 from edgeinfer.fleet.sketches import Sandbox
 from edgeinfer.fleet.store import Store
 
@@ -62,6 +63,7 @@ class FleetConfig:
     max_small_bytes: int = 16 * 1024  # enrollment and operator bodies
     body_timeout_s: float = 30.0  # seconds a client may take to send a body (then 408)
     limits: ingest.Limits = field(default_factory=ingest.Limits)
+    rollouts: RolloutConfig = field(default_factory=RolloutConfig)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -121,6 +123,8 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
     async def report(request: Request) -> JSONResponse:
         body = await _body(request, config.max_report_bytes, config.body_timeout_s)
         accepted = await _db(ingest.accept_report, store, body, config.limits, sandbox)
+        if not accepted.duplicate:
+            await after_report(store, accepted.device_id, accepted.counter)
         return JSONResponse(
             {
                 "accepted": True,
@@ -177,9 +181,11 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        timer = start_timer(store, config.rollouts)
         try:
             yield
         finally:
+            timer.cancel()
             sandbox.close()
             store.close()
 
@@ -198,6 +204,12 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
             Route("/v1/devices", devices, methods=["GET"]),
             Route("/v1/devices/{device_id}", device, methods=["GET"]),
             Route("/v1/devices/{device_id}/revoke", revoke, methods=["POST"]),
+            *rollout_routes(
+                store,
+                config.rollouts,
+                lambda request: _admin(request, config),
+                lambda request: _body(request, config.max_small_bytes, config.body_timeout_s),
+            ),
         ],
         exception_handlers=handlers,
         lifespan=lifespan,

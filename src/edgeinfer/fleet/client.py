@@ -34,14 +34,23 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from edgeinfer._atomic import write_atomic
 from edgeinfer.errors import InputError
 from edgeinfer.fleet import reports as wire
+from edgeinfer.fleet import rollout_docs
 from edgeinfer.fleet.errors import Conflict, FleetUnavailable, Refused, refusal
 
-__all__ = ["ClientConfig", "FleetClient", "FlushResult", "hardware_info", "report_cycle"]
+__all__ = [
+    "ClientConfig",
+    "FleetClient",
+    "FlushResult",
+    "GateVerdict",
+    "RolloutGate",
+    "hardware_info",
+    "report_cycle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +242,23 @@ class FleetClient:
             return []
         return sorted(p for p in self.outbox.glob("*.json") if p.stem.isdigit())
 
+    def rollout_document(self, model: str) -> bytes | None:
+        """The fleet's signed rollout document of ``model`` as fetched (verify it with
+        :class:`RolloutGate`); ``None`` when the fleet has none or cannot be reached."""
+        from urllib.parse import quote
+
+        import httpx
+
+        try:
+            answer = httpx.get(
+                f"{self.url}/v1/rollouts/{quote(model, safe='')}/document",
+                timeout=self.config.timeout,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("fleet unreachable for the rollout of %s: %s", model, exc)
+            return None
+        return answer.content if answer.status_code == 200 else None
+
     # internals --------------------------------------------------------------------------
     def _trim(self) -> None:
         pending = self.pending()
@@ -337,3 +363,88 @@ def report_cycle(
     active = payload.get("active")
     client.queue(payload, active["sha256"] if active else None)
     return client.flush()
+
+
+# rollouts -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GateVerdict:
+    allowed: bool
+    reason: str  # why, in one line (the agent logs it)
+
+
+class RolloutGate:
+    """Answers "may this device install target X now?" from the fleet's signed document.
+
+    Pure: the pinned rollout key and the device's id in, verdicts out (fetching the
+    document is :meth:`FleetClient.rollout_document`'s). The document can only narrow what
+    TUF verified: it never names anything to install, and a target it does not name
+    goes by the plan TUF published. Rules for a bundle target TUF verified:
+
+    * no valid document for the model (none, forged, expired, stale): TUF's plan, i.e.
+      the target's own rollout share; a release held at 0 % stays held;
+    * a document for another version of the model: TUF's plan for this one;
+    * a document for this version whose target hash or length differ: refused;
+    * halted or aborted: refused; otherwise allowed when the device's bucket is below
+      the document's share, and, for a release not held (TUF share above 0), also below
+      TUF's share: the release keys' share is a ceiling the fleet cannot raise.
+
+    The agent keeps the newest ``doc_version`` it followed and passes it as
+    ``min_doc_version``, so an old document replayed cannot reopen a halted rollout.
+    """
+
+    def __init__(self, public_key: Ed25519PublicKey, device_id: str) -> None:
+        self.public_key = public_key
+        self.device_id = device_id  # the agent's --device-id: TUF rollouts use the same bucket
+
+    @classmethod
+    def from_file(cls, path: Path, device_id: str) -> RolloutGate:
+        """A gate with the key pinned in ``path`` (base64 of the raw key, or PEM)."""
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"rollout key {path}: cannot read it ({exc.strerror})") from None
+        return cls(rollout_docs.load_public_key(text), device_id)
+
+    def verify(
+        self, body: bytes, model: str, *, now_ms: int | None = None, min_doc_version: int = 0
+    ) -> rollout_docs.RolloutDocument:
+        """The verified document in ``body``; :class:`BadRolloutDocument` otherwise."""
+        return rollout_docs.open_document(
+            body, self.public_key, model, now_ms=now_ms, min_doc_version=min_doc_version
+        )
+
+    def allows(
+        self,
+        document: rollout_docs.RolloutDocument | None,
+        *,
+        model: str,
+        version: int,
+        sha256: str,
+        length: int,
+        tuf_rollout: float,
+    ) -> GateVerdict:
+        """May this device install ``model`` ``version`` (TUF-verified ``sha256``/``length``,
+        TUF rollout ``tuf_rollout`` percent) now?"""
+        from edgeinfer.deliver.targets import rollout_bucket
+
+        bucket = rollout_bucket(self.device_id, model)
+        if document is None or document.model != model or document.version != version:
+            if bucket < tuf_rollout:
+                return GateVerdict(True, f"TUF rollout {tuf_rollout:g}% reaches this device")
+            held = "held (rollout 0%)" if tuf_rollout <= 0 else f"at {tuf_rollout:g}%"
+            return GateVerdict(False, f"{model} {version} is {held} and no rollout names it")
+        target = document.target
+        if target is not None and (target.sha256 != sha256 or target.length != length):
+            return GateVerdict(
+                False, f"the rollout of {model} {version} names another bundle than TUF's"
+            )
+        if document.state in ("halted", "aborted"):
+            return GateVerdict(False, f"the rollout of {model} {version} is {document.state}")
+        share = document.share_bp / 100
+        if tuf_rollout > 0:
+            share = min(share, tuf_rollout)
+        if bucket < share:
+            return GateVerdict(True, f"rollout stage {document.stage + 1} at {share:g}%")
+        return GateVerdict(
+            False, f"rollout stage {document.stage + 1} at {share:g}% does not reach this device"
+        )

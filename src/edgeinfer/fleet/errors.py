@@ -15,7 +15,8 @@ They hang under :class:`~edgeinfer.errors.EdgeInferError`::
         │   └── TooLarge         413 a body over the service's cap
         ├── FleetUnavailable         the device side could not reach the fleet (transport,
         │                            5xx); reports stay in the outbox and go later
-        └── FleetStoreError          the database cannot be opened or migrated
+        ├── FleetStoreError          the database cannot be opened or migrated
+        └── BadRolloutDocument       (device side) a rollout document not to follow
 
 Refusals are final for that request: the device drops a refused report from its outbox
 (and logs why) instead of retrying it forever, as python-tuf never retries bad metadata.
@@ -27,6 +28,7 @@ from edgeinfer.errors import EdgeInferError
 
 __all__ = [
     "BadReport",
+    "BadRolloutDocument",
     "Conflict",
     "FleetError",
     "FleetStoreError",
@@ -111,3 +113,12 @@ def refusal(status: int, message: str, last_counter: int | None = None) -> Refus
         413: TooLarge,
     }
     return kinds.get(status, Refused)(message)
+
+
+class BadRolloutDocument(FleetError):
+    """A rollout document a device will not follow: forged, expired, stale or not its model.
+
+    Device side: the agent then goes by the plan TUF published, as if the fleet were down.
+    """
+
+    status = 400
