@@ -4,7 +4,9 @@ Four devices enroll and report through the client library (real keys, real signe
 real KLL sketches); one of them sends HTML in every free-text field it has. The pages are
 read as JSON and HTML over HTTP on SQLite and PostgreSQL, and driven end to end in Debian's
 headless Chromium through Playwright (never ``playwright install``): sign in, the overview,
-a device's history, the latency plots, sign out. Chromium missing is a failure, not a skip.
+a device's history, the latency plots, a halted rollout and its reason, sign out. Chromium
+missing is a failure, not a skip. The rollout rows are written as the rollout engine leaves
+them (its own tests drive it), so these pages are tested on exactly what they render.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ from fleet_support import (
 from edgeinfer.fleet import web
 from edgeinfer.fleet.client import report_cycle
 from edgeinfer.fleet.sketches import encode, make
+from edgeinfer.fleet.store import (
+    Rollout,
+    RolloutDevice,
+    RolloutEvent,
+    StoreConfig,
+    open_store,
+    utc_now,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -94,7 +104,79 @@ def populated(fleet: FleetProcess, tmp_path_factory: pytest.TempPathFactory) -> 
     forged = sealed(Ed25519PrivateKey.generate(), document(a, 99))
     assert post(fleet, forged).status_code == 401
     assert post(fleet, b'{"report": 1}').status_code == 400
-    yield Fleet(fleet, {"a": a.device_id, "b": b.device_id, "c": c.device_id, "d": d.device_id})
+    ids = {"a": a.device_id, "b": b.device_id, "c": c.device_id, "d": d.device_id}
+    _rollouts(fleet.db, ids)
+    yield Fleet(fleet, ids)
+
+
+HALT = {
+    "stage": 0,
+    "share": 5,
+    "in_stage": 4,
+    "reporting": 4,
+    "ok": 3,
+    "failed": 1,
+    "failure_share": 0.25,
+    "threshold": 0.1,
+    "min_devices": 3,
+}
+HALT_REASON = "failure share 25.0 % (1 of 4 reporting devices failed) above max 10 % at stage 1"
+
+
+def _rollouts(db: str, ids: dict[str, str]) -> None:
+    """Rows as the rollout engine leaves them: digits 2 halted at its first stage by the
+    failure share (c rolled back), and a paused rollout of another model."""
+    store = open_store(StoreConfig(db))
+    now = utc_now()
+    common = {"created_at": now, "stage_started_at": now, "updated_at": now, "soak_s": 0.0}
+    try:
+        with store.session() as session:
+            halted = Rollout(
+                model="digits",
+                version=2,
+                previous_version=1,
+                stages=[5.0, 25.0, 100.0],
+                stage=0,
+                state="halted",
+                max_failure=0.1,
+                min_devices=3,
+                max_latency_regression=0.2,
+                halt_rule="failure-share",
+                halt_detail=HALT,
+                revision=2,
+                **common,
+            )
+            paused = Rollout(
+                model="detector",
+                version=7,
+                stages=[10.0, 50.0, 100.0],
+                stage=1,
+                state="paused",
+                max_failure=0.05,
+                min_devices=20,
+                revision=3,
+                **common,
+            )
+            session.add_all([halted, paused])
+            session.flush()
+            for name, outcome in (("a", "ok"), ("b", "ok"), ("d", "ok"), ("c", "failed")):
+                session.add(
+                    RolloutDevice(
+                        rollout_id=halted.id,
+                        device_id=ids[name],
+                        outcome=outcome,
+                        stage=0,
+                        reason=XSS_REASON if outcome == "failed" else None,
+                        updated_at=now,
+                    )
+                )
+            session.add(
+                RolloutEvent(
+                    rollout_id=halted.id, revision=2, at=now, kind="halted", stage=0, detail=HALT
+                )
+            )
+    finally:
+        store.close()
 
 
 def _login(fleet: Fleet, token: str = ADMIN, **headers: str) -> httpx.Response:
@@ -178,9 +260,43 @@ def test_latency_per_hardware_class_is_plotted(populated: Fleet) -> None:
     assert populated.get("/latency/no-such-class.svg").status_code == 404
 
 
-def test_rollouts_page_without_rollouts(populated: Fleet) -> None:
-    assert populated.get("/rollouts.json").json() == {"rollouts": []}
-    assert "No rollouts." in populated.get("/rollouts").text
+def test_rollouts_show_their_stage_and_why_one_halted(populated: Fleet) -> None:
+    found = {r["model"]: r for r in populated.get("/rollouts.json").json()["rollouts"]}
+    assert set(found) == {"detector", "digits"}
+    digits = found["digits"]
+    assert (digits["state"], digits["stage"], digits["share"]) == ("halted", 0, 0)
+    assert (digits["ok"], digits["failed"], digits["halt_rule"]) == (3, 1, "failure-share")
+    assert digits["halt_reason"] == HALT_REASON
+    assert (found["detector"]["state"], found["detector"]["share"]) == ("paused", 50.0)
+    page = populated.get("/rollouts").text
+    assert HALT_REASON in page
+    assert "No rollouts." not in page
+
+
+def test_halt_reasons_read_as_one_line() -> None:
+    latency = {
+        "hardware_class": "rpi5",
+        "p95": 12.5,
+        "previous_p95": 10.0,
+        "regression": 0.25,
+        "threshold": 0.2,
+        "previous_version": 3,
+    }
+    assert web.halt_reason("latency-p95", latency) == (
+        "p95 latency on rpi5 12.50 ms vs 10.00 ms for version 3 (+25.0 %, max +20 %)"
+    )
+    assert web.halt_reason("failure-share", HALT) == HALT_REASON
+    assert web.halt_reason("some-new-rule", {"x": 1}) == "some-new-rule: x=1"
+    assert web.halt_reason("failure-share", {}) == "failure-share"
+    assert web.halt_reason(None, None) is None
+
+
+def test_the_rollouts_page_without_rollouts(tmp_path: Path) -> None:
+    store = open_store(StoreConfig(str(tmp_path / "empty.db")))
+    try:
+        assert web.rollouts_of(store) == []
+    finally:
+        store.close()
 
 
 def test_metrics_are_behind_the_admin_token(populated: Fleet) -> None:
@@ -200,6 +316,12 @@ def test_metrics_are_behind_the_admin_token(populated: Fleet) -> None:
     assert samples['edgeinfer_fleet_reports_refused_total{reason="bad-signature"}'] == 1
     assert samples['edgeinfer_fleet_reports_refused_total{reason="malformed"}'] == 1
     assert samples['edgeinfer_fleet_reports_refused_total{reason="revoked"}'] == 0
+    halted = 'edgeinfer_fleet_rollout_halted{model="digits",rule="failure-share",version="2"}'
+    assert samples[halted] == 1
+    paused = 'edgeinfer_fleet_rollout_share_percent{model="detector",state="paused",version="7"}'
+    assert samples[paused] == 50
+    failed = 'edgeinfer_fleet_rollout_devices{model="digits",outcome="failed",version="2"}'
+    assert samples[failed] == 1
 
 
 def test_sign_in_sets_a_strict_http_only_cookie_without_the_token(populated: Fleet) -> None:
@@ -326,7 +448,11 @@ def test_the_dashboard_in_chromium(populated: Fleet, tmp_path: Path) -> None:
             page.screenshot(path=str(tmp_path / "latency.png"), full_page=True)
 
             page.click("nav >> text=Rollouts")
-            assert page.locator("#no-rollouts").inner_text() == "No rollouts."
+            halted = page.locator("tr.rollout[data-model=digits]")
+            assert "halted" in halted.inner_text()
+            assert halted.locator(".halt-reason").inner_text() == HALT_REASON
+            assert halted.locator(".stage.current").inner_text() == "5 %"
+            page.screenshot(path=str(tmp_path / "rollouts.png"), full_page=True)
 
             page.click("text=Sign out")
             page.wait_for_url(re.compile(r".*/login$"))

@@ -108,17 +108,32 @@ class _StoreCollector(Collector):
         for model, version, state, n in devices_by_version(self.store):
             devices.add_metric([model, version, state], n)
         yield devices
-        stage = GaugeMetricFamily(
-            "edgeinfer_fleet_rollout_stage_percent",
-            "Share of the fleet (percent) a rollout's current stage allows, by state",
+        share = GaugeMetricFamily(
+            "edgeinfer_fleet_rollout_share_percent",
+            "Share of the model's devices (percent) the newest rollout lets through now "
+            "(0 once halted or aborted), by state",
             labels=["model", "version", "state"],
         )
+        outcomes = GaugeMetricFamily(
+            "edgeinfer_fleet_rollout_devices",
+            "Devices that reported on the newest rollout's version, by outcome",
+            labels=["model", "version", "outcome"],
+        )
+        halted = GaugeMetricFamily(
+            "edgeinfer_fleet_rollout_halted",
+            "1 when the newest rollout of a model halted itself, labelled with the rule",
+            labels=["model", "version", "rule"],
+        )
         for r in self.rollouts():
-            stage.add_metric(
-                [str(r.get("model", "")), str(r.get("version", "")), str(r.get("state", ""))],
-                float(r.get("stage_percent") or 0),
-            )
-        yield stage
+            model, version = str(r.get("model", "")), str(r.get("version", ""))
+            share.add_metric([model, version, str(r.get("state", ""))], float(r.get("share") or 0))
+            for outcome in ("ok", "failed"):
+                outcomes.add_metric([model, version, outcome], float(r.get(outcome) or 0))
+            if r.get("state") == "halted":
+                halted.add_metric([model, version, str(r.get("halt_rule") or "")], 1.0)
+        yield share
+        yield outcomes
+        yield halted
 
 
 class FleetMetrics:

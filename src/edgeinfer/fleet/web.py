@@ -52,7 +52,7 @@ from starlette.requests import Request  # noqa: E402
 from starlette.responses import JSONResponse, RedirectResponse, Response  # noqa: E402
 from starlette.routing import Route  # noqa: E402
 
-from edgeinfer.fleet import inventory  # noqa: E402
+from edgeinfer.fleet import inventory, rollouts  # noqa: E402
 from edgeinfer.fleet.errors import NotFound  # noqa: E402
 from edgeinfer.fleet.metrics import (  # noqa: E402
     CONTENT_TYPE_LATEST,
@@ -63,7 +63,7 @@ from edgeinfer.fleet.metrics import (  # noqa: E402
 from edgeinfer.fleet.sketches import load as load_sketch  # noqa: E402
 from edgeinfer.fleet.store import Device, Report, SketchRow, Store  # noqa: E402
 
-__all__ = ["COOKIE", "mount", "rollouts_of", "session_cookie"]
+__all__ = ["COOKIE", "halt_reason", "mount", "rollouts_of", "session_cookie"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 COOKIE = "edgeinfer_fleet_session"
@@ -319,10 +319,38 @@ def latency_svg(store: Store, hardware_class: str) -> bytes:
     return out.getvalue()
 
 
+def halt_reason(rule: str | None, detail: dict[str, Any] | None) -> str | None:
+    """One line saying which rule halted a rollout and on what figures."""
+    if rule is None:
+        return None
+    d = detail or {}
+    try:
+        if rule == "failure-share":
+            return (
+                f"failure share {float(d['failure_share']) * 100:.1f} % "
+                f"({d['failed']} of {d['reporting']} reporting devices failed) above "
+                f"max {float(d['threshold']) * 100:g} % at stage {int(d['stage']) + 1}"
+            )
+        if rule == "latency-p95":
+            return (
+                f"p95 latency on {d['hardware_class']} {float(d['p95']):.2f} ms vs "
+                f"{float(d['previous_p95']):.2f} ms for version {d.get('previous_version')} "
+                f"(+{float(d['regression']) * 100:.1f} %, max +{float(d['threshold']) * 100:g} %)"
+            )
+    except (KeyError, TypeError, ValueError):
+        pass
+    figures = ", ".join(f"{k}={v}" for k, v in sorted(d.items()))
+    return f"{rule}: {figures}" if figures else rule
+
+
 def rollouts_of(store: Store) -> list[dict[str, Any]]:
-    """Every staged rollout as a dict (model, version, state, stage, halt reason); none
-    while this fleet has no rollouts module."""
-    return []
+    """The newest rollout of every model (:func:`edgeinfer.fleet.rollouts.summaries`), each
+    with ``halt_reason``: the rule that halted it and its figures, in one line."""
+    with store.session() as session:
+        found = rollouts.summaries(session)
+    return [
+        {**r, "halt_reason": halt_reason(r.get("halt_rule"), r.get("halt_detail"))} for r in found
+    ]
 
 
 # --- the routes ----------------------------------------------------------------------
