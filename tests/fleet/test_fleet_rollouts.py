@@ -225,7 +225,7 @@ def service(
     where = tmp_path_factory.mktemp("rollouts")
     db = fresh_database(request, request.param, where)
     key_file = where / "rollout-key.pem"
-    started = start_fleet(db, 0, "--rollout-key", str(key_file))
+    started = start_fleet(db, 0, "--rollout-key", str(key_file), "--rollout-tick", "0.2")
     yield started, key_file
     started.stop()
 
@@ -361,6 +361,20 @@ def test_a_slower_p95_halts_from_the_sketches(
     detail = halted["halt_detail"]
     assert detail["regression"] == pytest.approx(0.5, abs=0.1)
     assert detail["previous_p95"] < detail["p95"] and detail["threshold"] == 0.2
+
+
+def test_the_timer_promotes_a_soaked_stage_without_reports(
+    service: tuple[FleetProcess, Path],
+) -> None:
+    fleet, _ = service
+    body = {"model": "quiet", "version": 1, "stages": [50, 100], "soak_s": 0.5}
+    answer = fleet.admin("POST", "/v1/rollouts", json=body)
+    assert answer.status_code == 200 and answer.json()["stage"] == 0, answer.text
+    deadline = time.monotonic() + 60  # a bound on a busy machine, not a measurement
+    while (state := fleet.admin("GET", "/v1/rollouts/quiet").json())["state"] != "done":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    assert [e["kind"] for e in state["events"]] == ["started", "promoted", "completed"]
 
 
 @pytest.mark.slow

@@ -139,6 +139,9 @@ def register(app: typer.Typer) -> None:
             help="The fleet's Ed25519 rollout key (PEM; made if missing). Default: "
             "DB.rollout-key.pem beside a SQLite --db; replicas share one file.",
         ),
+        rollout_tick: float = typer.Option(
+            5.0, min=0.05, help="Seconds between decisions on running rollouts (besides reports)."
+        ),
     ) -> None:
         """Run the fleet service.
 
@@ -161,7 +164,7 @@ def register(app: typer.Typer) -> None:
                 admin_tokens=(token,),
                 limits=Limits(max_skew_s=max_skew),
                 body_timeout_s=body_timeout,
-                rollouts=RolloutConfig(key_file=rollout_key),
+                rollouts=RolloutConfig(key_file=rollout_key, tick_s=rollout_tick),
             ),
             host=host,
             port=port,
