@@ -2,7 +2,8 @@
 of the other dynamic dimensions, and inputs to run the model on.
 
 A dynamic input dimension is sized by its symbol (``sequence``), or, when it has none,
-by ``INPUT.AXIS`` (``x.2``, as everywhere ``--dim`` is taken): exporters write unnamed
+by ``INPUT.AXIS`` (``x.2``, as everywhere ``--dim`` is taken; a named axis answers to
+``INPUT.AXIS`` too, as ``bench`` takes it: :func:`canonical_dims`): exporters write unnamed
 dimensions as a missing size, as ``-1``, as ``"?"`` or ``"unk__N"``, and none of those
 says two axes have the same size. Those sizes come from the caller (``dims``, checked
 here: every one known, none missing) or from real inputs (:func:`dims_from_inputs`).
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "InputShape",
     "by_name",
+    "canonical_dims",
     "declared_shape",
     "dims_from_inputs",
     "input_shapes",
@@ -100,6 +102,47 @@ def _describe(key: str, shapes: Sequence[InputShape]) -> str:
     return repr(key)
 
 
+def canonical_dims(
+    model: onnx.ModelProto, dims: Mapping[str, int] | None, where: str = "model"
+) -> dict[str, int]:
+    """``dims`` keyed as :meth:`InputShape.key` keys them: ``INPUT.AXIS`` of an axis that
+    has a symbol becomes the symbol (``x.2=320`` sizes ``height`` when axis 2 of ``x`` is
+    ``height``), so one spelling works for every dynamic axis, named or not. Two
+    spellings of one dimension with two sizes, or a size for the batch axis (cuts are
+    sized per sample), are errors; unknown names are left to :func:`input_shapes`.
+
+    >>> canonical_dims(det, {"x.2": 320, "x.3": 320})  # doctest: +SKIP
+    {'p2o.DynamicDimension.1': 320, 'p2o.DynamicDimension.2': 320}
+    """
+    shapes = _shapes_of(model, where)
+    alias: dict[str, str] = {}
+    batch_axes: set[str] = set()
+    for s in shapes:
+        for axis in range(len(s.declared)):
+            key = s.key(axis)
+            if key is not None:
+                alias[f"{s.name}.{axis}"] = key
+            elif axis == 0 and s.batch_axis:
+                batch_axes.add(f"{s.name}.0")
+    out: dict[str, int] = {}
+    spelled: dict[str, str] = {}
+    for given, size in (dims or {}).items():
+        if given in batch_axes:
+            raise InputError(
+                f"{where}: dimension {given!r} is the batch axis; cuts are sized per sample "
+                "(the batch profiled is that of the inputs), size only the other dimensions"
+            )
+        key = alias.get(given, given)
+        if key in out and out[key] != size:
+            raise InputError(
+                f"{where}: dimension {key!r} is sized twice, {spelled[key]}={out[key]} and "
+                f"{given}={size}; give it one size"
+            )
+        out[key] = size
+        spelled.setdefault(key, given)
+    return out
+
+
 def input_shapes(
     model: onnx.ModelProto, dims: Mapping[str, int], where: str = "model"
 ) -> list[InputShape]:
@@ -111,9 +154,14 @@ def input_shapes(
     keys = list(dict.fromkeys(k for s in shapes for a in range(len(s.declared)) if (k := s.key(a))))
     unknown = [k for k in dims if k not in keys]
     if unknown:
+        axes = {
+            k: f"{s.name}.{a}" for s in shapes for a in range(len(s.declared)) if (k := s.key(a))
+        }
+        known = [k if axes[k] == k else f"{k!r} ({axes[k]})" for k in keys]
         raise InputError(
             f"{where}: unknown dimension(s) {', '.join(map(repr, unknown))}; the dynamic "
-            f"dimensions besides the batch are {', '.join(map(repr, keys)) or '(none)'}"
+            "dimensions besides the batch are "
+            f"{', '.join(k if '(' in k else repr(k) for k in known) or '(none)'}"
         )
     missing = [k for k in keys if k not in dims]
     if missing:

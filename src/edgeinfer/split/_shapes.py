@@ -23,6 +23,7 @@ import numpy as np
 from edgeinfer.errors import BackendError
 from edgeinfer.split._inputs import (
     by_name,
+    canonical_dims,
     declared_shape,
     input_shapes,
     measuring_feeds,
@@ -182,6 +183,7 @@ def tensor_infos(
 ) -> dict[str, TensorInfo]:
     """dtype, declared shape, bytes at batch 1 and batchedness of each named tensor;
     ``inputs``: real inputs to measure on where shape inference falls short."""
+    dims = canonical_dims(model, dims, where)
     shapes = input_shapes(model, dims, where)
     real = None if inputs is None else by_name(shapes, inputs)
     batched_model = any(s.batch_axis for s in shapes)

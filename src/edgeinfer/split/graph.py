@@ -156,6 +156,46 @@ class Cut:
         return cls(int(data["index"]), int(data["position"]), int(data["total_nodes"]), crossing)
 
 
+# Formats people hand to ``split`` by mistake, and the way each reaches ONNX.
+_OTHER_FORMATS = {
+    ".tflite": "a TFLite model (convert it to ONNX with tf2onnx first)",
+    ".lite": "a TFLite model (convert it to ONNX with tf2onnx first)",
+    ".pb": "a TensorFlow graph (convert it to ONNX with tf2onnx first)",
+    ".h5": "a Keras model (convert it to ONNX with tf2onnx first)",
+    ".keras": "a Keras model (convert it to ONNX with tf2onnx first)",
+    ".pt": "a PyTorch file (export the model to ONNX with torch.onnx.export first)",
+    ".pth": "a PyTorch file (export the model to ONNX with torch.onnx.export first)",
+    ".pdmodel": "a PaddlePaddle model (convert it to ONNX with paddle2onnx first)",
+    ".mlmodel": "a Core ML model (split needs the ONNX model it came from)",
+    ".gguf": "a GGUF language model (split needs an ONNX export of it)",
+    ".safetensors": "a safetensors weights file, no graph (export the model to ONNX first)",
+}
+
+
+def _other_format(path: Path) -> str | None:
+    """What a known non-ONNX model file is (by suffix, or a TFLite file by its
+    ``TFL3`` identifier whatever its name), or None."""
+    found = _OTHER_FORMATS.get(path.suffix.lower())
+    if found is not None:
+        return found
+    try:
+        with path.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return _OTHER_FORMATS[".tflite"] if head[4:8] == b"TFL3" else None
+
+
+def require_onnx(path: str | os.PathLike[str]) -> None:
+    """Raise ``BundleError`` saying what a known non-ONNX model file is and how to get
+    its ONNX form, rather than failing to decode it as a protobuf."""
+    from edgeinfer.errors import BundleError
+
+    other = _other_format(Path(path))
+    if other is not None:
+        raise BundleError(f"{path}: split works on ONNX models; this is {other}")
+
+
 def load_model(path: str | os.PathLike[str], *, weights: bool = True) -> onnx.ModelProto:
     """Read an ONNX file (with its external data), or raise ``BundleError`` saying why not."""
     import onnx
@@ -165,6 +205,7 @@ def load_model(path: str | os.PathLike[str], *, weights: bool = True) -> onnx.Mo
     p = Path(path)
     if not p.is_file():
         raise BundleError(f"{p}: no such ONNX model file")
+    require_onnx(p)
     try:
         model = onnx.load(str(p), load_external_data=weights)
     except Exception as exc:  # protobuf's DecodeError, missing external data, ...
