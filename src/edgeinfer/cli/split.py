@@ -47,8 +47,8 @@ def split(
         None,
         "--dim",
         help="Size of a dynamic dimension besides the batch, for the profile (the halves stay "
-        "dynamic), e.g. sequence=128; repeat it or separate with commas; an unnamed axis "
-        "is INPUT.AXIS=N. Default: read off --inputs.",
+        "dynamic), by symbol or INPUT.AXIS as bench takes it: sequence=128, x.2=320,x.3=320; "
+        "repeat it or separate with commas. Default: read off --inputs.",
     ),
     inputs: Path | None = typer.Option(
         None, "--inputs", "-i", help="Real inputs (.npy/.npz/.json); default: the golden sample."
@@ -57,6 +57,12 @@ def split(
     repeats: int = typer.Option(20, help="Timed runs per half (median is kept)."),
     threads: int = typer.Option(1, help="Intra-op threads while profiling."),
     list_only: bool = typer.Option(False, "--list", help="Only list the cut points."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="With --list: every cut's crossing tensors below the table."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the cut list (or the profile) as JSON, everything in it."
+    ),
 ) -> None:
     """Split a model into head (device) and tail (edge server) bundles at its cut points."""
     from rich.console import Console
@@ -66,13 +72,18 @@ def split(
     from edgeinfer.errors import InputError
     from edgeinfer.split import cut_points, select_cuts
     from edgeinfer.split.compress import MODES
+    from edgeinfer.split.graph import require_onnx
     from edgeinfer.split.package import write_split
 
     console = Console()
+    say = Console(stderr=True) if as_json else console  # stdout stays one JSON document
     for flag, mode in (("--compress", compress), ("--compress-outputs", compress_outputs)):
         if mode is not None and mode not in MODES:
             raise InputError(f"{flag} {mode!r}: expected one of {', '.join(MODES)}")
+    if model.is_file() and model.suffix.lower() != ".tar":
+        require_onnx(model)  # before opening a TFLite file loads it into LiteRT
     source = Bundle.open(model)
+    require_onnx(source.model_path)  # a bundle of a TFLite model
     feeds = read_inputs(inputs) if inputs is not None else None
     golden = source.golden() if feeds is None else None
     samples = golden.inputs if golden is not None else feeds  # sizes and measuring runs
@@ -81,10 +92,12 @@ def split(
     dims = _dims(source, given, samples, where)
     cuts = cut_points(source.model_path, dims=dims, max_tensors=max_tensors, inputs=samples)
     if len(cuts) <= 2:
-        console.print(_no_cuts(source.name, cuts, max_tensors), soft_wrap=True)
+        say.print(_no_cuts(source.name, cuts, max_tensors), soft_wrap=True)
     if list_only:
-        if len(cuts) > 2:
-            _print_cuts(console, source.name, cuts)
+        if as_json:
+            _print_json({"model": source.name, "dims": dims, "cuts": _cut_dicts(cuts)})
+        elif len(cuts) > 2:
+            _print_cuts(console, source.name, cuts, verbose=verbose)
         return
     if out is None:
         raise InputError("--out DIR is required (or pass --list to only list the cuts)")
@@ -108,7 +121,19 @@ def split(
         compress_outputs=compress_outputs,
         repeats=repeats,
         threads=threads,
+        note=lambda line: say.print(line, soft_wrap=True, markup=False, highlight=False),
     )
+    if as_json:
+        _print_json(
+            {
+                "profile": result.profile.to_dict(),
+                "profile_path": str(result.profile_path),
+                "heads": {str(i): str(p) for i, p in result.heads.items()},
+                "tails": {str(i): str(p) for i, p in result.tails.items()},
+                "repository": str(result.repository),
+            },
+        )
+        return
     _print_profile(console, result.profile)
     console.print(f"profile: {result.profile_path}", soft_wrap=True)
     console.print(f"device bundles: {out / 'heads'}", soft_wrap=True)
@@ -122,17 +147,25 @@ def _dims(source: Bundle, given: dict[str, int], feeds: Any, where: str) -> dict
     that disagrees with the inputs is an error rather than a profile of other sizes."""
     from edgeinfer.errors import InputError
     from edgeinfer.split import input_dims
+    from edgeinfer.split._inputs import canonical_dims
+    from edgeinfer.split.graph import load_model
 
-    if feeds is None:
+    if not given and feeds is None:
         return given
+    model = load_model(source.model_path, weights=False)
+    dims = canonical_dims(model, given, str(source.model_path))  # x.2 or its symbol
+    if feeds is None:
+        return dims
     found = input_dims(source.model_path, feeds)
-    for key, size in given.items():
+    for spelled, size in given.items():
+        (key,) = canonical_dims(model, {spelled: size}, str(source.model_path))
         if key in found and found[key] != size:
+            named = key if key == spelled else f"{spelled} ({key})"
             raise InputError(
-                f"--dim {key}={size} disagrees with {where}, where {key} is {found[key]}; "
-                "drop --dim to profile the inputs as they are"
+                f"--dim {spelled}={size} disagrees with {where}, where {named} is "
+                f"{found[key]}; drop --dim to profile the inputs as they are"
             )
-    return {**found, **given}
+    return {**found, **dims}
 
 
 def _no_cuts(name: str, cuts: list[Cut], max_tensors: int) -> str:
@@ -184,12 +217,28 @@ def _table(
         table.add_column(names, no_wrap=True, max_width=left)
     for row in rows:
         if names is not None:
-            row = (*row[:-1], row[-1] if len(row[-1]) <= left else row[-1][: left - 1] + "…")
+            row = (*row[:-1], _shorten(row[-1], left))
         table.add_row(*row)
     return table
 
 
-def _print_cuts(console: Console, name: str, cuts: list[Cut]) -> None:
+def _shorten(cell: str, left: int) -> str:
+    """``"3: a, b, c"`` in ``left`` characters: the count, then whole names only (the
+    first always, as many more as fit), then ``…`` for the rest; a name cut in the
+    middle cannot be searched for."""
+    if len(cell) <= left:
+        return cell
+    count, _, rest = cell.partition(": ")
+    names = rest.split(", ")
+    out = f"{count}: {names[0]}"
+    for name in names[1:]:
+        if len(out) + len(name) + 5 > left:  # ", name" and room for ", …"
+            break
+        out += f", {name}"
+    return f"{out}, …"
+
+
+def _print_cuts(console: Console, name: str, cuts: list[Cut], *, verbose: bool = False) -> None:
     rows = [
         (str(c.index), str(c.position), c.kind, kb(c.bytes_per_sample),
          f"{len(c.tensors)}: {', '.join(c.tensors)}")
@@ -198,6 +247,30 @@ def _print_cuts(console: Console, name: str, cuts: list[Cut]) -> None:
     cols = ("cut", "position", "kind", "kB/sample")
     title = f"{name}: {len(cuts)} cut points"
     console.print(_table(title, cols, rows, "crossing tensors", console.width))
+    several = [c for c in cuts if len(c.tensors) > 1]
+    if verbose:
+        console.print("crossing tensors, every cut:", soft_wrap=True)
+        for c in cuts:
+            text = f"{c.index:>4}: {', '.join(c.tensors)}"
+            console.print(text, soft_wrap=True, markup=False, highlight=False)
+    elif several:
+        console.print(
+            f"several tensors cross {len(several)} of {len(cuts)} cuts: names with --verbose, "
+            "all with --json",
+            soft_wrap=True,
+        )
+
+
+def _cut_dicts(cuts: list[Cut]) -> list[dict[str, Any]]:
+    return [{**c.to_dict(), "kind": c.kind, "bytes_per_sample": c.bytes_per_sample} for c in cuts]
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    """One JSON document on stdout, never wrapped or styled (it is read by programs)."""
+    import json
+    import sys
+
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
 def _print_profile(console: Console, profile: SplitProfile) -> None:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,10 +69,11 @@ def read_cut_record(bundle_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _sample_inputs(source: Bundle, dims: Mapping[str, int] | None) -> dict[str, np.ndarray]:
     """Sample inputs sized as the cuts were (unnamed dims too: ``x.2``)."""
-    from edgeinfer.split._inputs import input_shapes, sample_feeds
+    from edgeinfer.split._inputs import canonical_dims, input_shapes, sample_feeds
     from edgeinfer.split.graph import load_model
 
     model = load_model(source.model_path, weights=False)
+    dims = canonical_dims(model, dims, source.name)
     return sample_feeds(input_shapes(model, dims or {}, source.name), 1, dims or {})
 
 
@@ -86,29 +88,76 @@ def write_split(
     compress_outputs: str | None = None,
     repeats: int = 20,
     threads: int | None = 1,
+    note: Callable[[str], None] | None = None,
 ) -> SplitPackage:
     """Profile ``cuts`` of ``source`` and write their bundles under ``out``.
 
     ``inputs``: real inputs to profile on and to take golden samples from (default: the
     source bundle's golden inputs, else sample inputs). ``compress``: cut compression;
     ``compress_outputs``: quantize what the tails return (the device restores it).
+    ``note``: told in one line when the model's opset is upgraded for compression.
+
+    On any error nothing written is left behind: ``out`` is removed if this call made
+    it, else only what this call added to it.
     """
     from edgeinfer.runtime import load
 
     out_dir = Path(out)
-    name = source.name
-    version = max(source.version, 1)
     if inputs is None:
         golden = source.golden()
         inputs = golden.inputs if golden is not None else _sample_inputs(source, dims)
     with load(source.model_path, providers=["cpu"]) as full:
         feeds = full.validate(inputs)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BundleError(f"{out_dir}: exists and is not a directory; --out needs a directory")
+    before = set(out_dir.iterdir()) if out_dir.is_dir() else None
+    try:
+        return _write(
+            source, cuts, out_dir, feeds, dims=dims, compress=compress,
+            compress_outputs=compress_outputs, repeats=repeats, threads=threads, note=note,
+        )  # fmt: skip
+    except BaseException:
+        _undo(out_dir, before)
+        raise
+
+
+def _undo(out_dir: Path, before: set[Path] | None) -> None:
+    """Remove what a failed :func:`write_split` wrote: ``out_dir`` itself if it did not
+    exist (``before`` None), else the entries it did not hold."""
+    if before is None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        return
+    for entry in set(out_dir.iterdir()) - before if out_dir.is_dir() else ():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _write(
+    source: Bundle,
+    cuts: Sequence[Cut],
+    out_dir: Path,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    dims: Mapping[str, int] | None,
+    compress: str | None,
+    compress_outputs: str | None,
+    repeats: int,
+    threads: int | None,
+    note: Callable[[str], None] | None,
+) -> SplitPackage:
+    from edgeinfer.runtime import load
+
+    name = source.name
+    version = max(source.version, 1)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".split-", dir=out_dir) as tmp:
         work = Path(tmp)
         profile, files = profile_cuts(
             source.model_path, cuts, work, inputs=feeds, dims=dims, compress=compress,
             compress_outputs=compress_outputs, repeats=repeats, threads=threads, name=name,
+            note=note,
         )  # fmt: skip
         profile_path = profile.save(out_dir / PROFILE_FILE)
         heads: dict[int, Path] = {}

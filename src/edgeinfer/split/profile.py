@@ -19,7 +19,7 @@ import json
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -264,6 +264,15 @@ def _max_error(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) ->
     return max(errs, default=0.0)
 
 
+def _compression(compress: str | None, outputs: str | None) -> tuple[str, str]:
+    """What compression is asked for, and by which CLI options, for one-line messages."""
+    if compress is not None and outputs is not None:
+        return "cut and output compression", "--compress and --compress-outputs"
+    if compress is not None:
+        return "cut compression", "--compress"
+    return "output compression", "--compress-outputs"
+
+
 def profile_cuts(
     model_path: str | os.PathLike[str],
     cuts: Sequence[Cut],
@@ -278,13 +287,16 @@ def profile_cuts(
     warmup: int = 3,
     threads: int | None = 1,
     name: str | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> tuple[SplitProfile, dict[int, SplitFiles]]:
     """Extract and measure each cut; the profile and the head/tail files of every cut.
 
     ``inputs``: real inputs (one request; their batch is the profiled batch); by default
     sample inputs of ``batch`` samples. Halves are written to ``work_dir/cut-<index>/``.
     ``compress``: cut compression (``"uint8"``/``"fp16"``); ``compress_outputs``: the same
-    for what every served half (tails, remote-only's whole model) returns.
+    for what every served half (tails, remote-only's whole model) returns. A model older
+    than opset 13 is upgraded for compression (checked against the original on the
+    inputs; ``note`` is told in one line).
     """
     import platform
 
@@ -292,7 +304,8 @@ def profile_cuts(
 
     from edgeinfer.bundle import sha256_file
     from edgeinfer.runtime import load
-    from edgeinfer.split._inputs import input_shapes, sample_feeds
+    from edgeinfer.split._inputs import canonical_dims, input_shapes, sample_feeds
+    from edgeinfer.split._opset import upgrade_for_compression
     from edgeinfer.split.compress import check_mode, compress_split, restore_outputs
     from edgeinfer.split.compress import compress_outputs as quantize_outputs
     from edgeinfer.split.extract import HEAD_FILE, TAIL_FILE, SplitFiles, save_model, split_model
@@ -305,6 +318,7 @@ def profile_cuts(
     if compress_outputs is not None:
         check_mode(compress_outputs, "output compression")
     model = load_model(model_path)
+    dims = canonical_dims(model, dims, str(model_path))
     model_inputs = [vi.name for vi in model.graph.input]
     if inputs is None:
         feeds = sample_feeds(input_shapes(model, dims or {}, str(model_path)), batch, dims or {})
@@ -315,6 +329,14 @@ def profile_cuts(
         feeds = full.validate(feeds)
         want = full.predict(feeds)
     batch = int(next(iter(feeds.values())).shape[0]) if feeds else 1
+    if compress is not None or compress_outputs is not None:
+        what, flags = _compression(compress, compress_outputs)
+        model, said = upgrade_for_compression(
+            model, feeds, want, what=what, flags=flags, name=name or Path(model_path).stem,
+            threads=threads,
+        )  # fmt: skip
+        if said is not None and note is not None:
+            note(said)
     files: dict[int, SplitFiles] = {}
     profiles = []
     for cut in cuts:
