@@ -15,7 +15,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -25,7 +25,10 @@ import numpy as np
 from edgeinfer.runtime.model import Model, load
 from edgeinfer.tensors import TensorSpec, dtype_from_numpy
 
-__all__ = ["BenchResult", "bench", "peak_rss_mb", "time_calls"]
+__all__ = ["MIN_CALLS", "SLOW_CALL_S", "BenchResult", "bench", "peak_rss_mb", "time_calls"]
+
+MIN_CALLS = 5  # timed calls at the least, however short the time asked for
+SLOW_CALL_S = 1.0  # calls slower than this are reported as they complete (s)
 
 
 def time_calls(
@@ -86,19 +89,24 @@ def bench(
     inputs: Mapping[str, np.ndarray] | None = None,
     threads: int | None = None,
     providers: str | Sequence[str] | None = "auto",
+    fallback: bool = False,
     warmup: int = 5,
-    min_calls: int = 50,
+    min_calls: int = MIN_CALLS,
     min_seconds: float = 2.0,
     concurrency: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Load ``path`` and time it on ``inputs``, or on random inputs of the signature's shapes.
 
     ``dims`` sizes the dynamic dims (``{"sequence": 128}``, ``{"x.2": 48}`` for an unnamed
     one, see :func:`~edgeinfer.runtime.model.sample_shapes`); ``batch`` sizes a dynamic
-    first axis.
+    first axis. Timing stops after ``min_calls`` calls or ``min_seconds``, whichever comes
+    later, so a slow model is not held to many calls; warm-up also stops once it has taken
+    ``min_seconds`` (after one call). ``progress`` is told of every call slower than
+    :data:`SLOW_CALL_S`, so a long run is never silent.
     """
     t0 = time.perf_counter()
-    model: Model = load(path, threads=threads, providers=providers)
+    model: Model = load(path, threads=threads, providers=providers, fallback=fallback)
     t1 = time.perf_counter()
     try:
         feeds = (
@@ -110,14 +118,26 @@ def bench(
         raise
     model.predict(feeds)
     t2 = time.perf_counter()
-    for _ in range(warmup):
+
+    def report(what: str, seconds: float) -> None:
+        if progress is not None and seconds > SLOW_CALL_S:
+            progress(f"{what} took {seconds:,.1f} s")
+
+    report("first inference", t2 - t1)
+    w0 = time.perf_counter()
+    for i in range(warmup):
+        a = time.perf_counter()
         model.predict(feeds)
+        report(f"warm-up call {i + 1}/{warmup}", time.perf_counter() - a)
+        if time.perf_counter() - w0 >= min_seconds:
+            break
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_calls or time.perf_counter() - start < min_seconds:
         a = time.perf_counter()
         model.predict(feeds)
         times.append(time.perf_counter() - a)
+        report(f"timed call {len(times)} (at least {min_calls})", times[-1])
         if len(times) >= 100_000:
             break
     arr = np.array(times) * 1e3

@@ -32,9 +32,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -420,14 +420,32 @@ def _write_manifest(root: Path, manifest: Manifest) -> None:
     write_atomic(root / MANIFEST_FILE, text.encode("utf-8"))
 
 
+def stage_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named directory in ``parent`` with the mode a plain ``mkdir`` gives
+    (0o777 less the umask).
+
+    ``tempfile.mkdtemp`` makes its directory 0o700, which is right for a scratch space but
+    not for one renamed into place as the result: a bundle other users (a server's account,
+    say) should read would stay private to its builder.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{parent}: no free name for a staging directory {prefix}*")
+
+
 @contextmanager
 def _staging(out: Path) -> Iterator[Path]:
     """A temporary directory beside ``out`` that replaces it on success, vanishes on error."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    stage = stage_dir(out.parent, f".{out.name}.")
     try:
         yield stage
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            old = stage_dir(out.parent, f".{out.name}.old.")
             os.replace(out, old / "b")
             os.replace(stage, out)
             shutil.rmtree(old, ignore_errors=True)

@@ -183,7 +183,9 @@ class Model:
 
         Sizes come from :func:`sample_shapes` (``strict``: refuse to guess a dynamic dim
         other than the batch axis). Inputs named like a mask are all ones, token-type inputs
-        zeros, other integer inputs small ids.
+        zeros, other integer inputs small ids. An integer scalar (a sample rate, a count, a
+        mode) has no random value worth timing: with ``strict`` it is taken from the
+        bundle's golden sample, and without one it is an :class:`InputError`.
         """
         rng = np.random.default_rng(seed)
         shapes = sample_shapes(self.inputs, batch, dims, strict=strict)
@@ -201,11 +203,24 @@ class Model:
                 out[spec.name] = rng.standard_normal(shape).astype(dt)
             elif dt.kind == "b":
                 out[spec.name] = rng.integers(0, 2, shape).astype(dt)
+            elif dt.kind in "iu" and shape == () and strict:
+                out[spec.name] = self._known_scalar(spec)
             elif dt.kind in "iu":
                 info = np.iinfo(dt)
                 lo = max(info.min, 0)
                 out[spec.name] = rng.integers(lo, min(info.max, lo + 100), shape).astype(dt)
         return out
+
+    def _known_scalar(self, spec: TensorSpec) -> np.ndarray:
+        golden = self.bundle.golden() if self.bundle is not None else None
+        if golden is not None and spec.name in golden.inputs:
+            value = np.asarray(golden.inputs[spec.name])
+            if value.shape == ():
+                return value.astype(spec.dt.numpy)
+        raise InputError(
+            f"input {spec.name!r} is an integer scalar whose valid values cannot be guessed; "
+            "time real inputs with --input FILE (inputs= from Python)"
+        )
 
     def warmup(self, runs: int = 1) -> None:
         """Run the model on sample inputs so the first real call does not pay for setup."""

@@ -9,6 +9,7 @@ process otherwise steal each other's cores and everything slows down badly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -55,6 +56,28 @@ def _load_error(path: str, exc: BaseException) -> BundleError | BackendError:
     return BackendError(f"{path}: ONNX Runtime could not create a session ({kind}: {text})")
 
 
+_STATUS = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
+_NESTED = re.compile(
+    r"Non-zero status code returned while running (\w+) node\. Name:'([^']*)' Status Message: "
+)
+
+
+def _run_error(exc: BaseException, limit: int = 240) -> str:
+    """One line of a failed run: the innermost node's message, without the status prefix.
+
+    A failure inside a subgraph (an ``If`` or ``Loop`` branch) comes back wrapped once per
+    level, each wrapper repeating the whole message below it; only the innermost node and
+    its message say what was wrong.
+    """
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = _STATUS.sub("", text)
+    nodes = list(_NESTED.finditer(text))
+    if nodes:
+        last = nodes[-1]
+        text = f"{last.group(1)} node {last.group(2)!r}: {text[last.end() :]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class OnnxBackend:
     """One ONNX model in one ``onnxruntime.InferenceSession``."""
 
@@ -98,7 +121,10 @@ class OnnxBackend:
         spin = "1" if spinning else "0"
         opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
         opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        opts.log_severity_level = 3  # errors only: warnings come back as exceptions or logs
+        # Fatal only: ONNX Runtime logs a failing kernel as several coloured ERROR lines
+        # (one per nested subgraph) before raising the same failure as an exception, which
+        # is what edgeinfer reports, on one line (see _run_error).
+        opts.log_severity_level = 4
         try:
             self._session = ort.InferenceSession(
                 model,
@@ -115,7 +141,8 @@ class OnnxBackend:
         if lost and not fallback and providers not in (None, "auto"):
             raise ProviderError(
                 f"execution provider(s) {', '.join(lost)} failed to initialize for {label}; "
-                f"the session would run on {', '.join(in_use)} (pass fallback=True to accept)"
+                f"the session would run on {', '.join(in_use)} (accept with fallback=True, "
+                "--fallback on the command line)"
             )
         self.providers = in_use
         self.inputs = tuple(_spec(a) for a in self._session.get_inputs())
@@ -126,8 +153,7 @@ class OnnxBackend:
         try:
             result: list[np.ndarray] = self._session.run(output_names, feeds)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BackendError(f"{self.path}: inference failed: {first}") from exc
+            raise BackendError(f"{self.path}: inference failed: {_run_error(exc)}") from exc
         return result
 
     def close(self) -> None:

@@ -103,7 +103,10 @@ def resolve_providers(
             f"this onnxruntime build has {', '.join(avail)}"
         )
         if not fallback:
-            raise ProviderError(message + " (pass fallback=True to run on what is available)")
+            raise ProviderError(
+                message + " (run on what is available with fallback=True, --fallback on the "
+                "command line)"
+            )
         log.warning("%s; falling back", message)
     if not chosen or (fallback and "CPUExecutionProvider" not in chosen):
         chosen.append("CPUExecutionProvider")
