@@ -4,19 +4,69 @@ and progress that reads well both on a terminal and in a log file."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edgeinfer.errors import InputError
 
 if TYPE_CHECKING:
+    import numpy as np
     from rich.console import Console
 
-__all__ = ["parse_dims", "read_inputs", "status", "write_outputs"]
+__all__ = [
+    "FALLBACK_HELP",
+    "PROVIDERS_HELP",
+    "named_inputs",
+    "parse_dims",
+    "parse_providers",
+    "preview",
+    "read_inputs",
+    "status",
+    "write_outputs",
+]
+
+PROVIDERS_HELP = (
+    "Execution providers: 'auto' (best available), or exactly these, e.g. 'cuda' or "
+    "'cuda,cpu' (one that is missing is an error; see --fallback)."
+)
+FALLBACK_HELP = "Run on what is available when a provider asked for with --providers is not."
+
+
+def parse_providers(value: str) -> str | list[str]:
+    """``"auto"`` stays as is; ``"cuda, cpu"`` -> ``["cuda", "cpu"]``."""
+    if value.strip() == "auto":
+        return "auto"
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+def named_inputs(path: Path, inputs: Any, names: Sequence[str]) -> Any:
+    """``inputs`` as read from ``path``, refused in CLI terms when one array cannot feed
+    a model of several inputs (the library's own message speaks of Python dicts)."""
+    if isinstance(inputs, dict) or len(names) == 1:
+        return inputs
+    listed = ", ".join(names)
+    raise InputError(
+        f"{path}: holds one array but the model has {len(names)} inputs; pass a .npz "
+        f"(or .json) with arrays named {listed}"
+    )
+
+
+def preview(value: np.ndarray, count: int = 6) -> str:
+    """The first few values of an array on one line: fixed precision, never numpy's
+    wrapped text (which can start a line with a separator)."""
+    flat = value.ravel()[:count]
+    if value.dtype.kind == "f":
+        items = [f"{float(v):.4g}" for v in flat]
+    elif value.dtype.kind == "b":
+        items = [str(bool(v)) for v in flat]
+    elif value.dtype.kind in "iu":
+        items = [str(int(v)) for v in flat]
+    else:
+        items = [repr(v.item() if hasattr(v, "item") else v) for v in flat]
+    more = ", ..." if value.size > count else ""
+    return f"[{', '.join(items)}{more}]"
 
 
 @contextmanager
@@ -45,6 +95,8 @@ def read_inputs(path: Path) -> Any:
 
     JSON is either ``{"name": nested list, ...}`` or one nested list for a one-input model.
     """
+    import numpy as np
+
     if not path.is_file():
         raise InputError(f"{path}: input file not found")
     suffix = path.suffix.lower()
@@ -65,6 +117,8 @@ def read_inputs(path: Path) -> Any:
 
 
 def write_outputs(path: Path, outputs: dict[str, np.ndarray]) -> None:
+    import numpy as np
+
     suffix = path.suffix.lower()
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".npz":

@@ -31,7 +31,9 @@ def _parse_metrics(items: list[str]) -> dict[str, float | str]:
 
 @bundle_app.command("create")
 def create(
-    model: Path = typer.Argument(..., help="The model file (.onnx or .tflite)."),
+    model: Path = typer.Argument(
+        ..., metavar="MODEL", help="The model file (.onnx or .tflite).", show_default=False
+    ),
     out: Path = typer.Option(..., "--out", "-o", help="Bundle directory to write."),
     name: str = typer.Option(..., help="Bundle name (letters, digits, '.', '_', '-')."),
     version: int = typer.Option(1, min=0, help="Integer version."),
@@ -49,6 +51,16 @@ def create(
     from edgeinfer.cli._common import read_inputs
 
     golden_inputs = read_inputs(golden) if golden is not None else None
+    if golden is not None and not isinstance(golden_inputs, dict):
+        from edgeinfer.cli._common import named_inputs
+        from edgeinfer.runtime.backends import backend_for
+
+        # One array feeds a one-input model only; say so in CLI terms before the build.
+        probe = backend_for(model, providers=["cpu"])
+        try:
+            named_inputs(golden, golden_inputs, [s.name for s in probe.inputs])
+        finally:
+            probe.close()
     label_list = None
     if labels is not None:
         from edgeinfer.errors import InputError
@@ -80,7 +92,7 @@ def create(
 
 @bundle_app.command("verify")
 def verify(
-    path: Path = typer.Argument(..., help="Bundle directory or packed .tar."),
+    path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory or packed .tar."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Check hashes and sizes, the manifest's signature and labels against the model, and
@@ -107,8 +119,8 @@ def verify(
 
 @bundle_app.command("pack")
 def pack(
-    path: Path = typer.Argument(..., help="Bundle directory."),
-    out: Path = typer.Argument(..., help="The .tar file to write."),
+    path: Path = typer.Argument(..., metavar="BUNDLE", help="Bundle directory."),
+    out: Path = typer.Argument(..., metavar="TAR", help="The .tar file to write."),
 ) -> None:
     """Pack a bundle into one deterministic .tar file."""
     from edgeinfer.bundle import Bundle
@@ -122,8 +134,10 @@ def pack(
 
 @bundle_app.command("unpack")
 def unpack(
-    tar: Path = typer.Argument(..., help="A packed bundle (.tar)."),
-    out: Path = typer.Argument(..., help="Directory to extract into (must not exist)."),
+    tar: Path = typer.Argument(..., metavar="TAR", help="A packed bundle (.tar)."),
+    out: Path = typer.Argument(
+        ..., metavar="DIR", help="Directory to extract into (must not exist)."
+    ),
 ) -> None:
     """Safely extract and verify a packed bundle."""
     from edgeinfer.bundle import Bundle

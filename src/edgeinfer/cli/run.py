@@ -9,27 +9,38 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from edgeinfer.cli._common import FALLBACK_HELP, PROVIDERS_HELP
+
 
 def run(
-    path: Path = typer.Argument(..., help="Bundle directory, packed .tar, or .onnx/.tflite file."),
+    path: Path = typer.Argument(
+        ...,
+        metavar="MODEL",
+        help="Bundle directory, packed .tar, or .onnx/.tflite file.",
+        show_default=False,
+    ),
     input: Path = typer.Option(..., "--input", "-i", help="Inputs: .npy, .npz or .json."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write outputs to .npz, .npy or .json."
     ),
-    providers: str = typer.Option("auto", help="'auto' or a list such as 'cuda,cpu'."),
+    providers: str = typer.Option("auto", help=PROVIDERS_HELP),
+    fallback: bool = typer.Option(False, "--fallback", help=FALLBACK_HELP),
     threads: int | None = typer.Option(None, help="Intra-op threads (default: runtime's)."),
 ) -> None:
     """Run a model once on inputs read from a file and show or save the outputs."""
     import time
 
-    import numpy as np
-
-    from edgeinfer.cli._common import read_inputs, write_outputs
+    from edgeinfer.cli._common import (
+        named_inputs,
+        parse_providers,
+        preview,
+        read_inputs,
+        write_outputs,
+    )
     from edgeinfer.runtime.model import load
 
-    plist = "auto" if providers == "auto" else [p.strip() for p in providers.split(",")]
-    model = load(path, providers=plist, threads=threads)
-    inputs = read_inputs(input)
+    model = load(path, providers=parse_providers(providers), threads=threads, fallback=fallback)
+    inputs = named_inputs(input, read_inputs(input), [s.name for s in model.inputs])
     start = time.perf_counter()
     outputs = model.predict(inputs)
     elapsed = time.perf_counter() - start
@@ -40,13 +51,11 @@ def run(
     title = f"{model.name}: outputs ({elapsed * 1e3:.2f} ms on {model.providers[0]})"
     table = Table(title=Text(title))
     for col in ("name", "dtype", "shape", "values"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # a name is never cut short
     labels = model.bundle.manifest.labels if model.bundle is not None else None
     for name, value in outputs.items():
-        preview = np.array2string(value.ravel()[:8], precision=4, separator=", ")
-        if value.size > 8:
-            preview = preview[:-1] + ", ...]"
-        table.add_row(Text(name), str(value.dtype), Text(str(list(value.shape))), Text(preview))
+        shown = preview(value)
+        table.add_row(Text(name), str(value.dtype), Text(str(list(value.shape))), Text(shown))
         if labels and value.ndim == 2 and value.shape[1] == len(labels):
             top = [labels[int(i)] for i in value.argmax(axis=1)[:16]]
             table.add_row(
