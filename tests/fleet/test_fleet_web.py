@@ -228,6 +228,23 @@ def test_a_device_page_holds_its_history(populated: Fleet) -> None:
     assert c["history"][0]["gate"] == {"accuracy": 0.41, "note": XSS_GATE}
 
 
+def test_the_device_list_filters_by_model_version_and_state(populated: Fleet) -> None:
+    rolled_back = populated.get("/devices.json", params={"state": "rolled-back"}).json()
+    assert [d["id"] for d in rolled_back["devices"]] == [populated.ids["c"]]
+    assert rolled_back["devices"][0]["reason"] == XSS_REASON
+    assert (rolled_back["total"], rolled_back["next"]) == (1, None)
+    query = {"model": "digits", "version": "2", "state": "updated", "format": "json"}
+    updated = populated.get("/devices", params=query).json()
+    assert {d["id"] for d in updated["devices"]} == {populated.ids["a"], populated.ids["d"]}
+    assert updated["filters"] == {"model": "digits", "version": 2, "state": "updated"}
+    assert populated.get("/devices.json").json()["total"] == 4
+    bad = populated.get("/devices.json", params={"version": "two"})
+    assert bad.status_code == 400
+    assert bad.json() == {"error": "?version=two: expected a whole number"}
+    page = populated.get("/devices", params={"offset": "-1"})
+    assert page.status_code == 400 and "?offset=-1: expected a whole number" in page.text
+
+
 def test_everything_a_device_sent_is_escaped(populated: Fleet) -> None:
     for name in ("c", "d"):
         page = populated.get(f"/devices/{populated.ids[name]}")
@@ -421,6 +438,10 @@ def test_the_dashboard_in_chromium(populated: Fleet, tmp_path: Path) -> None:
             assert len(rows) == 3
             assert any(re.match(r"digits\s+2\s+updated\s+2\s+20", r) for r in rows), rows
             assert "bad-signature" in page.locator("#refused").inner_text()
+            page.click("#by-version a[href*='rolled-back']")  # the rolled-back group
+            assert page.locator("#devices tbody tr").count() == 1
+            assert XSS_REASON in page.locator("#devices tbody tr").inner_text()
+            page.go_back()
             page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
 
             page.click(f"a[href='/devices/{populated.ids['c']}']")

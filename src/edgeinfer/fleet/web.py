@@ -6,6 +6,7 @@ dict the template renders. Pages::
 
     /login          the admin token, exchanged for a session cookie
     /               overview: devices by model, version and state; recent devices; refusals
+    /devices        the devices of one model / version / state, a page at a time
     /devices/ID     one device: what it runs, its history of reports (versions, cycle
                     results and reasons, gate figures), its class's merged latency
     /latency        latency per hardware class: quantiles of the merged KLL sketches,
@@ -33,10 +34,11 @@ import io
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 from edgeinfer.errors import MissingDependencyError
 
@@ -53,7 +55,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response  # noqa
 from starlette.routing import Route  # noqa: E402
 
 from edgeinfer.fleet import inventory, rollouts  # noqa: E402
-from edgeinfer.fleet.errors import NotFound  # noqa: E402
+from edgeinfer.fleet.errors import BadReport, NotFound  # noqa: E402
 from edgeinfer.fleet.metrics import (  # noqa: E402
     CONTENT_TYPE_LATEST,
     FleetMetrics,
@@ -69,6 +71,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 COOKIE = "edgeinfer_fleet_session"
 SESSION_S = 12 * 3600  # seconds a login lasts
 RECENT_DEVICES = 100  # devices listed on the overview, most recent report first
+DEVICE_PAGE = 100  # devices a page of /devices lists
 HISTORY = 50  # reports shown on a device page
 PLOT_RANKS = tuple(i / 100 for i in range(1, 100))  # the quantiles a latency curve is drawn by
 CSP = (
@@ -126,8 +129,8 @@ def _same_origin(request: Request) -> bool:
         return False
     origin = request.headers.get("origin")
     if origin is not None:
-        own = f"{request.url.scheme}://{request.headers.get('host', '')}"
-        return origin == own
+        # the host, not the scheme: behind a TLS-terminating proxy this side sees http
+        return urlsplit(origin).netloc == request.headers.get("host", "")
     return True  # neither header: not a browser, so not a forged cross-site form
 
 
@@ -151,6 +154,19 @@ def _age(value: dt.datetime | None, now: dt.datetime) -> str | None:
         if seconds >= size:
             return f"{seconds // size} {unit} ago"
     return f"{seconds} s ago"
+
+
+def _device_row(d: Device, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": d.id,
+        "model": d.model,
+        "version": d.active_version,
+        "state": state_label(d.state, d.revoked_at is not None),
+        "hardware_class": d.hardware_class,
+        "reason": d.reason,
+        "last_report_at": inventory.timestamp(d.last_report_at),
+        "last_report_age": _age(d.last_report_at, now),
+    }
 
 
 def overview(store: Store, refused: dict[str, int]) -> dict[str, Any]:
@@ -196,19 +212,7 @@ def overview(store: Store, refused: dict[str, int]) -> dict[str, Any]:
         "reports": int(reports),
         "states": dict(sorted(states.items())),
         "by_version": by_version,
-        "recent_devices": [
-            {
-                "id": d.id,
-                "model": d.model,
-                "version": d.active_version,
-                "state": state_label(d.state, d.revoked_at is not None),
-                "hardware_class": d.hardware_class,
-                "reason": d.reason,
-                "last_report_at": inventory.timestamp(d.last_report_at),
-                "last_report_age": _age(d.last_report_at, now),
-            }
-            for d in recent
-        ],
+        "recent_devices": [_device_row(d, now) for d in recent],
         "refused_since_start": refused,  # this replica's counters, by reason
     }
 
@@ -232,6 +236,59 @@ def _history_row(counter: int, received_at: dt.datetime, text: str) -> dict[str,
         "via": cycle.get("via"),
         "gate": payload.get("gate") or {},
         "agent_version": payload.get("agent_version"),
+    }
+
+
+@dataclass(frozen=True)
+class DeviceFilter:
+    model: str | None = None
+    version: int | None = None
+    state: str | None = None  # a cycle result, "enrolled" or "revoked"
+    offset: int = 0  # devices skipped (the page size is DEVICE_PAGE)
+
+
+def device_filter(params: Mapping[str, str]) -> DeviceFilter:
+    """The list's filters from a query string, or a one-line :class:`BadReport`."""
+    version, offset = params.get("version") or None, params.get("offset") or "0"
+    if version is not None and not version.isdigit():
+        raise BadReport(f"?version={version[:20]}: expected a whole number")
+    if not offset.isdigit() or int(offset) > 10**9:
+        raise BadReport(f"?offset={offset[:20]}: expected a whole number")
+    return DeviceFilter(
+        model=(params.get("model") or None),
+        version=None if version is None else int(version),
+        state=(params.get("state") or None),
+        offset=int(offset),
+    )
+
+
+def device_list(store: Store, f: DeviceFilter) -> dict[str, Any]:
+    """One page of devices matching ``f``, latest report first."""
+    now = dt.datetime.now(dt.timezone.utc)
+    query = select(Device)
+    if f.model is not None:
+        query = query.where(Device.model == f.model)
+    if f.version is not None:
+        query = query.where(Device.active_version == f.version)
+    if f.state == "revoked":
+        query = query.where(Device.revoked_at.is_not(None))
+    elif f.state is not None:
+        query = query.where(Device.state == f.state, Device.revoked_at.is_(None))
+    with store.session() as session:
+        total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+        found = session.scalars(
+            query.order_by(Device.last_report_at.desc().nulls_last(), Device.id)
+            .limit(DEVICE_PAGE)
+            .offset(f.offset)
+        ).all()
+    filters = {k: v for k, v in asdict(f).items() if v is not None and k != "offset"}
+    after = f.offset + len(found)
+    return {
+        "filters": filters,
+        "total": int(total),
+        "offset": f.offset,
+        "devices": [_device_row(d, now) for d in found],
+        "next": f"/devices?{urlencode({**filters, 'offset': after})}" if after < total else None,
     }
 
 
@@ -406,6 +463,8 @@ def mount(app: Starlette, store: Store, admin_tokens: tuple[str, ...]) -> FleetM
 
     def _json_url(request: Request) -> str:
         path = request.url.path
+        if request.url.query:
+            return f"{path}?{request.url.query}&format=json"
         return "/.json" if path == "/" else f"{path}.json"
 
     index = page("overview.html", "fleet", lambda: overview(store, metrics.refused_counts()))
@@ -415,6 +474,17 @@ def mount(app: Starlette, store: Store, admin_tokens: tuple[str, ...]) -> FleetM
     async def device(request: Request) -> Response:
         device_id = request.path_params["device_id"].removesuffix(".json")
         handler = page("device.html", f"device {device_id}", device_page, store, device_id)
+        response: Response = await handler(request)
+        return response
+
+    async def devices(request: Request) -> Response:
+        try:
+            f = device_filter(request.query_params)
+        except BadReport as exc:
+            if wants_json(request, request.url.path):
+                return headers(JSONResponse({"error": str(exc)}, status_code=400))
+            return html("error.html", {"title": "bad request", "message": str(exc)}, 400)
+        handler = page("devices.html", "devices", device_list, store, f)
         response: Response = await handler(request)
         return response
 
@@ -482,6 +552,8 @@ def mount(app: Starlette, store: Store, admin_tokens: tuple[str, ...]) -> FleetM
         Route("/login", login_form, methods=["GET"]),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
+        Route("/devices", devices, methods=["GET"]),
+        Route("/devices.json", devices, methods=["GET"]),
         Route("/devices/{device_id}", device, methods=["GET"]),
         Route("/latency", lat, methods=["GET"]),
         Route("/latency.json", lat, methods=["GET"]),
