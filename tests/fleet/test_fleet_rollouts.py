@@ -340,6 +340,12 @@ def test_a_good_release_promotes_and_a_bad_one_halts_itself(
     # nobody else gets it: the document now lets no device through
     assert sim.admitted(3, SHA3) == []
     assert halted["share"] == 0
+    # a device revoked mid-rollout no longer counts
+    failed_device = first[0][1].device_id
+    assert fleet.admin("POST", f"/v1/devices/{failed_device}/revoke").status_code == 200
+    assert sim.status()["failed"] == 2
+    listed = {r["model"]: r for r in fleet.admin("GET", "/v1/rollouts").json()}
+    assert listed["digits"]["halt_rule"] == "failure-share"
 
 
 @pytest.mark.slow
@@ -410,6 +416,10 @@ def test_pause_resume_abort_from_the_cli(
     assert json.loads(cli("status", "paced", "--json"))["state"] == "paused"
     assert "running" in cli("resume", "paced")
     assert "aborted" in cli("abort", "paced")
+    listed = runner.invoke(build_app(), ["fleet", "rollouts"], env=env).stdout.splitlines()
+    assert listed[0].split()[:3] == ["MODEL", "VER", "STATE"]
+    assert any(line.split()[:3] == ["paced", "7", "aborted"] for line in listed)
+    assert all(len(line) <= 80 for line in listed)
     status = json.loads(cli("status", "paced", "--json"))
     assert [e["kind"] for e in status["events"]] == ["started", "paused", "resumed", "aborted"]
     assert status["share"] == 0 and status["soak_s"] == 600

@@ -19,7 +19,14 @@ import typer
 from edgeinfer.cli.fleet import _FLEET, _TOKEN, _TOKEN_FILE, _admin_token, _call, _cell
 from edgeinfer.errors import InputError
 
-__all__ = ["parse_duration", "parse_share", "parse_stages", "register_rollout", "render"]
+__all__ = [
+    "parse_duration",
+    "parse_share",
+    "parse_stages",
+    "register_rollout",
+    "render",
+    "table",
+]
 
 _UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -83,7 +90,41 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def table(found: list[dict[str, Any]]) -> str:
+    """``fleet rollouts``: one line per model (78 columns)."""
+    columns: list[tuple[str, int]] = [
+        ("MODEL", 18),
+        ("VER", 5),
+        ("STATE", 8),
+        ("STAGE", 9),
+        ("OK", 6),
+        ("FAILED", 6),
+        ("HALTED BY", 20),
+    ]
+    lines = [" ".join(f"{title:<{w}}" for title, w in columns).rstrip()]
+    for r in found:
+        stage = f"{r['stage'] + 1}/{len(r['stages'])} {r['share']:g}%"
+        cells = [r["model"], r["version"], r["state"], stage, r["ok"], r["failed"], r["halt_rule"]]
+        lines.append(
+            " ".join(
+                f"{_cell(c, w):<{w}}" for c, (_, w) in zip(cells, columns, strict=True)
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
 def register_rollout(fleet_app: typer.Typer) -> None:
+    @fleet_app.command("rollouts")
+    def listing(
+        fleet: str = _FLEET,
+        admin_token: str | None = _TOKEN,
+        admin_token_file: Path | None = _TOKEN_FILE,
+        as_json: bool = typer.Option(False, "--json", help="Print the service's JSON."),
+    ) -> None:
+        """List the newest rollout of every model: state, stage, counts, halt rule."""
+        found = _call(fleet, _admin_token(admin_token, admin_token_file), "GET", "/v1/rollouts")
+        typer.echo(json.dumps(found, indent=2) if as_json else table(found))
+
     rollout_app = typer.Typer(
         help="Staged rollouts that halt themselves on failures or slower p95.",
         no_args_is_help=True,

@@ -14,12 +14,13 @@ Decisions run when a report arrives (:func:`record_report`) and on the service's
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from edgeinfer.deliver.targets import rollout_bucket
@@ -103,6 +104,10 @@ def start(
         target = rollout_docs.Target.model_validate(target).model_dump()
     now = utc_now()
     with store.session() as session:
+        if session.get_bind().dialect.name == "postgresql":
+            # two operators starting one model at once: the second finds the first's
+            key = int.from_bytes(hashlib.sha256(f"rollout:{model}".encode()).digest()[:8], "big")
+            session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key - 2**63})
         current = _newest(session, model)
         if current is not None and current.state in ACTIVE:
             raise Conflict(
@@ -293,41 +298,54 @@ def record_report(store: Store, device_id: str, counter: int) -> Decision | None
     """Count an accepted report in its model's rollout, then decide that rollout.
 
     The report was verified when it was accepted; its stored signed text is read here.
+    Only a report that changes what the rollout knows (a device's first outcome, or one
+    that turns failed) takes the rollout's lock and decides; the rest cost one read, and
+    the timer decides the soak times.
     """
     with store.session() as session:
-        text = session.scalar(
+        signed = session.scalar(
             select(Report.signed_text).where(
                 Report.device_id == device_id, Report.counter == counter
             )
         )
-        if text is None:
+        if signed is None:
             return None
-        payload = json.loads(text).get("payload", {})
+        payload = json.loads(signed).get("payload", {})
         active = payload.get("active")
         if not isinstance(active, dict) or not isinstance(active.get("name"), str):
             return None
-        r = _newest(session, active["name"])
-        if r is None or r.state in ("aborted",):
+        seen = _newest(session, active["name"], lock=False)
+        if seen is None or seen.state == "aborted":  # done and halted ones keep counting
             return None
-        found = _outcome(payload, r)
+        found = _outcome(payload, seen)
+        if found is None:
+            return None
+        row = session.get(RolloutDevice, (seen.id, device_id))
+        if row is not None and (row.outcome == "failed" or row.outcome == found[0]):
+            return None  # a device that failed the version stays failed
+        r = session.scalars(  # from here on, one decision at a time per rollout
+            select(Rollout)
+            .where(Rollout.id == seen.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+        outcome, reason = found
         now = utc_now()
-        if found is not None:
-            outcome, reason = found
-            row = session.get(RolloutDevice, (r.id, device_id))
-            if row is None:
-                session.add(
-                    RolloutDevice(
-                        rollout_id=r.id,
-                        device_id=device_id,
-                        outcome=outcome,
-                        stage=r.stage,
-                        reason=reason,
-                        updated_at=now,
-                    )
+        row = session.get(RolloutDevice, (r.id, device_id), populate_existing=True)
+        if row is None:
+            session.add(
+                RolloutDevice(
+                    rollout_id=r.id,
+                    device_id=device_id,
+                    outcome=outcome,
+                    stage=r.stage,
+                    reason=reason,
+                    updated_at=now,
                 )
-            elif row.outcome != "failed":  # a device that failed the version stays failed
-                row.outcome, row.reason, row.updated_at = outcome, reason, now
-            session.flush()
+            )
+        elif row.outcome != "failed":
+            row.outcome, row.reason, row.updated_at = outcome, reason, now
+        session.flush()
         if r.state != "running":
             return None
         return _evaluate_locked(session, r, now)

@@ -33,7 +33,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from edgeinfer.fleet.errors import BadReport
-from edgeinfer.fleet.store import Rollout, RolloutDevice, RolloutEvent
+from edgeinfer.fleet.store import Device, Rollout, RolloutDevice, RolloutEvent
 
 __all__ = [
     "ACTIVE",
@@ -191,7 +191,8 @@ def _row(session: Session, r: Rollout, events: int) -> dict[str, Any]:
     counts = dict(
         session.execute(
             select(RolloutDevice.outcome, func.count())
-            .where(RolloutDevice.rollout_id == r.id)
+            .join(Device, Device.id == RolloutDevice.device_id)
+            .where(RolloutDevice.rollout_id == r.id, Device.revoked_at.is_(None))
             .group_by(RolloutDevice.outcome)
         ).all()
     )
@@ -237,8 +238,9 @@ def summary(session: Session, model: str, events: int = 50) -> dict[str, Any] | 
 
     Keys: id, model, version, previous_version, target, state, stages, stage, share (the
     share devices are let through now: 0 once halted or aborted), the plan's thresholds,
-    ok and failed device counts, halt_rule and halt_detail (the rule that tripped and its
-    figures), revision, times, and the last ``events`` events, oldest first.
+    ok and failed device counts (revoked devices no longer count), halt_rule and
+    halt_detail (the rule that tripped and its figures), revision, times, and the last
+    ``events`` events, oldest first.
     """
     r = session.scalars(
         select(Rollout).where(Rollout.model == model).order_by(Rollout.id.desc()).limit(1)
