@@ -374,7 +374,15 @@ def test_sign_in_refuses_wrong_tokens_and_other_sites(
 def test_pages_need_a_session(populated: Fleet) -> None:
     answer = httpx.get(populated.url + f"/devices/{populated.ids['a']}", timeout=30)
     assert answer.status_code == 303
-    assert answer.headers["location"] == f"/login?next=/devices/{populated.ids['a']}"
+    assert answer.headers["location"] == f"/login?next=%2Fdevices%2F{populated.ids['a']}"
+    listing = httpx.get(populated.url + "/devices?state=updated", timeout=30)
+    assert listing.headers["location"] == "/login?next=%2Fdevices%3Fstate%3Dupdated"
+    back = httpx.post(
+        populated.url + "/login",
+        data={"token": ADMIN, "next": "/devices?state=updated"},
+        timeout=30,
+    )
+    assert back.status_code == 303 and back.headers["location"] == "/devices?state=updated"
     assert httpx.get(populated.url + "/.json", timeout=30).status_code == 401
     forged = {web.COOKIE: web.session_cookie("some-other-token")}
     assert httpx.get(populated.url + "/.json", cookies=forged, timeout=30).status_code == 401
@@ -421,7 +429,7 @@ def test_the_dashboard_in_chromium(populated: Fleet, tmp_path: Path) -> None:
             url = populated.url
 
             page.goto(url + "/")
-            assert page.url.endswith("/login?next=/")
+            assert page.url.endswith("/login?next=%2F")
             page.fill("#token", "not-the-token")
             page.click("button[type=submit]")
             assert page.locator(".error").inner_text() == "wrong admin token"
@@ -479,7 +487,7 @@ def test_the_dashboard_in_chromium(populated: Fleet, tmp_path: Path) -> None:
             page.wait_for_url(re.compile(r".*/login$"))
             assert context.cookies() == []
             page.goto(url + "/")
-            assert page.url.endswith("/login?next=/")
+            assert page.url.endswith("/login?next=%2F")
             assert dialogs == []  # nothing a device sent ever ran
         finally:
             browser.close()

@@ -447,7 +447,8 @@ def mount(app: Starlette, store: Store, admin_tokens: tuple[str, ...]) -> FleetM
             if not _signed_in(request, admin_tokens):
                 if as_json:
                     return headers(JSONResponse({"error": "sign in first"}, status_code=401))
-                target = quote(request.url.path, safe="/")
+                here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                target = quote(here, safe="")
                 return RedirectResponse(f"/login?next={target}", status_code=303)
             try:
                 data = await run_in_threadpool(load, *args)
