@@ -199,12 +199,14 @@ def test_help_shows_readable_argument_names(tmp_path: Path) -> None:
         (["bench"], "MODEL"),
         (["inspect"], "MODEL"),
         (["bundle", "verify"], "BUNDLE"),
-        (["serve"], "[REPOSITORY]"),
+        (["serve"], "[REPOSITORY]"),  # optional: in brackets
     ):
         code, out, _ = edgeinfer(tmp_path, *command, "--help")
         assert code == 0
         assert "{path}" not in out and "PATH" not in out.split("Options")[0], out
         assert metavar in out, (command, out)
+    code, out, _ = edgeinfer(tmp_path, "serve", "--help")
+    assert "--token-file" in out and not [ln for ln in out.splitlines() if ln.endswith("-")]
     code, out, _ = edgeinfer(tmp_path, "bench", "--help")
     assert "at least 5 calls" in " ".join(out.split())
     assert "--fallback" in out

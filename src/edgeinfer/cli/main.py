@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -42,7 +43,31 @@ COMMANDS: list[str] = [
 ]
 
 
+def _keep_hyphenated_words_whole() -> None:
+    """Wrap help text only at spaces: click's wrapper (and typer's copy of click) also
+    breaks after a hyphen, which prints an option named in a help sentence as ``--token-``
+    and ``file`` on two lines."""
+    for name in ("typer._click._textwrap", "click._textwrap"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # a version without it wraps as it likes
+            continue
+        base = module.TextWrapper
+        if getattr(base, "edgeinfer_whole_words", False):
+            continue
+
+        class WholeWords(base):  # type: ignore[misc, valid-type]
+            edgeinfer_whole_words = True
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["break_on_hyphens"] = False
+                super().__init__(*args, **kwargs)
+
+        setattr(module, "TextWrapper", WholeWords)  # noqa: B010 (a module, typed loosely)
+
+
 def build_app() -> typer.Typer:
+    _keep_hyphenated_words_whole()
     app = typer.Typer(
         name="edgeinfer",
         help="Run machine-learning models where the data is: optimize, ship, run, offload.",

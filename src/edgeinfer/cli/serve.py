@@ -15,13 +15,14 @@ def register(app: typer.Typer) -> None:
     def serve(
         repository: Path | None = typer.Argument(
             None,
-            metavar="[REPOSITORY]",
+            metavar="REPOSITORY",
             help="Model repository: REPOSITORY/<model>/<version>/{bundle | model.onnx}.",
             show_default=False,
         ),
         follow: list[Path] = typer.Option(
             [],
             "--follow",
+            metavar="STATE_DIR",
             help="An update agent's --state-dir: serve the bundle it committed, switching to "
             "each newly committed one without failing requests (repeatable).",
         ),
@@ -31,6 +32,7 @@ def register(app: typer.Typer) -> None:
         token: list[str] = typer.Option(
             [],
             "--token",
+            metavar="TOKEN",
             envvar="EDGEINFER_TOKEN",
             help="Bearer token for inference, metadata and /metrics (repeatable). A token "
             "on the command line shows in `ps`: prefer --token-file or the environment "
@@ -39,19 +41,23 @@ def register(app: typer.Typer) -> None:
         token_file: list[Path] = typer.Option(
             [],
             "--token-file",
+            metavar="FILE",
             envvar="EDGEINFER_TOKEN_FILE",
             help="File of bearer tokens like --token's, one a line ('#' comments).",
         ),
         admin_token: list[str] = typer.Option(
             [],
             "--admin-token",
+            metavar="TOKEN",
             envvar="EDGEINFER_ADMIN_TOKEN",
-            help="Bearer token for load/unload/index (repeatable); none disables them. "
+            help="Bearer token for loading and unloading models (repeatable); none disables "
+            "that (the index needs only an inference token). "
             "Shows in `ps` too: prefer --admin-token-file or the environment variable.",
         ),
         admin_token_file: list[Path] = typer.Option(
             [],
             "--admin-token-file",
+            metavar="FILE",
             envvar="EDGEINFER_ADMIN_TOKEN_FILE",
             help="File of admin tokens, one a line ('#' comments).",
         ),

@@ -1,8 +1,10 @@
 """Bearer tokens: one set for inference and metadata, a separate set for repository control.
 
 Health endpoints stay open (probes carry no tokens). With no inference tokens configured,
-inference is open; with no admin tokens, repository control is disabled altogether. An admin
-token also works for inference. Tokens are compared in constant time.
+inference is open; with no admin tokens, repository control (load, unload) is disabled
+altogether. Reading the repository index changes nothing and needs only what inference
+needs, as on Triton. An admin token also works for inference. Tokens are compared in
+constant time.
 """
 
 from __future__ import annotations
