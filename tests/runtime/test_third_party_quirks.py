@@ -73,6 +73,13 @@ def test_a_failure_inside_a_subgraph_is_one_quiet_line(
     assert "LSTM node" in message and "Input X must have 3 dimensions" in message
     assert "Non-zero status code" not in message and "[ONNXRuntimeError]" not in message
     assert "\n" not in message and len(message) < 400
+    with edgeinfer.load(silero) as model:
+        feeds = {**_vad_inputs(16000), "state": np.zeros((1, 1, 128), np.float32)}
+        with pytest.raises(BackendError) as info:
+            model.backend.run(feeds, ["output"])  # past the validator: ONNX Runtime's check
+    message = str(info.value)
+    assert "input: state" in message and "index: 0 Got: 1 Expected: 2" in message
+    assert "\n" not in message and "Please fix" not in message
     captured = capfd.readouterr()  # ONNX Runtime's own coloured log lines are off
     assert "onnxruntime" not in captured.err and "\x1b[" not in captured.err
 

@@ -69,8 +69,11 @@ def _run_error(exc: BaseException, limit: int = 240) -> str:
     level, each wrapper repeating the whole message below it; only the innermost node and
     its message say what was wrong.
     """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = _STATUS.sub("", text)
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    # "Got invalid dimensions for input: state for the following indices" is followed by
+    # the indices on further lines, then advice about fixing the model: keep the indices.
+    lines = [ln for ln in lines if not ln.startswith("Please fix")]
+    text = _STATUS.sub("", "; ".join(lines)) if lines else type(exc).__name__
     nodes = list(_NESTED.finditer(text))
     if nodes:
         last = nodes[-1]
