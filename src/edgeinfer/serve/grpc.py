@@ -302,7 +302,7 @@ async def start_grpc_server(config: ServeConfig, dataplane: DataPlane) -> tuple[
         return server
 
     def check_port(port: int) -> None:
-        from edgeinfer.serve.server import check_grpc_port
+        from edgeinfer.serve.ports import check_grpc_port
 
         check_grpc_port(config.host, port)
 

@@ -14,7 +14,6 @@ naming it, not a traceback.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import socket
@@ -24,8 +23,11 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from edgeinfer.errors import EdgeInferError, InputError
+from edgeinfer.errors import EdgeInferError
 from edgeinfer.serve.config import ServeConfig
+from edgeinfer.serve.ports import bind_error as _bind_error
+from edgeinfer.serve.ports import check_grpc_port
+from edgeinfer.serve.ports import reason as _reason
 
 __all__ = ["BackgroundServer", "check_grpc_port", "is_loopback", "run_server", "startup_lines"]
 
@@ -42,20 +44,6 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _bind_error(what: str, host: str, port: int, reason: str) -> InputError:
-    hint = {
-        "REST": "choose another --port (0: any free port)",
-        "gRPC": "choose another --grpc-port (0: any free port, -1: no gRPC)",
-    }[what]
-    return InputError(f"cannot listen on {what} port {port} of {host}: {reason}; {hint}")
-
-
-def _reason(exc: OSError) -> str:
-    if exc.errno == errno.EADDRINUSE:
-        return "it is already in use"
-    return exc.strerror or str(exc)
-
-
 def _socket(host: str, port: int, what: str = "REST") -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -67,15 +55,6 @@ def _socket(host: str, port: int, what: str = "REST") -> socket.socket:
         raise _bind_error(what, host, port, _reason(exc)) from None
     sock.set_inheritable(True)
     return sock
-
-
-def check_grpc_port(host: str, port: int) -> None:
-    """Raise ``InputError`` naming the gRPC port if something listens there already."""
-    from edgeinfer.serve._grpc_listener import port_is_free
-
-    exc = port_is_free(host, port)
-    if exc is not None:
-        raise _bind_error("gRPC", host, port, _reason(exc)) from None
 
 
 def _check_grpc_port(config: ServeConfig) -> None:
