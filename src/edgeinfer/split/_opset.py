@@ -26,7 +26,13 @@ from edgeinfer.errors import InputError
 if TYPE_CHECKING:
     import onnx
 
-__all__ = ["COMPRESS_OPSET", "UPGRADE_TOLERANCE", "default_opset", "upgrade_for_compression"]
+__all__ = [
+    "COMPRESS_OPSET",
+    "UPGRADE_TOLERANCE",
+    "default_opset",
+    "max_error",
+    "upgrade_for_compression",
+]
 
 COMPRESS_OPSET = 13  # what compress_split and compress_outputs build for
 UPGRADE_TOLERANCE = 1e-4  # largest difference, relative to the outputs' magnitude (>= 1)
@@ -35,6 +41,16 @@ UPGRADE_TOLERANCE = 1e-4  # largest difference, relative to the outputs' magnitu
 def default_opset(model: onnx.ModelProto) -> int:
     """The model's default-domain (``ai.onnx``) opset; 0 if it imports none."""
     return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def max_error(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> float:
+    """Largest absolute difference over the numeric outputs of two runs."""
+    errs = [
+        float(np.abs(got[k].astype(np.float64) - v.astype(np.float64)).max(initial=0.0))
+        for k, v in want.items()
+        if v.dtype.kind in "fiub"
+    ]
+    return max(errs, default=0.0)
 
 
 def upgrade_for_compression(
@@ -58,7 +74,6 @@ def upgrade_for_compression(
 
     from edgeinfer.runtime import load
     from edgeinfer.split.extract import save_model
-    from edgeinfer.split.profile import _max_error
 
     have = default_opset(model)
     if have >= COMPRESS_OPSET:
@@ -84,7 +99,7 @@ def upgrade_for_compression(
                 f"{name}: {what} needs ONNX opset >= {COMPRESS_OPSET}; the model upgraded "
                 f"from opset {have} does not run ({first}); {drop}"
             ) from None
-    err = _max_error(want, got)
+    err = max_error(want, got)
     scale = max((float(np.abs(v).max(initial=0.0)) for v in want.values()), default=0.0)
     if not err <= UPGRADE_TOLERANCE * max(1.0, scale):
         raise InputError(

@@ -29,6 +29,7 @@ import numpy as np
 from edgeinfer._atomic import write_atomic
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.runtime.bench import time_calls
+from edgeinfer.split._opset import max_error as _max_error
 
 if TYPE_CHECKING:
     from edgeinfer.split.extract import SplitFiles
@@ -253,15 +254,6 @@ def time_model(
 def nbytes(arrays: Mapping[str, np.ndarray] | Sequence[np.ndarray]) -> int:
     values = arrays.values() if isinstance(arrays, Mapping) else arrays
     return int(sum(np.asarray(a).nbytes for a in values))
-
-
-def _max_error(want: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray]) -> float:
-    errs = [
-        float(np.abs(got[k].astype(np.float64) - v.astype(np.float64)).max(initial=0.0))
-        for k, v in want.items()
-        if v.dtype.kind in "fiub"
-    ]
-    return max(errs, default=0.0)
 
 
 def _compression(compress: str | None, outputs: str | None) -> tuple[str, str]:
