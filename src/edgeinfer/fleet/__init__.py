@@ -9,7 +9,9 @@ docs/adr/ says why).
 
 Modules: ``reports`` (wire format, signatures), ``sketches``, ``store`` (+ ``migrations``),
 ``ingest`` (device requests), ``inventory`` (operator queries), ``api``, ``server``,
-``client`` (the device side).
+``client`` (the device side); staged rollouts: ``rollouts`` (the rules, pure, and the
+read side), ``rollout_service`` (decisions under a row lock), ``rollout_docs`` (the signed
+document devices verify), ``rollout_api``.
 """
 
 from __future__ import annotations

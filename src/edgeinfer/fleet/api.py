@@ -12,6 +12,8 @@ Operators (``Authorization: Bearer <admin token>``)::
     GET  /v1/devices/{id}            one device, its recent reports, its class's latency
     POST /v1/devices/{id}/revoke     -> {"id", "revoked_at"}
 
+Staged rollouts (``/v1/rollouts...``, and the signed document devices fetch) are
+:mod:`edgeinfer.fleet.rollout_api`'s; an accepted report is counted in its rollout.
 ``GET /v1/health`` is open. Every body is read up to a cap and no further (413 past it);
 every refusal is a 4xx with ``{"error": reason}``; a database that cannot be reached is a
 503 the device retries later. The database work runs on worker threads, one session each.
