@@ -30,6 +30,7 @@ from fleet_support import (
     document,
     post,
     sealed,
+    start_fleet,
     status,
 )
 
@@ -397,6 +398,39 @@ def test_an_unknown_device_is_a_404(populated: Fleet) -> None:
     assert populated.get(f"/devices/{missing}.json").json() == {"error": f"no device {missing!r}"}
     page = populated.get(f"/devices/{missing}")
     assert page.status_code == 404 and "no device" in page.text
+
+
+@pytest.mark.slow
+def test_a_rollout_that_halted_itself_shows_its_reason(tmp_path: Path) -> None:
+    """The rollout engine halts a real rollout on devices' rollback reports; the page says why."""
+    service = start_fleet(str(tmp_path / "rollout.db"))
+    try:
+        clients = []
+        for i in range(4):  # the model's four devices, on version 2 before the rollout
+            clients.append(device(service, tmp_path / f"dev{i}", hardware_class="test-x86_64"))
+            assert report_cycle(clients[-1], status(version=2, result="up-to-date")).sent == 1
+        plan = {"model": "digits", "version": 3, "stages": [100], "max_failure": 0.1}
+        started = service.admin("POST", "/v1/rollouts", json={**plan, "min_devices": 3})
+        assert started.status_code == 200, started.text
+        for client, fails in zip(clients, (False, False, True, True), strict=True):
+            if fails:
+                cycle = status(version=3, result="rolled-back", reason=XSS_REASON)
+                cycle["active"]["version"] = 2  # back on the version it had
+            else:
+                cycle = status(version=3)
+            assert report_cycle(client, cycle).sent == 1
+        headers = {"authorization": f"Bearer {ADMIN}"}
+        (found,) = httpx.get(service.url + "/rollouts.json", headers=headers, timeout=30).json()[
+            "rollouts"
+        ]
+        assert (found["state"], found["halt_rule"]) == ("halted", "failure-share")
+        assert (found["ok"], found["failed"]) == (2, 2)  # the last one counted after the halt
+        reason = "failure share 33.3 % (1 of 3 reporting devices failed) above max 10 % at stage 1"
+        assert found["halt_reason"] == reason
+        page = httpx.get(service.url + "/rollouts", headers=headers, timeout=30).text
+        assert reason in page
+    finally:
+        service.stop()
 
 
 def _chromium() -> str:
