@@ -482,3 +482,39 @@ def test_two_replicas_never_promote_a_stage_twice(
         finally:
             for store in replicas:
                 store.close()
+
+
+@pytest.mark.slow
+def test_two_fleet_services_on_one_postgresql_promote_each_stage_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    db = fresh_database(request, "postgresql", tmp_path)
+    key_file = tmp_path / "rollout-key.pem"
+    options = ("--rollout-key", str(key_file), "--rollout-tick", "0.05")
+    first = start_fleet(db, 0, *options)
+    second = start_fleet(db, 0, *options)  # the same key file: replicas sign alike
+    try:
+        stages = [20, 40, 60, 80, 100]
+        body = {"model": "raced", "version": 1, "stages": stages, "soak_s": 0.2}
+        assert first.admin("POST", "/v1/rollouts", json=body).status_code == 200
+        deadline = time.monotonic() + 120  # a bound on a busy machine, not a measurement
+        while (state := second.admin("GET", "/v1/rollouts/raced").json())["state"] != "done":
+            assert time.monotonic() < deadline, state
+            time.sleep(0.2)
+        kinds = [(e["kind"], e["detail"].get("to_stage")) for e in state["events"]]
+        assert kinds == [
+            ("started", None),
+            *[("promoted", i) for i in range(1, 5)],
+            ("completed", None),
+        ]
+        key = rollout_docs.load_public_key(
+            httpx.get(first.url + "/v1/rollout-key", timeout=30).json()["public_key"]
+        )
+        for replica in (first, second):
+            body_bytes = replica.admin("GET", "/v1/rollouts/raced/document").content
+            assert rollout_docs.open_document(body_bytes, key, "raced").state == "done"
+    finally:
+        first.stop()
+        second.stop()
+    logs = "".join(first.output + second.output)
+    assert "IntegrityError" not in logs and "UniqueViolation" not in logs, logs[-2000:]
