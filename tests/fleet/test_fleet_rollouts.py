@@ -436,8 +436,22 @@ def test_pause_resume_abort_from_the_cli(
         assert caught.value.code == 2
         err = capsys.readouterr().err
         assert fragment in err and len(err.strip().splitlines()) == 1, err
-    refused = fleet.admin("POST", "/v1/rollouts", json={"model": "x", "version": 1, "stages": [9]})
-    assert refused.status_code == 400 and "last stage must be 100" in refused.json()["error"]
+    for body, fragment in [
+        ({"model": "x", "version": 1, "stages": [9]}, "last stage must be 100"),
+        ({"model": "a b", "version": 1, "stages": [100]}, "expected a model name"),
+        ({"model": "x", "version": -1, "stages": [100]}, "version"),
+        ({"model": "x", "version": 1, "stages": [100], "min_devices": 1.5}, "whole number"),
+        ({"model": "x", "version": 1, "stages": "5,100"}, "list of percents"),
+        ({"model": "x", "version": 1, "stages": [100], "target": {"sha256": "z"}}, "target"),
+        ({"model": "x"}, "expected"),
+    ]:
+        refused = fleet.admin("POST", "/v1/rollouts", json=body)
+        assert refused.status_code == 400 and fragment in refused.json()["error"], refused.text
+        assert "\n" not in refused.json()["error"]
+    malformed = fleet.admin("POST", "/v1/rollouts", content=b"{not json")
+    assert malformed.status_code == 400 and "malformed JSON" in malformed.json()["error"]
+    missing = fleet.admin("GET", "/v1/rollouts/nothing-here/document")
+    assert missing.status_code == 404
     assert httpx.post(fleet.url + "/v1/rollouts/paced/abort", timeout=30).status_code == 401
 
 

@@ -17,6 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import re
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -61,6 +62,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 LATENCY = "latency_ms"
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")  # as reports name models
 
 
 def _newest(session: Session, model: str, lock: bool = True) -> Rollout | None:
@@ -414,8 +416,10 @@ def plan_from_json(data: Any) -> tuple[str, int, Plan, dict[str, Any] | None, in
         return value
 
     model = data["model"]
-    if not isinstance(model, str) or not 1 <= len(model) <= 128:
-        raise BadReport("model: expected a model name")
+    if not isinstance(model, str) or not _MODEL.match(model):
+        raise BadReport(
+            f"model {str(model)[:40]!r}: expected a model name (letters, digits, ._:+-)"
+        )
     stages = data["stages"]
     if not isinstance(stages, list) or not all(
         isinstance(s, (int, float)) and not isinstance(s, bool) for s in stages
