@@ -285,3 +285,26 @@ def test_serve(prepared: Prepared, served: Served) -> None:
     assert_close(got, prepared.expected, f"{model.id} served over REST")
     got = _infer(grpcclient, served.grpc, model.id, prepared.feeds)
     assert_close(got, prepared.expected, f"{model.id} served over gRPC")
+
+
+@pytest.mark.timeout(300)
+def test_optimize_every_calibration_method(
+    corpus: Corpus, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Entropy and percentile calibration on a calibration set that is not a whole number of
+    calibration batches (10 samples): every static INT8 candidate is measured."""
+    prepared = corpus.get("torch-cnn")
+    model = prepared.model
+    calibration = tmp_path / "calibration.npz"
+    np.savez(calibration, **model.make(10, 2))
+    statics = ("static-int8-minmax", "static-int8-entropy", "static-int8-percentile")
+    code, out, err = cli(
+        capsys, "optimize", prepared.path, "--eval", prepared.eval_set or "", "--calibration",
+        calibration, "--metric", "accuracy", "--out", tmp_path / "opt", "--repeats", "2",
+        "--no-memory", "--threads", "1", "--candidates", ",".join(statics),
+    )  # fmt: skip
+    assert code == 0, f"{out}\n{err}"
+    report = json.loads((tmp_path / "opt-report" / "report.json").read_text())
+    status = {c["name"]: (c["status"], c["reason"]) for c in report["candidates"]}
+    for name in statics:
+        assert status[name][0] == "ok", f"{name}: {status[name]}"
