@@ -377,6 +377,7 @@ def bench_ocr(work: Path, names: list[str]) -> dict[str, Any]:
                 "static-int8-minmax",
                 "static-int8-entropy",
                 "static-int8-percentile",
+                "static-int8-entropy-conv-only",
                 "static+exclude-sensitive",
             ),
             calibration_samples=n_calib,

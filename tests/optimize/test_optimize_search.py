@@ -13,6 +13,7 @@ from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize import SearchConfig, optimize
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate
+from edgeinfer.optimize.data import Dataset
 from edgeinfer.optimize.evaluate import Evaluation
 from edgeinfer.optimize.metrics import parse_metric
 from edgeinfer.optimize.report import report_dir_for
@@ -213,3 +214,14 @@ def test_the_original_within_the_margin_and_faster_is_kept() -> None:
 def test_margins_are_fractions(margin: float) -> None:
     with pytest.raises(InputError, match="size_margin must be a fraction"):
         SearchConfig(metric="accuracy", size_margin=margin)
+
+
+def test_conv_only_candidate_quantizes_only_the_compute_operators() -> None:
+    from edgeinfer.optimize.plan import COMPUTE_OPS, plan
+
+    calib = Dataset({"pixels": np.zeros((2, 1, 8, 8), np.float32)})
+    config = SearchConfig(metric="accuracy", candidates=("static-int8-entropy-conv-only",))
+    (cand,) = plan(config, calib, transformer=False)
+    step = cand.recipe.steps[1] if cand.recipe else None
+    assert step is not None and step.pass_name == "static_int8"
+    assert step.config.method == "entropy" and step.config.op_types == COMPUTE_OPS

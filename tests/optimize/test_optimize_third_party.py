@@ -102,7 +102,11 @@ def test_search_on_the_paddle_detector_measures_or_skips_every_candidate(
     config = SearchConfig(
         metric="cosine",
         max_drop="5%",
-        candidates=("static-int8-minmax", "static+exclude-sensitive"),
+        candidates=(
+            "static-int8-minmax",
+            "static-int8-entropy-conv-only",
+            "static+exclude-sensitive",
+        ),
         **FAST,  # type: ignore[arg-type]
     )
     monkeypatch.chdir(ppocr_models.parent)  # a relative model path, as a user types it
@@ -120,6 +124,12 @@ def test_search_on_the_paddle_detector_measures_or_skips_every_candidate(
     assert graph_info["shape_inference"] != "none" and graph_info["opset"] == "12 -> 13"
     static = [c for c in result.candidates if c.name.startswith("static-int8")]
     assert all(c.evaluation and c.evaluation.metrics["cosine"] > 0.9 for c in static)
+    # only the convolutions quantized: far fewer quantize nodes than with every operator
+    full, conv = (
+        next(c for c in static if c.name == n).infos[1]["quantized_ops"]["QuantizeLinear"]
+        for n in ("static-int8-minmax", "static-int8-entropy-conv-only")
+    )
+    assert conv < 0.6 * full
 
 
 @pytest.mark.slow

@@ -8,7 +8,9 @@ Candidates (each applies where it can; the table says why one was skipped):
   ``dynamic-int8-per-channel-unfused``, without the attention fusions (ONNX Runtime's
   integer attention is not always faster than its separate MatMulInteger kernels);
 * ``static-int8-minmax``, ``-entropy``, ``-percentile``: QDQ INT8 calibrated on the
-  calibration data (skipped without it);
+  calibration data (skipped without it); ``static-int8-entropy-conv-only`` quantizes only
+  Conv/ConvTranspose/MatMul/Gemm and keeps element-wise operators in float (CNNs with
+  hard-swish activations lose far less: PP-OCR's detector 0.991 mean cosine vs 0.968);
 * ``<best dynamic>+exclude-sensitive``, ``<best static>+exclude-sensitive``: the same with
   the nodes that add the most quantization error kept in float;
 * ``fp16``: only where a GPU/NPU execution provider is available.
