@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import typer
 
-from edgeinfer.cli.fleet import _FLEET, _TOKEN, _TOKEN_FILE, _admin_token, _call, _cell
+from edgeinfer.cli._fleet_common import _FLEET, _TOKEN, _TOKEN_FILE, _admin_token, _call, _cell
 from edgeinfer.errors import InputError
 
 __all__ = [

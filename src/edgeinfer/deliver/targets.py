@@ -24,6 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from edgeinfer._rollout import rollout_bucket
+
 __all__ = [
     "BundleTarget",
     "DeltaTarget",
@@ -56,18 +58,6 @@ def parse_version(text: str) -> tuple[int, ...]:
     if not text.strip() or not all(p.isdigit() for p in parts):
         raise ValueError(f"version {text!r} is not dotted integers like '0.1.0'")
     return tuple(int(p) for p in parts)
-
-
-def rollout_bucket(device_id: str, model: str) -> float:
-    """A stable number in [0, 100) for this device and model: the rollout percentile.
-
-    A device is in a rollout of ``p`` percent when its bucket is below ``p``; widening the
-    rollout keeps every device that was already in.
-    """
-    import hashlib
-
-    digest = hashlib.sha256(f"{model}\x00{device_id}".encode()).digest()
-    return (int.from_bytes(digest[:8], "big") % 10000) / 100.0
 
 
 @dataclass(frozen=True)

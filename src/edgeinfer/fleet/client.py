@@ -425,7 +425,7 @@ class RolloutGate:
     ) -> GateVerdict:
         """May this device install ``model`` ``version`` (TUF-verified ``sha256``/``length``,
         TUF rollout ``tuf_rollout`` percent) now?"""
-        from edgeinfer.deliver.targets import rollout_bucket
+        from edgeinfer._rollout import rollout_bucket
 
         bucket = rollout_bucket(self.device_id, model)
         if document is None or document.model != model or document.version != version:

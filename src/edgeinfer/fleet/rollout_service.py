@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from edgeinfer.deliver.targets import rollout_bucket
+from edgeinfer._rollout import rollout_bucket
 from edgeinfer.fleet import rollout_docs
 from edgeinfer.fleet.errors import BadReport, Conflict, NotFound
 from edgeinfer.fleet.rollouts import (
