@@ -21,11 +21,10 @@ from edgeinfer.cli.main import main
 from edgeinfer.optimize.plan import DEFAULT_CANDIDATES
 
 IDS = [m.id for m in MODELS]
-# Every candidate optimize tries by default, but for two calibration methods of static INT8
-# (entropy histograms take a minute per convolutional model on 2 cores): minmax stands for
-# them here, and benchmarks/bench_corpus.py runs all of them on every model.
-CANDIDATES = [c for c in DEFAULT_CANDIDATES if c not in ("static-int8-entropy",
-                                                         "static-int8-percentile")]  # fmt: skip
+# Every candidate optimize tries by default, but for the entropy and percentile calibrations
+# of static INT8 (histograms take a minute per convolutional model on 2 cores): minmax stands
+# for them here; test_optimize_every_calibration_method and benchmarks/bench_corpus.py run them.
+CANDIDATES = [c for c in DEFAULT_CANDIDATES if "entropy" not in c and "percentile" not in c]
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -163,11 +162,12 @@ def test_optimize(
     code, stdout, err = result
     assert code == 0, f"{stdout}\n{err}"
     report = json.loads((tmp_path / "opt-report" / "report.json").read_text())
+    # Each candidate is measured, or skipped with the reason it does not apply; a candidate
+    # whose pass broke on this model ("failed") is a bug of that pass.
     for candidate in report["candidates"]:
-        assert candidate["status"] in ("ok", "skipped", "failed"), candidate
-        if candidate["status"] != "ok":
+        assert candidate["status"] in ("ok", "skipped"), (candidate["name"], candidate["reason"])
+        if candidate["status"] == "skipped":
             assert candidate["reason"], f"{candidate['name']} has no reason"
-        assert candidate["status"] != "failed" or "Traceback" not in candidate["reason"]
     measured = [c for c in report["candidates"] if c["status"] == "ok"]
     assert len(measured) >= 2, "no candidate besides the original was measured"
     # The chosen bundle answers like the original within the budget on a real sample.
