@@ -39,16 +39,42 @@ def agent(
         min=0.0,
         help="Bytes/s a transfer must average over 30 s, or it is abandoned (0: no minimum).",
     ),
+    fleet: str | None = typer.Option(
+        None,
+        "--fleet",
+        help="Fleet service URL: enroll on first start, then a signed report every cycle.",
+    ),
+    enroll_token: str | None = typer.Option(
+        None,
+        "--enroll-token",
+        envvar="EDGEINFER_ENROLL_TOKEN",
+        help="The fleet's enrollment token, needed until enrolled (shows in `ps`: prefer "
+        "EDGEINFER_ENROLL_TOKEN or --enroll-token-file).",
+    ),
+    enroll_token_file: Path | None = typer.Option(
+        None, "--enroll-token-file", help="A file holding the enrollment token on one line."
+    ),
+    rollout_key: Path | None = typer.Option(
+        None,
+        "--rollout-key",
+        help="The fleet's rollout public key, pinned: follow its signed rollout documents.",
+    ),
 ) -> None:
     """Refresh signed metadata, install updates into the idle slot, health-check, commit.
 
     --once: one cycle; exit 0 with or without an update, 2 if the agent cannot work at all.
+    With --fleet, a fleet that is down or refuses never fails a cycle: reports wait on disk.
     """
     import json
     import threading
 
     from edgeinfer.deliver.agent import Agent, AgentConfig
     from edgeinfer.deliver.download import DownloadConfig
+
+    if enroll_token_file is not None and not enroll_token:
+        from edgeinfer.cli.serve import _read_tokens
+
+        enroll_token = _read_tokens(enroll_token_file, "--enroll-token-file")[0]
 
     config = AgentConfig(
         repo_url=repo_url,
@@ -60,6 +86,9 @@ def agent(
         version_floor=version_floor,
         min_free_bytes=int(min_free_mb * 1e6),
         report_url=report_url,
+        fleet_url=fleet,
+        enroll_token=enroll_token,
+        rollout_key=rollout_key,
         cycle_timeout=cycle_timeout,
         download=DownloadConfig(read_timeout=read_timeout, min_rate=min_rate),
     )

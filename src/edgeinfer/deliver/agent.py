@@ -5,6 +5,8 @@ One cycle (:meth:`Agent.run_once`)::
     recover        clean what a crash left; roll back a trial cut short
     refresh        python-tuf ngclient Updater, from the root provisioned at setup
     choose         newest allowed version (channel, rollout, floor, agent version, not bad)
+    (rollout)      with a pinned rollout key: the fleet's signed rollout document may hold
+                   the chosen version back (``held``), never name another one
     disk check     before any download
     download       a delta from the installed bundle if one exists, else the full bundle;
                    resumable, bounded by the signed length, verified by the signed hash
@@ -14,7 +16,8 @@ One cycle (:meth:`Agent.run_once`)::
     switch         os.replace of the pointer file; the new slot is on trial
     gate           loads, golden sample, latency budget (edgeinfer.deliver.gate)
     commit         or roll back and remember the version as bad
-    report         STATE_DIR/status.json (and a POST to the report URL, if set)
+    report         STATE_DIR/status.json (and a POST to the report URL, if set; a signed
+                   report to the fleet, if set, through its on-disk outbox)
 
 Every refusal leaves the device on exactly the version it had. Only one agent runs per
 state directory (a lock file). ``CycleResult`` and ``status.json`` say what happened.
@@ -37,6 +40,7 @@ recovery, disk check, download cleanup and ``status.json`` of the state director
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -46,7 +50,7 @@ from typing import Any
 
 from edgeinfer._version import __version__
 from edgeinfer.deliver._agent_files import _AgentFiles
-from edgeinfer.deliver._fsutil import crash_point, read_json
+from edgeinfer.deliver._fsutil import crash_point, read_json, write_json
 from edgeinfer.deliver._transfer import check_http_url, disk_full, scrub, split_userinfo
 from edgeinfer.deliver._tuf_client import PacedFetcher, open_updater, refresh_targets
 from edgeinfer.deliver.agent_config import AgentConfig
@@ -60,10 +64,18 @@ from edgeinfer.deliver.errors import (
     UpdateRefused,
 )
 from edgeinfer.deliver.gate import GateResult, run_gate
-from edgeinfer.deliver.select import Device, choose
+from edgeinfer.deliver.select import Choice, Device, choose
 from edgeinfer.deliver.slots import SlotStore
 from edgeinfer.deliver.state import CycleResult, History, device_id, utc_now
-from edgeinfer.errors import BundleError
+from edgeinfer.deliver.targets import BundleTarget
+from edgeinfer.errors import BundleError, EdgeInferError
+from edgeinfer.fleet.client import (
+    ClientConfig,
+    FleetClient,
+    GateVerdict,
+    RolloutGate,
+    report_cycle,
+)
 
 __all__ = ["Agent", "AgentConfig"]
 
@@ -78,6 +90,7 @@ class _Cycle:
     to_version: int | None = None
     notes: list[str] = field(default_factory=list)
     step: str = "recovering"  # what the cycle was doing, for a failure's message
+    gate: GateResult | None = None  # the health gate's result, when one ran
 
 
 class Agent(_AgentFiles):
@@ -103,6 +116,7 @@ class Agent(_AgentFiles):
         self.metadata_dir = self.state_dir / "metadata"
         self.downloads = self.state_dir / "downloads"
         self.status_path = self.state_dir / "status.json"
+        self.fleet, self.rollout_gate = self._fleet_parts(config)
 
     # ------------------------------------------------------------ public
     def run_once(self) -> CycleResult:
@@ -113,6 +127,8 @@ class Agent(_AgentFiles):
         start = time.monotonic()
         cycle = _Cycle()
         with self._locked():
+            if self.fleet is not None:
+                self._enroll(self.fleet)
             history = History(self.state_dir)
             committed = self.slots.committed()
             cycle.from_version = None if committed is None else committed.version
@@ -142,6 +158,8 @@ class Agent(_AgentFiles):
                 utc_now(),
             )
             status = self._write_status(outcome, history)
+            if self.fleet is not None:  # under the lock: STATE_DIR/fleet has one writer
+                self._report_to_fleet(self.fleet, status, cycle.gate)
         logger.info("update cycle: %s%s", result, f" ({reason})" if reason else "")
         self._report(status)
         return outcome
@@ -184,6 +202,7 @@ class Agent(_AgentFiles):
             self.config.version_floor,
             self.agent_version,
             frozenset(history.bad),
+            fleet_paced=self.rollout_gate is not None,
         )
         choice = choose(targets.items(), device)
         if choice.problem is not None:
@@ -199,6 +218,14 @@ class Agent(_AgentFiles):
             return "up-to-date", None
         full = choice.full
         cycle.to_version = full.version
+        if self.rollout_gate is not None:
+            paced = self._follow_rollout(self.rollout_gate, choice, targets, device)
+            if isinstance(paced, str):  # held: never a strike against the version
+                return "held", f"held by rollout: {paced}"
+            choice = paced
+            assert paced.full is not None
+            full = paced.full
+            cycle.to_version = full.version
         full_tf = updater.get_targetinfo(full.path)
         if full_tf is None:  # pragma: no cover - choose() only picks listed targets
             raise UpdateRefused(f"{full.path} vanished from the verified metadata")
@@ -249,6 +276,7 @@ class Agent(_AgentFiles):
                 self._end_trial_quietly()
                 raise full_disk from None
             gate = GateResult(False, f"health gate crashed: {type(exc).__name__}: {exc}")
+        cycle.gate = gate
         if gate.ok:
             cycle.step = f"committing version {full.version}"
             try:
@@ -314,3 +342,140 @@ class Agent(_AgentFiles):
                 f"{cycle.step}; {stays} and tries again next cycle"
             )
         return f"{cycle.step}: {exc}"
+
+    # ------------------------------------------------------------ the fleet
+    def _fleet_parts(self, config: AgentConfig) -> tuple[FleetClient | None, RolloutGate | None]:
+        """The fleet client and rollout gate the settings ask for; one-line errors if wrong."""
+        if config.fleet_url is None:
+            if config.rollout_key is not None:
+                raise AgentError("--rollout-key needs --fleet: the rollout documents come from it")
+            return None, None
+        if not config.fleet_timeout > 0:
+            raise AgentError(f"fleet timeout {config.fleet_timeout!r}: expected seconds > 0")
+        try:
+            client = FleetClient(
+                ClientConfig(
+                    config.fleet_url,
+                    self.state_dir,
+                    enroll_token=config.enroll_token,
+                    timeout=config.fleet_timeout,
+                )
+            )
+            if not client.enrolled() and not config.enroll_token:
+                raise AgentError(
+                    f"this device is not enrolled with {client.url}: pass an enrollment token "
+                    "(--enroll-token, --enroll-token-file or EDGEINFER_ENROLL_TOKEN)"
+                )
+            gate = None
+            if config.rollout_key is not None:
+                # the TUF rollout bucket and the fleet's use the same id: the agent's
+                gate = RolloutGate.from_file(config.rollout_key, device_id=self.device_id)
+        except AgentError:
+            raise
+        except EdgeInferError as exc:
+            raise AgentError(str(exc)) from None
+        return client, gate
+
+    @staticmethod
+    def _enroll(client: FleetClient) -> None:
+        """Enroll once (the key is made on first use); a fleet that is down or refuses is a
+        log line, and the outbox enrolls before it sends, next time."""
+        if client.enrolled():
+            return
+        try:
+            device = client.enroll()
+            logger.info("enrolled with %s as %s", client.url, device)
+        except (EdgeInferError, OSError) as exc:
+            logger.warning("fleet enrollment with %s failed, retried later: %s", client.url, exc)
+
+    def _report_to_fleet(
+        self, client: FleetClient, status: dict[str, Any], gate: GateResult | None
+    ) -> None:
+        """Queue this cycle's signed report and send the outbox; never raises: a fleet that
+        is down or refuses costs at most one request's timeout and a log line."""
+        latency = list(gate.samples_ms) if gate is not None and gate.samples_ms else None
+        try:
+            sent = report_cycle(
+                client,
+                status,
+                latency_ms=latency,
+                gate=None if gate is None else gate.figures(),
+            )
+        except (EdgeInferError, OSError) as exc:
+            logger.warning("fleet report not sent (kept in the outbox if queued): %s", exc)
+            return
+        if sent.kept:
+            logger.info("fleet report: %d sent, %d waiting in the outbox", sent.sent, sent.kept)
+
+    def _follow_rollout(
+        self, gate: RolloutGate, choice: Choice, targets: dict[str, Any], device: Device
+    ) -> Choice | str:
+        """The choice the fleet's rollout lets through, or why the device is held.
+
+        ``choice`` was made without TUF's rollout shares (the gate applies them, so a release
+        held at 0 % can be paced by the fleet); when its version is held, the newest version
+        TUF's own plan reaches is taken instead, if the document allows that one.
+        """
+        full = choice.full
+        assert full is not None
+        document = self._rollout_document(gate, full.model)
+        verdict = self._verdict(gate, document, full)
+        if verdict.allowed:
+            logger.info("rollout: %s", verdict.reason)
+            return choice
+        fallback = choose(targets.items(), dataclasses.replace(device, fleet_paced=False))
+        other = fallback.full
+        if (
+            other is not None
+            and other.version != full.version
+            and self._verdict(gate, document, other).allowed
+        ):
+            logger.info(
+                "rollout holds version %d (%s); version %d goes by TUF's plan",
+                full.version,
+                verdict.reason,
+                other.version,
+            )
+            return fallback
+        logger.info("rollout holds version %d: %s", full.version, verdict.reason)
+        return verdict.reason
+
+    @staticmethod
+    def _verdict(gate: RolloutGate, document: Any, target: BundleTarget) -> GateVerdict:
+        return gate.allows(
+            document,
+            model=target.model,
+            version=target.version,
+            sha256=target.sha256,
+            length=target.length,
+            tuf_rollout=target.rollout,
+        )
+
+    def _rollout_document(self, gate: RolloutGate, model: str) -> Any:
+        """The fleet's verified rollout document of ``model``, or ``None`` (none, fleet
+        unreachable, or not one to follow: forged, expired, older than one followed)."""
+        assert self.fleet is not None
+        body = self.fleet.rollout_document(model)
+        if body is None:
+            return None
+        followed = self._followed_docs()
+        try:
+            document = gate.verify(body, model, min_doc_version=followed.get(model, 0))
+        except EdgeInferError as exc:  # BadRolloutDocument: TUF's plan, as if none
+            logger.warning("rollout document of %s not followed: %s", model, exc)
+            return None
+        if document.doc_version > followed.get(model, 0):
+            # a replayed older document can never reopen what a newer one halted
+            write_json(self._followed_path, {**followed, model: document.doc_version})
+        return document
+
+    @property
+    def _followed_path(self) -> Path:
+        return self.state_dir / "rollout_followed.json"
+
+    def _followed_docs(self) -> dict[str, int]:
+        """The newest rollout ``doc_version`` followed, per model."""
+        data = read_json(self._followed_path)
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}

@@ -41,6 +41,16 @@ class GateResult:
     reason: str | None = None
     new_ms: float | None = None  # median latency of the new version, milliseconds
     old_ms: float | None = None  # median latency of the previous version, milliseconds
+    samples_ms: tuple[float, ...] = ()  # the new version's timed calls, milliseconds
+
+    def figures(self) -> dict[str, float | bool | str | None]:
+        """What a fleet report carries of this gate (the samples go as a sketch)."""
+        return {
+            "ok": self.ok,
+            "reason": None if self.reason is None else self.reason[:500],
+            "new_ms": self.new_ms,
+            "old_ms": self.old_ms,
+        }
 
 
 def _load(path: Path, cfg: GateConfig) -> Any:
@@ -49,7 +59,7 @@ def _load(path: Path, cfg: GateConfig) -> Any:
     return load(path, providers=cfg.providers, threads=cfg.threads)
 
 
-def _median_ms(models: list[Any], feeds: list[dict[str, Any]], runs: int) -> list[float]:
+def _timed_ms(models: list[Any], feeds: list[dict[str, Any]], runs: int) -> list[list[float]]:
     times: list[list[float]] = [[] for _ in models]
     for m, f in zip(models, feeds, strict=True):
         m.predict(f)  # warm-up
@@ -58,7 +68,7 @@ def _median_ms(models: list[Any], feeds: list[dict[str, Any]], runs: int) -> lis
             start = time.perf_counter()
             m.predict(f)
             times[i].append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(t) for t in times]
+    return times
 
 
 def run_gate(new: Path, previous: Path | None, config: GateConfig | None = None) -> GateResult:
@@ -97,9 +107,10 @@ def run_gate(new: Path, previous: Path | None, config: GateConfig | None = None)
             # the previous bundle cannot be run (gone or broken): nothing to compare with
             return GateResult(True)
         try:
-            new_ms, old_ms = _median_ms([model, old_model], [feeds, old_feeds], cfg.latency_runs)
+            new_t, old_t = _timed_ms([model, old_model], [feeds, old_feeds], cfg.latency_runs)
         except EdgeInferError as exc:
             return GateResult(False, f"model fails when run repeatedly: {exc}")
+        new_ms, old_ms, samples = statistics.median(new_t), statistics.median(old_t), tuple(new_t)
         budget = cfg.latency_factor * old_ms + cfg.latency_slack_ms
         if new_ms > budget:
             return GateResult(
@@ -109,8 +120,9 @@ def run_gate(new: Path, previous: Path | None, config: GateConfig | None = None)
                 f"+ {cfg.latency_slack_ms:g} ms)",
                 new_ms,
                 old_ms,
+                samples,
             )
-        return GateResult(True, None, new_ms, old_ms)
+        return GateResult(True, None, new_ms, old_ms, samples)
     finally:
         model.close()
         if old_model is not None:

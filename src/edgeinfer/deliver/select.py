@@ -4,7 +4,8 @@ Kept free of I/O (as python-tuf keeps ``TrustedMetadataSet`` free of the network
 rule is tested directly. The newest bundle version wins among those that are
 
 * of the device's model (or, on a fresh device without ``model``, the only model there);
-* in the device's channel, with the device's rollout bucket below the rollout percentage;
+* in the device's channel, with the device's rollout bucket below the rollout percentage
+  (unless the fleet paces rollouts: then its signed document decides, within TUF's share);
 * not older than the agent needs (``min_agent_version``), newer than what is installed,
   at or above the version floor, and not remembered as bad.
 
@@ -41,6 +42,7 @@ class Device:
     version_floor: int = 0
     agent_version: str = "0.0.0"
     bad: frozenset[str] = frozenset()  # sha256 of versions that failed their health gate
+    fleet_paced: bool = False  # rollout shares are the fleet's RolloutGate's to apply
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def choose(targets: Iterable[tuple[str, Any]], device: Device) -> Choice:
         why = None
         if device.channel not in b.channels:
             why = f"channel {device.channel!r} not in {list(b.channels)}"
-        elif rollout_bucket(device.device_id, b.model) >= b.rollout:
+        elif not device.fleet_paced and rollout_bucket(device.device_id, b.model) >= b.rollout:
             why = f"rollout {b.rollout:g}% does not reach this device yet"
         elif b.min_agent_version is not None and parse_version(b.min_agent_version) > agent:
             why = f"needs agent {b.min_agent_version}, this is {device.agent_version}"

@@ -11,7 +11,8 @@
 
 ``result`` is one of ``updated``, ``up-to-date``, ``refused`` (remote data failed
 verification, or the update does not fit), ``rolled-back`` (the health gate failed),
-``failed`` (the network or the device failed; the next cycle tries again).
+``failed`` (the network or the device failed; the next cycle tries again), ``held`` (the
+fleet's signed rollout document does not let this device install the version yet).
 
 ``STATE_DIR/history.json`` keeps the versions that failed their health gate (never retried)
 and how often a trial was cut short by a crash. ``STATE_DIR/device_id`` holds the stable id
@@ -43,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-RESULTS = ("updated", "up-to-date", "refused", "rolled-back", "failed")
+RESULTS = ("updated", "up-to-date", "refused", "rolled-back", "failed", "held")
 
 
 def utc_now() -> str:

@@ -61,7 +61,7 @@ ENROLL_CONTEXT = b"edgeinfer-fleet-enroll-v1\n"
 
 _HEX64 = r"^[0-9a-f]{64}$"
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$"
-RESULTS = ("updated", "up-to-date", "refused", "rolled-back", "failed")
+RESULTS = ("updated", "up-to-date", "refused", "rolled-back", "failed", "held")
 MAX_SKETCH_B64 = 65536  # characters of one base64 sketch (a KLL sketch of k=200 is ~3 kB)
 
 
@@ -84,7 +84,7 @@ class Slot(_Wire):
 class Cycle(_Wire):
     """The last update cycle, as the agent's ``CycleResult`` says it."""
 
-    result: Literal["updated", "up-to-date", "refused", "rolled-back", "failed"]
+    result: Literal["updated", "up-to-date", "refused", "rolled-back", "failed", "held"]
     reason: str | None = Field(default=None, max_length=2000)
     via: Literal["delta", "full"] | None = None
     bytes_downloaded: int = Field(default=0, ge=0)
