@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from deliver_support import GOLDEN_X, agent_config, serve
+from deliver_support import GOLDEN_X, agent_cli, agent_config, serve
 
 from edgeinfer._rollout import rollout_bucket
 from edgeinfer.bundle import GOLDEN_FILE, MANIFEST_FILE, Bundle, FileRef, Golden
@@ -296,3 +296,30 @@ def test_bad_fleet_options_are_one_line_errors(
         with pytest.raises(AgentError, match=fragment) as caught:
             repo.agent(tmp_path / "dev", **kw)
         assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_the_agent_command_enrolls_from_the_environment_and_refuses_bad_options(
+    service: tuple[FleetProcess, Path], repo_of: Callable[[str], Repo], tmp_path: Path
+) -> None:
+    fleet, key = service
+    repo = repo_of("command")
+    repo.publish(1)
+    root = tmp_path / "repo" / "metadata" / "1.root.json"
+    fleet_opts = ["--fleet", fleet.url, "--rollout-key", str(key)]
+    env = {"EDGEINFER_ENROLL_TOKEN": token(fleet)}
+    out = agent_cli(repo.url, tmp_path / "dev", root, *fleet_opts, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["result"] == "updated"
+    assert devices(fleet)[fleet_id(tmp_path / "dev")]["version"] == 1
+
+    empty = tmp_path / "empty.token"
+    empty.write_text("\n")
+    for extra, message in (
+        (["--rollout-key", str(key)], "--rollout-key needs --fleet"),
+        (["--fleet", fleet.url], "pass an enrollment token"),
+        (["--fleet", fleet.url, "--enroll-token-file", str(empty)], "no token in it"),
+    ):
+        refused = agent_cli(repo.url, tmp_path / "new", root, *extra)
+        assert refused.returncode == 2, refused.stderr
+        assert message in refused.stderr and "Traceback" not in refused.stderr
