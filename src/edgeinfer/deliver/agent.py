@@ -127,8 +127,6 @@ class Agent(_AgentFiles):
         start = time.monotonic()
         cycle = _Cycle()
         with self._locked():
-            if self.fleet is not None:
-                self._enroll(self.fleet)
             history = History(self.state_dir)
             committed = self.slots.committed()
             cycle.from_version = None if committed is None else committed.version
@@ -361,6 +359,8 @@ class Agent(_AgentFiles):
                     timeout=config.fleet_timeout,
                 )
             )
+            # enrolled() makes the device key on first start; enrolling comes with the
+            # first report, so a fleet that is down never delays the first update
             if not client.enrolled() and not config.enroll_token:
                 raise AgentError(
                     f"this device is not enrolled with {client.url}: pass an enrollment token "
@@ -376,23 +376,12 @@ class Agent(_AgentFiles):
             raise AgentError(str(exc)) from None
         return client, gate
 
-    @staticmethod
-    def _enroll(client: FleetClient) -> None:
-        """Enroll once (the key is made on first use); a fleet that is down or refuses is a
-        log line, and the outbox enrolls before it sends, next time."""
-        if client.enrolled():
-            return
-        try:
-            device = client.enroll()
-            logger.info("enrolled with %s as %s", client.url, device)
-        except (EdgeInferError, OSError) as exc:
-            logger.warning("fleet enrollment with %s failed, retried later: %s", client.url, exc)
-
     def _report_to_fleet(
         self, client: FleetClient, status: dict[str, Any], gate: GateResult | None
     ) -> None:
-        """Queue this cycle's signed report and send the outbox; never raises: a fleet that
-        is down or refuses costs at most one request's timeout and a log line."""
+        """Queue this cycle's signed report and send the outbox (enrolling first, once);
+        never raises: a fleet that is down or refuses costs one request's timeout and one
+        log line (the client's own for an unreachable fleet), and the report waits."""
         latency = list(gate.samples_ms) if gate is not None and gate.samples_ms else None
         try:
             sent = report_cycle(
@@ -402,7 +391,7 @@ class Agent(_AgentFiles):
                 gate=None if gate is None else gate.figures(),
             )
         except (EdgeInferError, OSError) as exc:
-            logger.warning("fleet report not sent (kept in the outbox if queued): %s", exc)
+            logger.warning("fleet report kept in the outbox, not sent: %s", exc)
             return
         if sent.kept:
             logger.info("fleet report: %d sent, %d waiting in the outbox", sent.sent, sent.kept)
