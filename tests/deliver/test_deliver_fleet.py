@@ -270,15 +270,21 @@ def test_a_forged_rollout_document_is_ignored_for_tufs_plan(
             enroll_token=token(fleet),
             rollout_key=pin,
         )
-        for name, pin in (("true-key", key), ("other-key", other))
+        for name, pin in (("true-key", key), ("other-key", other), ("replayed", key))
     }
     assert {a.run_once().result for a in pinned.values()} == {"updated"}
     v2 = repo.publish(2)  # TUF's plan: every device
     start_rollout(fleet, v2, stages=[30, 100], soak_s=3600)
     assert pinned["true-key"].run_once().result == "held"
+    followed = json.loads((tmp_path / "true-key" / "rollout_followed.json").read_text())
     forged = pinned["other-key"].run_once()
     assert (forged.result, forged.to_version) == ("updated", 2)
     assert not (tmp_path / "other-key" / "rollout_followed.json").exists()
+    # a device that followed a newer document takes the fleet's one as a replay: TUF's plan
+    newer = {"forged": followed["forged"] + 1}
+    (tmp_path / "replayed" / "rollout_followed.json").write_text(json.dumps(newer))
+    replayed = pinned["replayed"].run_once()
+    assert (replayed.result, replayed.to_version) == ("updated", 2)
 
 
 def test_bad_fleet_options_are_one_line_errors(
