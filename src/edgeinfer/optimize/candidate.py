@@ -24,7 +24,8 @@ class Candidate:
     name: str
     recipe: Recipe | None = None  # None: the original model
     status: str = "pending"  # pending | ok | failed | skipped
-    reason: str = ""
+    reason: str = ""  # why it was skipped, failed or screened out (it cannot be chosen)
+    note: str = ""  # what a pass had to do differently (it can still be chosen)
     path: Path | None = None
     evaluation: Evaluation | None = None
     within_budget: bool = False
@@ -32,6 +33,11 @@ class Candidate:
     build_seconds: float = 0.0
     infos: tuple[dict[str, Any], ...] = ()
     side_by_side_ms: float | None = None  # latency from the final round-robin timing
+
+    @property
+    def remark(self) -> str:
+        """The reason and the note, for the table's note column."""
+        return "; ".join(r for r in (self.reason, self.note) if r)
 
     @property
     def latency_ms(self) -> float:
@@ -44,6 +50,7 @@ class Candidate:
             "name": self.name,
             "status": self.status,
             "reason": self.reason,
+            "note": self.note,
             "recipe": None if self.recipe is None else self.recipe.to_dict(),
             "evaluation": None if self.evaluation is None else self.evaluation.to_dict(),
             "latency_ms": None if self.evaluation is None else round(self.latency_ms, 4),

@@ -65,7 +65,7 @@ def rows(result: SearchResult) -> list[Row]:
                     "metric": "-",
                     "drop": "-",
                     "within budget?": cand.status,
-                    "note": cand.reason,
+                    "note": cand.remark,
                 }
             )
             continue
@@ -81,7 +81,7 @@ def rows(result: SearchResult) -> list[Row]:
                 "metric": f"{ev.metrics[result.metric.name]:.4f}",
                 "drop": "-" if cand.drop is None else f"{cand.drop:+.4f}",
                 "within budget?": "yes" if cand.within_budget else "no",
-                "note": cand.reason,
+                "note": cand.remark,
             }
         )
     return out
@@ -325,8 +325,8 @@ def candidate_table(result: SearchResult, title: str = "candidates") -> Any:
         state = {"skipped": "skip", "failed": "fail"}.get(cand.status, cand.status)
         if ev is not None:
             state = "chosen" if cand is result.chosen else ("yes" if cand.within_budget else "no")
-        if cand.reason:
-            notes.append(Text(f"[{len(notes) + 1}] {cand.name} ({state}): {cand.reason}"))
+        if cand.remark:
+            notes.append(Text(f"[{len(notes) + 1}] {cand.name} ({state}): {cand.remark}"))
             state = f"{state} [{len(notes)}]"
         style = {"chosen": "bold green", "yes": "green", "skip": "dim"}.get(state.split()[0])
         if ev is None:

@@ -91,7 +91,7 @@ def _quantize(
     if isinstance(config, StaticInt8Config):
         if not ranges.is_file():  # calibrate once, quantize twice
             static_int8.calibrate(model, config, ranges)
-        static_int8.quantize(model, config, ranges, out)
+        static_int8.quantize_or_retry(model, config, ranges, out)
     else:
         dynamic_int8.run(model, config, out)
 

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx, save_onnx
 from edgeinfer.errors import InputError
 from edgeinfer.optimize.data import DataSource, calibration_reader, load_dataset, model_specs
@@ -41,11 +43,15 @@ from edgeinfer.optimize.passes.prepare import QDQ_OPSET, default_opset, prepare
 __all__ = [
     "METHODS",
     "NAME",
+    "Calibration",
     "StaticInt8Config",
+    "activation_bytes",
     "calibrate",
     "check_loads",
+    "chunk_samples",
     "prepared",
     "quantize",
+    "quantize_or_retry",
     "run",
     "runtime_reason",
 ]
@@ -72,6 +78,7 @@ class StaticInt8Config:
     nodes_to_exclude: tuple[str, ...] = ()  # node names kept in float
     max_samples: int = 256  # calibration samples used at most
     batch_size: int = 8  # samples per calibration batch
+    memory_mb: float = 256.0  # MB of activations held at once while calibrating (see calibrate)
 
     def __post_init__(self) -> None:
         require_choice("calibration method", self.method, METHODS)
@@ -79,8 +86,8 @@ class StaticInt8Config:
         require_choice("weight_type", self.weight_type, ("int8", "uint8"))
         if not 50.0 < self.percentile <= 100.0:
             raise InputError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.max_samples < 1 or self.batch_size < 1:
-            raise InputError("max_samples and batch_size must be >= 1")
+        if self.max_samples < 1 or self.batch_size < 1 or self.memory_mb <= 0:
+            raise InputError("max_samples and batch_size must be >= 1, memory_mb > 0")
         if self.op_types is not None:
             object.__setattr__(self, "op_types", tuple(self.op_types))
         object.__setattr__(self, "nodes_to_exclude", tuple(self.nodes_to_exclude))
@@ -104,20 +111,90 @@ def _op_types(config: StaticInt8Config) -> list[str]:
     return sorted(set(QLinearOpsRegistry) | set(QDQRegistry))
 
 
-def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> int:
+@dataclass(frozen=True)
+class Calibration:
+    """How calibration went: samples used, and how many at a time (memory bound)."""
+
+    samples: int
+    chunk: int  # samples whose activations fit the memory budget (at most all of them)
+    sample_bytes: int  # activation bytes one sample produces in the calibration model
+    given: int  # samples in the calibration data
+    batch: int = 0  # samples per calibration run, where memory made it smaller (else 0)
+    activation_bytes: int = 0  # bytes of every intermediate tensor of one sample
+
+    def note(self) -> str:
+        """One line for the candidate table; empty when all went as asked."""
+        parts = []
+        if self.given > self.samples:
+            parts.append(f"calibrated on the first {self.samples} of {self.given} samples")
+        if self.chunk < self.samples:
+            parts.append(
+                f"calibration kept at most {self.chunk} sample(s)' activations at a time to "
+                f"bound memory ({self.sample_bytes / 1e6:.0f} MB per sample)"
+            )
+        if self.batch:
+            parts.append(
+                f"calibration ran {self.batch} sample(s) at a time to bound memory "
+                f"({self.activation_bytes / 1e6:.0f} MB of activations per sample)"
+            )
+        return "; ".join(parts)
+
+
+def chunk_samples(sample_bytes: int, config: StaticInt8Config, histogram: bool) -> int:
+    """Samples whose activations fit ``config.memory_mb`` (a histogram calibrator copies
+    them once more while merging, so it gets half)."""
+    budget = int(config.memory_mb * 1_000_000) // (2 if histogram else 1)
+    return max(1, budget // max(1, sample_bytes))
+
+
+def activation_bytes(model: Path, feeds: dict[str, np.ndarray]) -> int:
+    """Bytes of every intermediate tensor of one run on ``feeds`` (one sample): the model
+    with each node output made a graph output, run once."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = load_onnx(model)
+    have = {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        for name in node.output:
+            if name and name not in have:
+                proto.graph.output.append(onnx.ValueInfoProto(name=name))
+                have.add(name)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(
+        proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+    )
+    outputs = session.run(None, feeds)
+    rows = max(1, len(next(iter(feeds.values()))))
+    return sum(np.asarray(o).nbytes for o in outputs) // rows
+
+
+def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> Calibration:
     """Compute activation ranges on the calibration data and save them to ``cache``.
 
-    Returns the number of calibration samples. ``quantize_static`` builds its entropy
-    calibrator with as many histogram bins as quantized bins (128/128), which leaves the
-    KL search a single candidate threshold, the full range: entropy calibration would be
-    min-max in disguise. The calibrator is therefore built here, with 512 bins, and its
-    threshold search runs vectorized (:mod:`.entropy`, same thresholds, ~5x faster).
+    ONNX Runtime's calibrators keep every intermediate output of every sample they are fed
+    before reducing them, and each run of a batch holds the whole batch's activations in
+    ONNX Runtime's arena (together 3 GB for PP-OCR's 320x320 detector on 16 samples in
+    batches of 8). Both are sized to ``config.memory_mb`` from one sample's bytes: the
+    batch from every intermediate tensor (:func:`activation_bytes`), the chunk of samples
+    fed to one ``collect_data`` call from the calibrator's outputs; each call reduces its
+    chunk and merges it with the earlier ones (min/max ranges, or histograms), as ONNX
+    Runtime's own ``CalibStridedMinMax`` does.
+
+    ``quantize_static`` builds its entropy calibrator with as many histogram bins as
+    quantized bins (128/128), which leaves the KL search a single candidate threshold, the
+    full range: entropy calibration would be min-max in disguise. The calibrator is
+    therefore built here, with 512 bins, and its threshold search runs vectorized
+    (:mod:`.entropy`, same thresholds, ~5x faster).
     """
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     if config.calibration is None:
         raise InputError("static INT8 quantization needs calibration data (calibration=...)")
     data = load_dataset(config.calibration, model_specs(model), what="calibration data")
+    given = len(data)
     data = data.head(config.max_samples)
     options: dict[str, Any] = {}
     if config.method == "entropy":
@@ -126,7 +203,7 @@ def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> int:
         options = {"percentile": config.percentile}
     with tempfile.TemporaryDirectory(prefix="edgeinfer-calib-") as tmp:
 
-        def _collect() -> Any:
+        def _collect() -> tuple[Any, Calibration]:
             calibrator = create_calibrator(
                 Path(model),
                 _op_types(config),
@@ -134,14 +211,36 @@ def calibrate(model: Path, config: StaticInt8Config, cache: Path) -> int:
                 calibrate_method=_method(config.method),
                 extra_options=options,
             )
-            calibrator.collect_data(calibration_reader(data, config.batch_size))
+            first = data.sample(0)
+            outputs = calibrator.infer_session.run(None, first)
+            per_sample = sum(np.asarray(o).nbytes for o in outputs) // max(
+                1, len(next(iter(first.values())))
+            )
+            # Running a batch holds its activations in ONNX Runtime's arena (2.5 GB for
+            # PP-OCR's 320x320 detector at 8 samples): the batch fits the budget too.
+            act = activation_bytes(Path(model), first)
+            histogram = config.method != "minmax"
+            chunk = min(len(data), chunk_samples(per_sample, config, histogram))
+            batch = min(config.batch_size, chunk, chunk_samples(act, config, False))
+            step = chunk
+            if histogram:
+                # A histogram calibrator stacks the outputs of one collect_data call into
+                # one array: one batch per call, or a short last batch breaks the stack.
+                step = batch
+            if data.batch:
+                step = max(data.batch, step - step % data.batch)
+            for start in range(0, len(data), step):
+                calibrator.collect_data(calibration_reader(data.window(start, step), batch))
             if config.method == "entropy":
                 speed_up(getattr(calibrator, "collector", None))
-            return calibrator.compute_data()
+            bounded = batch if batch < min(config.batch_size, chunk) else 0
+            found = Calibration(len(data), chunk, int(per_sample), given, bounded, int(act))
+            return calibrator.compute_data(), found
 
-        ranges = run_tool(f"{config.method} calibration", _collect)
+        ranges, done = run_tool(f"{config.method} calibration", _collect)
+        assert isinstance(done, Calibration)
     save_tensors_data(ranges, cache)
-    return len(data)
+    return done
 
 
 def quantize(model: Path, config: StaticInt8Config, cache: Path, out_path: Path) -> None:
@@ -166,6 +265,27 @@ def quantize(model: Path, config: StaticInt8Config, cache: Path, out_path: Path)
         calibration_cache_path=os.fspath(cache),
     )
     cap_ir_version(out_path)
+
+
+def quantize_or_retry(
+    model: Path, config: StaticInt8Config, cache: Path, out_path: Path
+) -> tuple[StaticInt8Config, str]:
+    """:func:`quantize`; if ONNX Runtime's per-channel quantizer fails, once more with
+    per-tensor weight scales (its per-channel bias-scale adjustment fails on some models,
+    e.g. magika's, with numpy's "truth value of an array ... is ambiguous").
+
+    Returns the config used and, after a retry, why per-channel was left (else "").
+    """
+    try:
+        quantize(model, config, cache, out_path)
+        return config, ""
+    except OptimizeError as exc:
+        if not config.per_channel:
+            raise
+        why = str(exc).split(" failed: ", 1)[-1]
+        config = replace(config, per_channel=False)
+        quantize(model, config, cache, out_path)
+        return config, f"ONNX Runtime's per-channel quantizer failed: {why[:120]}"
 
 
 def prepared(
@@ -227,11 +347,17 @@ def run(model: Path, config: StaticInt8Config, out_path: Path) -> PassResult:
     with tempfile.TemporaryDirectory(prefix="edgeinfer-static-", dir=out_path.parent) as tmp:
         source, config, info = prepared(model, config, Path(tmp))
         cache = Path(tmp) / "ranges.json"
-        samples = calibrate(source, config, cache)
-        quantize(source, config, cache, out_path)
+        done = calibrate(source, config, cache)
+        config, retried = quantize_or_retry(source, config, cache, out_path)
     check_loads(out_path, f"static INT8 quantization ({config.method} calibration)")
+    notes = [done.note()] if done.note() else []
+    if retried:
+        info["per_channel"] = f"off: {retried}"
+        notes.append("per-tensor weights: ONNX Runtime's per-channel quantizer failed here")
     info.update(
-        calibration_samples=samples,
+        note="; ".join(notes),
+        calibration_samples=done.samples,
+        calibration_chunk=done.chunk,
         method=config.method,
         quantized_ops=quantized_ops(load_onnx(out_path)),
         excluded=list(config.nodes_to_exclude),
