@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ class Dataset:
     arrays: Mapping[str, np.ndarray]
     labels: np.ndarray | None = None
     batch: int | None = None  # a fixed batch size the model requires (None: any)
+    # Rank-0 model inputs (Silero VAD's sample rate): fed as given with every batch.
+    scalars: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(next(iter(self.arrays.values())).shape[0])
@@ -57,20 +59,30 @@ class Dataset:
         """Feed dicts of ``size`` samples (the model's fixed batch size, if it has one)."""
         step = self.batch or max(1, size)
         for start in range(0, len(self), step):
-            yield {k: v[start : start + step] for k, v in self.arrays.items()}
+            yield {**{k: v[start : start + step] for k, v in self.arrays.items()}, **self.scalars}
 
     def head(self, n: int) -> Dataset:
         """The first ``n`` samples (whole fixed-size batches)."""
+        return self.window(0, n)
+
+    def window(self, start: int, n: int) -> Dataset:
+        """``n`` samples from ``start`` (whole fixed-size batches)."""
         if self.batch:
             n = max(self.batch, n - n % self.batch)
-        labels = None if self.labels is None else self.labels[:n]
-        return Dataset({k: v[:n] for k, v in self.arrays.items()}, labels, self.batch)
+        stop = start + n
+        labels = None if self.labels is None else self.labels[start:stop]
+        arrays = {k: v[start:stop] for k, v in self.arrays.items()}
+        return Dataset(arrays, labels, self.batch, self.scalars)
 
     def sample(self, index: int = 0) -> dict[str, np.ndarray]:
         """One batch-sized sample (batch 1 unless the model fixes the batch size)."""
         size = self.batch or 1
         start = index * size
-        return {k: v[start : start + size] for k, v in self.arrays.items()}
+        return {**{k: v[start : start + size] for k, v in self.arrays.items()}, **self.scalars}
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        """Every input as one feed dict (samples on axis 0, scalars as given)."""
+        return {**self.arrays, **self.scalars}
 
     def describe(self) -> str:
         parts = ", ".join(f"{k} {v.dtype.name} {list(v.shape)}" for k, v in self.arrays.items())
@@ -199,11 +211,28 @@ def load_dataset(
     if not raw:
         raise InputError(f"{what}: no arrays given; the model expects {_expected(specs)}")
     arrays = {k: np.asarray(v) for k, v in raw.items()}
+    # A rank-0 model input (a sample rate, a threshold) has no sample axis: the value in
+    # the file is given with every sample.
+    rank0 = {s.name for s in specs if s.shape is not None and len(s.shape) == 0}
+    scalars = {k: v for k, v in arrays.items() if k in rank0 and v.ndim == 0}
+    arrays = {k: v for k, v in arrays.items() if k not in scalars}
     for name, arr in arrays.items():
         if arr.ndim == 0:
             raise InputError(f"{what}: input {name!r} is a scalar; expected samples on axis 0")
+    if not arrays:
+        raise InputError(
+            f"{what}: only scalar inputs given ({', '.join(map(repr, scalars))}); "
+            f"the model expects {_expected(specs)}"
+        )
     lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
     if len(set(lengths.values())) > 1:
+        later = _batch_later(specs)
+        if later is not None:
+            raise InputError(
+                f"{what}: input {later.name!r} ({later.describe()}) takes its batch on a later "
+                "axis than 0 (a recurrent state); optimize feeds samples on axis 0 of every "
+                "input, so this model is not supported"
+            )
         raise InputError(
             f"{what}: inputs hold different numbers of samples "
             f"({', '.join(f'{k}: {n}' for k, n in lengths.items())}); they must agree"
@@ -221,11 +250,15 @@ def load_dataset(
     step = batch or n
     try:
         chunks = [
-            validator({k: v[start : start + step] for k, v in arrays.items()})
+            validator({**{k: v[start : start + step] for k, v in arrays.items()}, **scalars})
             for start in range(0, n, step)
         ]
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from None
+    scalars = {k: chunks[0].pop(k) for k in scalars}
+    for chunk in chunks[1:]:
+        for k in scalars:
+            chunk.pop(k)
     checked = (
         chunks[0]
         if len(chunks) == 1
@@ -239,7 +272,18 @@ def load_dataset(
     if label_array is not None and (label_array.ndim == 0 or label_array.shape[0] != n):
         got = "a scalar" if label_array.ndim == 0 else f"{label_array.shape[0]} labels"
         raise InputError(f"labels: {got} for {n} {what} samples; give one label per sample")
-    return Dataset(checked, label_array, batch)
+    return Dataset(checked, label_array, batch, scalars)
+
+
+def _batch_later(specs: Sequence[TensorSpec]) -> TensorSpec | None:
+    """An input with a fixed axis 0 and a free later axis, beside inputs free on axis 0."""
+    if not any(s.shape and not isinstance(s.shape[0], int) for s in specs):
+        return None
+    for s in specs:
+        fixed0 = bool(s.shape) and isinstance(s.shape[0], int)  # type: ignore[index]
+        if fixed0 and any(not isinstance(d, int) for d in (s.shape or ())[1:]):
+            return s
+    return None
 
 
 def _fixed_batch(specs: Sequence[TensorSpec]) -> int | None:

@@ -78,7 +78,7 @@ def _bundle(
         out_dir,
         name=name or source.name,
         version=version if version is not None else source.version + 1,
-        golden_inputs=dict(golden.arrays),
+        golden_inputs=golden.feeds(),
         labels=source.manifest.labels,
         metrics=metrics,
         recipe=recipe,
