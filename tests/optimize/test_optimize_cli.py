@@ -165,4 +165,4 @@ def test_optimize_table_reads_at_80_columns(
     assert (
         "fp16 (skip): no GPU/NPU execution provider here; ONNX Runtime's CPU provider runs" in text
     )
-    assert "none of the 1 measured candidates met the budget" in text
+    assert "the one measured candidate (dynamic-int8-per-channel) did not meet the budget" in text

@@ -93,7 +93,9 @@ def test_no_candidate_within_budget_keeps_the_original(
     )
     outcome = optimize(digits_onnx, {"pixels": x_test[:64]}, tmp_path / "out", config=config)
     assert outcome.result.kept_original
-    assert "none of the 1 measured candidates met the budget" in outcome.result.message
+    assert "the one measured candidate (dynamic-int8) did not meet the budget" in (
+        outcome.result.message
+    )
     assert (
         outcome.bundle.manifest.model.sha256
         == edgeinfer.Bundle.open(digits_onnx).manifest.model.sha256

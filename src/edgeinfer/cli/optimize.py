@@ -9,6 +9,7 @@ report next to it. ``distill`` trains a smaller student network on a teacher's o
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,18 @@ _EVENTS_DONE = ("done", "failed", "skipped")
 
 
 class _Bars:
-    """A rich progress bar per candidate (build, then evaluate)."""
+    """A rich progress bar per candidate (build, then evaluate) on a terminal; elsewhere
+    (output redirected to a file or a pipe, where rich draws nothing until the end) one
+    flushed line as each candidate starts and ends, with its status and seconds.
+
+    The bars start with the first event: an input error found before the search begins
+    is then printed alone, not after the empty line a stopped live display leaves.
+    """
 
     def __init__(self, console: Console) -> None:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+        self.console = console
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -36,15 +44,38 @@ class _Bars:
             transient=False,
         )
         self.tasks: dict[int, Any] = {}
+        self.started: dict[int, float] = {}
+        self.live = False
 
     def __enter__(self) -> _Bars:
-        self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
+        if self.live:
+            self.progress.__exit__(None, None, None)
+
+    def _line(self, event: str, cand: Any, index: int, total: int) -> None:
+        label = f"[{index}/{total - 1}] {cand.name}" if index else cand.name
+        if event in ("start", "build"):
+            self.started[index] = time.perf_counter()
+            text = f"{label}: {'building' if index else 'measuring'}"
+        elif event in _EVENTS_DONE:
+            seconds = time.perf_counter() - self.started.get(index, time.perf_counter())
+            state = {"done": "ok", "failed": "failed", "skipped": "skipped"}[event]
+            if event == "done" and cand.reason:
+                state = "screened out"
+            text = f"{label}: {state}" + (f" ({seconds:.1f} s)" if index in self.started else "")
+        else:
+            return
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)  # flushed
 
     def __call__(self, event: str, cand: Any, index: int, total: int) -> None:
+        if not self.console.is_terminal:
+            self._line(event, cand, index, total)
+            return
+        if not self.live:
+            self.progress.__enter__()
+            self.live = True
         task = self.tasks.get(index)
         label = f"[{index}/{total - 1}] {cand.name}" if index else cand.name
         if task is None:
@@ -61,6 +92,12 @@ class _Bars:
             if event == "done" and cand.reason:
                 state = "screened out"
             self.progress.update(task, description=label, completed=2, state=state)
+
+
+def _candidate_names() -> tuple[str, ...]:
+    from edgeinfer.optimize.plan import candidate_names
+
+    return candidate_names()
 
 
 def _search_config(
@@ -131,7 +168,9 @@ def optimize(
     out: Path = typer.Option(..., "--out", help="Output bundle directory."),
     output: str | None = typer.Option(None, help="Model output the metric reads (default: first)."),
     candidates: str | None = typer.Option(
-        None, help="Comma-separated candidates (default: all that apply)."
+        None,
+        help="Comma-separated candidates (default: all that apply but dynamic-int8-reduce-"
+        "range): " + ", ".join(_candidate_names()) + ".",
     ),
     threads: int | None = typer.Option(None, help="Intra-op threads while timing."),
     repeats: int = typer.Option(30, min=1, help="Timed single-sample calls per candidate."),

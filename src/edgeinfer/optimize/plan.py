@@ -31,7 +31,9 @@ __all__ = [
     "CONV_ONLY",
     "DEFAULT_CANDIDATES",
     "SENSITIVE",
+    "SENSITIVE_OF",
     "SearchConfig",
+    "candidate_names",
     "fp16_provider",
     "plan",
     "sensitive_recipe",
@@ -57,6 +59,17 @@ CANDIDATES = (
     "fp16",
 )
 DEFAULT_CANDIDATES = tuple(c for c in CANDIDATES if c != "dynamic-int8-reduce-range")
+# "<candidate>+exclude-sensitive" starts from that very candidate (the table shows these
+# names); "dynamic+exclude-sensitive"/"static+exclude-sensitive" from the best measured one.
+SENSITIVE_OF = tuple(
+    c + SENSITIVE for c in CANDIDATES if c.startswith(("dynamic-int8", "static-int8"))
+)
+
+
+def candidate_names() -> tuple[str, ...]:
+    """Every name ``candidates`` accepts (for ``--help`` and error messages)."""
+    return (*CANDIDATES, *SENSITIVE_OF)
+
 
 Objective = Literal["latency", "size"]
 
@@ -82,6 +95,7 @@ class SearchConfig:
     compact: bool = True  # end every recipe with the compaction pass (short names)
     size_margin: float = 0.10  # objective size: within 10% of the smallest, the fastest wins
     latency_margin: float = 0.03  # objective latency: within 3% of the fastest, the smallest wins
+    min_speedup: float = 0.05  # objective latency: a candidate must beat the original by 5%
     graph: GraphConfig = field(default_factory=GraphConfig)
 
     def __post_init__(self) -> None:
@@ -90,17 +104,18 @@ class SearchConfig:
         require_choice("objective", self.objective, ("latency", "size"))
         if self.candidates is not None:
             object.__setattr__(self, "candidates", tuple(self.candidates))
-            unknown = [c for c in self.candidates if c not in CANDIDATES]
+            unknown = [c for c in self.candidates if c not in candidate_names()]
             if unknown:
                 raise InputError(
                     f"unknown candidate(s) {', '.join(map(repr, unknown))}; expected some of "
-                    f"{', '.join(CANDIDATES)}"
+                    f"{', '.join(candidate_names())}"
                 )
         if self.repeats < 1 or self.batch_size < 1 or self.final_rounds < 0:
             raise InputError("repeats and batch_size must be >= 1, final_rounds >= 0")
         for what, margin in (
             ("size_margin", self.size_margin),
             ("latency_margin", self.latency_margin),
+            ("min_speedup", self.min_speedup),
         ):
             if not 0.0 <= margin < 1.0:
                 raise InputError(f"{what} must be a fraction in [0, 1), e.g. 0.1; got {margin}")
@@ -114,7 +129,13 @@ def fp16_provider() -> str | None:
 
 
 def plan(config: SearchConfig, calibration: Dataset | None, transformer: bool) -> list[Candidate]:
-    wanted = config.candidates or DEFAULT_CANDIDATES
+    wanted: list[str] = []
+    for name in config.candidates or DEFAULT_CANDIDATES:
+        base = name.removesuffix(SENSITIVE)
+        if name in SENSITIVE_OF and base not in wanted:
+            wanted.append(base)  # the variant needs its starting point measured first
+        if name not in wanted:
+            wanted.append(name)
     graph = Step("graph", config.graph)
     unfused = Step("graph", replace(config.graph, transformer="off"))
     tail = (Step("compact", CompactConfig()),) if config.compact else ()
@@ -156,7 +177,7 @@ def plan(config: SearchConfig, calibration: Dataset | None, transformer: bool) -
                     ", only Conv/ConvTranspose/MatMul/Gemm" if conv_only else ""
                 )
                 recipe = Recipe(name, (graph, Step("static_int8", cfg_s), *tail), desc)
-        elif name == "static" + SENSITIVE and calibration is None:
+        elif name.startswith("static") and name.endswith(SENSITIVE) and calibration is None:
             reason = "no calibration data (give --calibration)"
         elif name == "fp16":
             provider = fp16_provider()
@@ -186,14 +207,16 @@ def sensitive_recipe(
 ) -> tuple[Recipe | None, str]:
     """The ``+exclude-sensitive`` variant of the best measured dynamic/static candidate."""
     family = name.split("+", 1)[0]
+    exact = family in CANDIDATES  # e.g. "static-int8-minmax+exclude-sensitive"
     pool = [
         c
         for c in done
         if c.status == "ok"
         and c.recipe is not None
-        and c.name.startswith(f"{family}-int8")
+        and (c.name == family if exact else c.name.startswith(f"{family}-int8"))
         and c.drop is not None
     ]
+    family = family.split("-", 1)[0]
     if not pool:
         return None, f"no measured {family} INT8 candidate to start from"
     if all(c.reason for c in pool):

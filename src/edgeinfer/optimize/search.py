@@ -148,6 +148,7 @@ def search(
         try:
             applied = apply(cand.recipe, Path(model), workdir, cache)
             cand.path, cand.infos, cand.build_seconds = applied.path, applied.infos, applied.seconds
+            cand.note = "; ".join(str(i["note"]) for i in applied.infos if i.get("note"))
             report("evaluate", cand, index, total)
             ev: Evaluation | None = None
             if screen is not None:
@@ -233,15 +234,18 @@ def choose(
     measured = [c for c in planned if c.status == "ok"]
     within = [c for c in measured if c.within_budget]
     limit = f"{metric.name} drop <= {budget.allowed(base_value):.4g} ({budget.describe()})"
-    if not within:
+    if not measured:
         return (
             baseline,
-            (
-                f"none of the {len(measured)} measured candidates met the budget ({limit}); "
-                "keeping the original model"
-            ),
+            "no candidate could be measured (each was skipped or failed); keeping the original",
             notes,
         )
+    if not within:
+        if len(measured) == 1:
+            what = f"the one measured candidate ({measured[0].name}) did not meet the budget"
+        else:
+            what = f"none of the {len(measured)} measured candidates met the budget"
+        return baseline, f"{what} ({limit}); keeping the original model", notes
 
     def size(c: Candidate) -> float:
         return float(c.evaluation.size_bytes) if c.evaluation else float("inf")
@@ -262,8 +266,21 @@ def choose(
     else:
         # Latencies within the margin are a tie on a shared machine: the smaller file wins.
         first = min(pool, key=_latency)
+        speedup = _latency(baseline) / _latency(first)
+        if first is not baseline and not speedup > 1.0 + config.min_speedup:
+            # Timing noise on a shared machine is a few percent: a candidate this close to
+            # the original is not faster, and ships only if it is clearly smaller.
+            notes.append(
+                f"{first.name} ran {speedup:.2f}x the original's speed, within the "
+                f"{config.min_speedup:.0%} noise margin: not counted as faster"
+            )
+            first = baseline
         limit_ms = _latency(first) * (1.0 + config.latency_margin)
-        best = min((c for c in pool if _latency(c) <= limit_ms), key=size)
+        near = [c for c in pool if _latency(c) <= limit_ms]
+        if first is baseline:
+            smaller = size(baseline) * (1.0 - config.size_margin)
+            near = [baseline, *(c for c in near if size(c) < smaller)]
+        best = min(near, key=size)
         margin = f"latencies within {config.latency_margin:.0%} of the fastest count as equal"
         rest = "the smallest of them wins"
         other = f"{_latency(best) / _latency(first) - 1:.0%} slower than"
