@@ -140,6 +140,9 @@ def test_state_with_batch_on_a_later_axis_is_refused_in_one_line() -> None:
     with pytest.raises(InputError, match=r"'state' .* batch on a later axis") as err:
         load_dataset(feeds, model_specs(found[0]))
     assert "\n" not in str(err.value)
+    feeds["state"] = np.zeros((4, 2, 128), np.float32)  # samples first: still no fit
+    with pytest.raises(InputError, match=r"'state' .* batch on a later axis"):
+        load_dataset(feeds, model_specs(found[0]))
 
 
 def test_candidate_names_the_table_shows_are_accepted() -> None:

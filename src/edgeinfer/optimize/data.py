@@ -11,8 +11,10 @@ labels. :func:`load_dataset` reads it from
 * an iterable of feed dicts (batches), such as an ONNX Runtime ``CalibrationDataReader``,
 
 and raises :class:`InputError` naming the mismatch (missing or unknown input, wrong dtype or
-shape, ragged lengths, wrong number of labels, empty data). :func:`calibration_reader` turns
-a dataset into the ``CalibrationDataReader`` ONNX Runtime's static quantizer reads.
+shape, ragged lengths, wrong number of labels, empty data, an input whose batch is on a
+later axis). A rank-0 model input (Silero VAD's sample rate) is given as a scalar and fed
+as is with every batch (:attr:`Dataset.scalars`). :func:`calibration_reader` turns a
+dataset into the ``CalibrationDataReader`` ONNX Runtime's static quantizer reads.
 """
 
 from __future__ import annotations
@@ -225,14 +227,14 @@ def load_dataset(
             f"the model expects {_expected(specs)}"
         )
     lengths = {name: int(a.shape[0]) for name, a in arrays.items()}
+    later = _batch_later(specs)
+    if later is not None:
+        raise InputError(
+            f"{what}: input {later.name!r} ({later.describe()}) takes its batch on a later "
+            "axis than 0 (a recurrent state); optimize feeds samples on axis 0 of every "
+            "input, so this model is not supported"
+        )
     if len(set(lengths.values())) > 1:
-        later = _batch_later(specs)
-        if later is not None:
-            raise InputError(
-                f"{what}: input {later.name!r} ({later.describe()}) takes its batch on a later "
-                "axis than 0 (a recurrent state); optimize feeds samples on axis 0 of every "
-                "input, so this model is not supported"
-            )
         raise InputError(
             f"{what}: inputs hold different numbers of samples "
             f"({', '.join(f'{k}: {n}' for k, n in lengths.items())}); they must agree"
@@ -276,12 +278,14 @@ def load_dataset(
 
 
 def _batch_later(specs: Sequence[TensorSpec]) -> TensorSpec | None:
-    """An input with a fixed axis 0 and a free later axis, beside inputs free on axis 0."""
+    """An input fixed on axis 0 (other than 1) and free on a later axis, beside inputs
+    free on axis 0: its batch is on that later axis, and no slicing on axis 0 fits it."""
     if not any(s.shape and not isinstance(s.shape[0], int) for s in specs):
         return None
     for s in specs:
-        fixed0 = bool(s.shape) and isinstance(s.shape[0], int)  # type: ignore[index]
-        if fixed0 and any(not isinstance(d, int) for d in (s.shape or ())[1:]):
+        shape = s.shape or ()
+        fixed0 = bool(shape) and isinstance(shape[0], int) and shape[0] != 1
+        if fixed0 and any(not isinstance(d, int) for d in shape[1:]):
             return s
     return None
 

@@ -19,7 +19,9 @@ The original model is measured first; its outputs are the reference for fidelity
 A candidate is *within budget* when its metric is no more than ``max_drop`` worse than the
 original's. Among those, the best for the objective wins: ``latency`` (median single-sample
 latency; all measured candidates are re-timed side by side, round-robin, so that load from
-other work on the machine does not decide; within 3% of the fastest, the smallest file wins)
+other work on the machine does not decide; within 3% of the fastest, the smallest file wins;
+a candidate must beat the original by ``min_speedup``, 5%, to count as faster at all, else
+the original is kept unless a candidate is ``size_margin`` smaller)
 or ``size`` (file bytes; within 10% of the smallest, the fastest wins: a few percent of
 file size are rarely worth several times the latency). The margins are settings
 (``latency_margin``, ``size_margin``); when one changes the winner, the result's notes say
