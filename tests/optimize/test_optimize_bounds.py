@@ -148,8 +148,9 @@ def test_state_with_batch_on_a_later_axis_is_refused_in_one_line() -> None:
 def test_candidate_names_the_table_shows_are_accepted() -> None:
     names = ("static-int8-minmax+exclude-sensitive", "dynamic-int8+exclude-sensitive")
     config = SearchConfig(metric="cosine", candidates=names)
-    planned = [c.name for c in plan(config, None, transformer=False)]
-    assert planned == [
+    planned = plan(config, None, transformer=False)
+    assert [c.recipe is None for c in planned] == [True, True, False, True]
+    assert [c.name for c in planned] == [
         "static-int8-minmax",
         "static-int8-minmax+exclude-sensitive",
         "dynamic-int8",

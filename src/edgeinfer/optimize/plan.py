@@ -143,7 +143,10 @@ def plan(config: SearchConfig, calibration: Dataset | None, transformer: bool) -
     for name in wanted:
         recipe: Recipe | None = None
         reason = ""
-        if name == "graph":
+        if name.endswith(SENSITIVE):  # built by sensitive_recipe once its base is measured
+            if name.startswith("static") and calibration is None:
+                reason = "no calibration data (give --calibration)"
+        elif name == "graph":
             recipe = Recipe(name, (graph, *tail), "graph optimization only")
         elif name == "dynamic-int8-per-channel-unfused":
             if not transformer or config.graph.transformer == "off":
@@ -177,8 +180,6 @@ def plan(config: SearchConfig, calibration: Dataset | None, transformer: bool) -
                     ", only Conv/ConvTranspose/MatMul/Gemm" if conv_only else ""
                 )
                 recipe = Recipe(name, (graph, Step("static_int8", cfg_s), *tail), desc)
-        elif name.startswith("static") and name.endswith(SENSITIVE) and calibration is None:
-            reason = "no calibration data (give --calibration)"
         elif name == "fp16":
             provider = fp16_provider()
             if provider is None:

@@ -87,13 +87,14 @@ class NodeError:
 
 def _quantize(
     model: Path, config: DynamicInt8Config | StaticInt8Config, out: Path, ranges: Path
-) -> None:
+) -> str:
+    """Quantize ``model`` to ``out``; returns why per-channel weights were left, or ""."""
     if isinstance(config, StaticInt8Config):
         if not ranges.is_file():  # calibrate once, quantize twice
             static_int8.calibrate(model, config, ranges)
-        static_int8.quantize_or_retry(model, config, ranges, out)
-    else:
-        dynamic_int8.run(model, config, out)
+        return static_int8.quantize_or_retry(model, config, ranges, out)[1]
+    dynamic_int8.run(model, config, out)
+    return ""
 
 
 def _quantized_nodes(fp32: Any, quant: Any) -> list[Any]:
@@ -224,7 +225,7 @@ def run(model: Path, config: SensitivityConfig, out_path: Path) -> PassResult:
         if not ranking:
             raise InputError(f"{model}: the quantizer changed no node; nothing to rank or exclude")
         excluded = [e.node for e in ranking[: config.exclude]]
-        _quantize(source, _with_excluded(quant, excluded), out_path, ranges)
+        retried = _quantize(source, _with_excluded(quant, excluded), out_path, ranges)
     if isinstance(quant, StaticInt8Config):
         static_int8.check_loads(out_path, "static INT8 quantization")
     info = {
@@ -240,4 +241,7 @@ def run(model: Path, config: SensitivityConfig, out_path: Path) -> PassResult:
         ],
         "samples": len(data),
     }
+    if retried:
+        info["per_channel"] = f"off: {retried}"
+        info["note"] = "per-tensor weights: ONNX Runtime's per-channel quantizer failed here"
     return PassResult(out_path, info)
