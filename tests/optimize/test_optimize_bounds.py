@@ -242,3 +242,24 @@ def test_an_input_error_is_not_preceded_by_an_empty_line(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.count("\n") == 1 and "input 'pixels' is a scalar" in captured.err
+
+
+@pytest.mark.timeout(300)
+def test_a_named_sensitive_variant_starts_from_that_candidate(
+    digits_onnx: Path, digits: tuple, tmp_path: Path
+) -> None:
+    data = load_dataset({"pixels": digits[2][:32]}, model_specs(digits_onnx))
+    config = SearchConfig(
+        metric="cosine",
+        max_drop="50%",
+        candidates=("dynamic-int8+exclude-sensitive",),
+        memory=False,
+        repeats=2,
+        final_rounds=2,
+        sensitivity_samples=8,
+    )
+    result = search(digits_onnx, data, tmp_path, config)
+    names = [(c.name, c.status) for c in result.candidates]
+    assert names == [("dynamic-int8", "ok"), ("dynamic-int8+exclude-sensitive", "ok")]
+    recipe = result.candidates[1].recipe
+    assert recipe is not None and "sensitivity" in [s.pass_name for s in recipe.steps]
