@@ -28,6 +28,7 @@ import numpy as np
 from edgeinfer.convert.onnx_io import load_onnx
 from edgeinfer.errors import InputError
 from edgeinfer.optimize.data import Dataset, DataSource, load_dataset, model_specs
+from edgeinfer.optimize.errors import NotApplicable
 from edgeinfer.optimize.passes import dynamic_int8, static_int8
 from edgeinfer.optimize.passes.base import DATA, PassResult, run_tool
 from edgeinfer.optimize.passes.dynamic_int8 import DynamicInt8Config
@@ -223,7 +224,12 @@ def run(model: Path, config: SensitivityConfig, out_path: Path) -> PassResult:
         _quantize(source, quant, first, ranges)
         ranking = rank_nodes(source, first, data, config.batch_size)
         if not ranking:
-            raise InputError(f"{model}: the quantizer changed no node; nothing to rank or exclude")
+            # e.g. a tree ensemble whose only quantized operators are element-wise Add/Mul
+            raise NotApplicable(
+                "the quantizer changed no node this pass ranks ("
+                + ", ".join(sorted(QUANTIZABLE))
+                + "); nothing to keep in float"
+            )
         excluded = [e.node for e in ranking[: config.exclude]]
         retried = _quantize(source, _with_excluded(quant, excluded), out_path, ranges)
     if isinstance(quant, StaticInt8Config):
