@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -124,4 +125,11 @@ def run_tool(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        # The cause keeps its traceback, and with it the failed tool's locals: ONNX
+        # Runtime's transformer optimizer leaves a TemporaryDirectory there, which would be
+        # cleaned up (with a ResourceWarning) whenever the error is collected. Let them go
+        # now, quietly; the traceback's lines stay for -v.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            traceback.clear_frames(exc.__traceback__)
         raise OptimizeError(f"{what} failed: {first[:300]}") from exc
