@@ -14,7 +14,8 @@
 
 Every version found is loaded (``config.json`` keys override the server's
 :class:`~edgeinfer.serve.config.BatchConfig` fields for that model); a request without a
-version gets the highest ready one.
+version gets the highest ready one. Valid names and versions, what a version directory
+loads from and its fingerprint are :mod:`edgeinfer.serve.model_dirs`.
 ``refresh()`` (called every ``poll_interval_s`` by the server) compares each version
 directory's file sizes and mtimes with what was loaded and loads what was added or changed,
 swapping it in only once it has loaded and passed its golden check: a broken update never
@@ -38,10 +39,7 @@ and apart from them the ones that failed to load (their reasons are in the repos
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,39 +50,22 @@ from edgeinfer.errors import EdgeInferError
 from edgeinfer.runtime.model import Model, load
 from edgeinfer.serve.batching import Batcher
 from edgeinfer.serve.config import BatchConfig
-from edgeinfer.serve.errors import BadRequest, ModelLoadError, ModelNotFound, ModelNotReady
+from edgeinfer.serve.errors import ModelLoadError, ModelNotFound, ModelNotReady
+from edgeinfer.serve.model_dirs import (
+    MODEL_FILES,
+    NAME,
+    VERSION,
+    Fingerprint,
+    check_model_name,
+    check_version,
+    fingerprint,
+    model_batch_config,
+    version_source,
+)
 
 __all__ = ["LoadedVersion", "ModelRepository", "check_model_name", "check_version"]
 
 log = logging.getLogger(__name__)
-
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-VERSION = re.compile(r"^[0-9]{1,18}$")
-MODEL_FILES = ("model.onnx", "model.tflite")
-MODEL_CONFIG = "config.json"
-
-Fingerprint = tuple[tuple[str, int, int], ...]
-
-
-def check_model_name(name: str) -> str:
-    """A model name from a request, or :class:`BadRequest` (no path characters, ever)."""
-    if not NAME.match(name):
-        shown = name if len(name) <= 64 else name[:64] + "..."
-        raise BadRequest(
-            f"model name {shown!r} is not valid: use 1-128 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit (no '/', '\\' or '..')"
-        )
-    return name
-
-
-def check_version(version: str | None) -> int | None:
-    """A model version from a request (digits), ``None`` when not given."""
-    if version is None or version == "":
-        return None
-    if not VERSION.match(version):
-        shown = version if len(version) <= 32 else version[:32] + "..."
-        raise BadRequest(f"model version {shown!r} is not valid: expected a version number")
-    return int(version)
 
 
 @dataclass(eq=False)
@@ -105,48 +86,6 @@ class _Entry:
     errors: dict[int, str] = field(default_factory=dict)  # version -> why it failed to load
     failed: dict[int, Fingerprint] = field(default_factory=dict)  # do not retry unchanged
     unloaded: bool = False  # by the admin: stays unloaded until loaded again
-
-
-def _fingerprint(path: Path) -> Fingerprint:
-    items = []
-    config = path.parent / MODEL_CONFIG
-    if config.is_file():  # a changed model config reloads every version
-        st = config.stat()
-        items.append((f"../{MODEL_CONFIG}", st.st_size, st.st_mtime_ns))
-    for f in sorted(path.iterdir()):
-        if f.name.startswith(".") or not f.is_file():
-            continue  # staging files of a bundle being written are dot-files
-        st = f.stat()
-        items.append((f.name, st.st_size, st.st_mtime_ns))
-    return tuple(items)
-
-
-def model_batch_config(model_dir: Path, default: BatchConfig) -> BatchConfig:
-    """The model's ``config.json`` over the server's batching defaults."""
-    path = model_dir / MODEL_CONFIG
-    if not path.is_file():
-        return default
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError("expected a JSON object")
-        known = {f.name for f in dataclasses.fields(BatchConfig)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown keys {unknown}; known: {sorted(known)}")
-        return dataclasses.replace(default, **data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ModelLoadError(f"{path}: invalid model config: {exc}") from None
-
-
-def _source(path: Path) -> Path | None:
-    """What to load from a version directory: the bundle dir or the bare model file."""
-    if (path / MANIFEST_FILE).is_file():
-        return path
-    for name in MODEL_FILES:
-        if (path / name).is_file():
-            return path / name
-    return None
 
 
 class ModelRepository:
@@ -335,7 +274,7 @@ class ModelRepository:
             entry.failed.pop(version, None)
         for version, path in sorted(on_disk.items()):
             try:
-                fp = await asyncio.to_thread(_fingerprint, path)
+                fp = await asyncio.to_thread(fingerprint, path)
             except OSError:
                 continue  # vanished while scanning: the next scan sees the truth
             current = entry.versions.get(version)
@@ -366,7 +305,7 @@ class ModelRepository:
 
     def _load(self, name: str, version: int, path: Path, fp: Fingerprint) -> LoadedVersion:
         """On a worker thread: open, verify, load, golden-check and warm up one version."""
-        source = _source(path)
+        source = version_source(path)
         if source is None:
             raise ModelLoadError(
                 f"{path}: no {MANIFEST_FILE} (bundle) and no {' or '.join(MODEL_FILES)}"
