@@ -21,9 +21,11 @@ recommends:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,15 +150,20 @@ def _fuse(src: Path, dst: Path, config: GraphConfig) -> dict[str, int]:
     if not heads or not hidden:
         found_heads, found_hidden = detect_attention_shape(load_onnx(src))
         heads, hidden = heads or found_heads, hidden or found_hidden
-    fused = run_tool(
-        "transformer fusion",
-        optimizer.optimize_model,
-        os.fspath(src),
-        model_type="bert",
-        num_heads=heads,
-        hidden_size=hidden,
-        opt_level=1,  # ORT basic optimization first: constant folding enables the fusions
-    )
+    # optimize_model leaves a TemporaryDirectory in a reference cycle: collected later, it
+    # warns (ResourceWarning) in whatever code runs then. Collect it here, warning ignored.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        fused = run_tool(
+            "transformer fusion",
+            optimizer.optimize_model,
+            os.fspath(src),
+            model_type="bert",
+            num_heads=heads,
+            hidden_size=hidden,
+            opt_level=1,  # ORT basic optimization first: constant folding enables the fusions
+        )
+        gc.collect()
     stats = {k: int(v) for k, v in fused.get_fused_operator_statistics().items() if v}
     if stats:
         save_onnx(fused.model, dst)
