@@ -6,7 +6,6 @@ the live estimates (a :class:`~edgeinfer.offload.policy.Situation`), and the pol
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +37,6 @@ class _Deciding:
     pool: RemotePool
     split: SplitPlacements | None
     local_est: LocalEstimates
-    _lock: threading.Lock
     _current: Callable[[], Any]  # the local model for one request, taken once
 
     def _validate(self, inputs: Any, model: Any = _CURRENT) -> dict[str, np.ndarray]:
