@@ -106,7 +106,14 @@ def _ort_baselines(src: Path, work: Path, model: CorpusModel, calib: dict) -> di
     errors = []
     for options in ({"auto_merge": True}, {"skip_symbolic_shape": True}):
         try:
-            quant_pre_process(os.fspath(src), os.fspath(pre), **options)
+            # Symbolic shape inference that gives up saves a scratch model (and its
+            # external data) into the working directory: keep that in the work folder.
+            here = os.getcwd()
+            os.chdir(work)
+            try:
+                quant_pre_process(os.fspath(src.resolve()), os.fspath(pre.resolve()), **options)
+            finally:
+                os.chdir(here)
             out["pre_process"] = options
             break
         except Exception as exc:  # recorded as the baseline's own result
