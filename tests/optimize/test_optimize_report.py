@@ -4,6 +4,7 @@ points near the top of the metric's range, long candidate names, long reasons.""
 from __future__ import annotations
 
 import json
+import os
 from itertools import combinations
 from pathlib import Path
 
@@ -113,6 +114,9 @@ def test_report_files_with_crowded_candidates(tmp_path: Path) -> None:
     data = json.loads((out / "report.json").read_text())
     assert data["chosen"] == "static-int8-minmax"
     assert "per_channel=False" in (out / "report.md").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir makes it, not 0o700
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,11 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from edgeinfer.runtime.bundle import stage_dir
 
 if TYPE_CHECKING:
     from edgeinfer.optimize.candidate import Candidate, SearchResult
@@ -253,7 +254,8 @@ def write_report(
     """Write report.json, report.md and report.png into ``out_dir`` (replaced atomically)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    # the mode a plain mkdir gives, not mkdtemp's 0o700: the report is for others to read
+    stage = stage_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         data = {"title": title, **result.to_dict(), **(extra or {})}
         (stage / "report.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
