@@ -20,7 +20,7 @@ def test_the_migrations_make_exactly_the_orm_schema(database: str) -> None:
         with store.engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == []
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0003"
             if store.is_sqlite:
                 assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
     finally:
