@@ -210,16 +210,7 @@ class Bundle:
         if not src.is_file():
             raise BundleError(f"{src}: model file not found")
         fmt = model_format(src)
-        check_name(name)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise BundleError(f"version {version!r} must be an integer >= 0")
-        out = Path(out_dir)
-        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise BundleError(
-                f"{out} already exists and is not empty "
-                "(pass --overwrite, or overwrite=True from Python)"
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = _destination(name, version, out_dir, overwrite)
         with _staging(out) as stage:
             model_file = stage / f"model.{fmt}"
             shutil.copyfile(src, model_file)
@@ -293,16 +284,7 @@ class Bundle:
         src = Path(model_dir)
         if not (src / model_file).is_file():
             raise BundleError(f"{src}: no {model_file} (expected a generative model directory)")
-        check_name(name)
-        if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise BundleError(f"version {version!r} must be an integer >= 0")
-        out = Path(out_dir)
-        if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-            raise BundleError(
-                f"{out} already exists and is not empty "
-                "(pass --overwrite, or overwrite=True from Python)"
-            )
-        out.parent.mkdir(parents=True, exist_ok=True)
+        out = _destination(name, version, out_dir, overwrite)
         with _staging(out) as stage:
             extra = []
             for path in sorted(src.iterdir()):
@@ -418,6 +400,22 @@ def _check_member(src: Path, member: tarfile.TarInfo) -> None:
 def _write_manifest(root: Path, manifest: Manifest) -> None:
     text = json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n"
     write_atomic(root / MANIFEST_FILE, text.encode("utf-8"))
+
+
+def _destination(name: str, version: int, out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """Check a new bundle's name, version and output directory (empty, or ``overwrite``);
+    make its parent."""
+    check_name(name)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise BundleError(f"version {version!r} must be an integer >= 0")
+    out = Path(out_dir)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(
+            f"{out} already exists and is not empty "
+            "(pass --overwrite, or overwrite=True from Python)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def stage_dir(parent: Path, prefix: str) -> Path:
