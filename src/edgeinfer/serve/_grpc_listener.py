@@ -12,7 +12,10 @@ grpc fixes a server's options when it is built, so when the models' need changes
 loaded, unloaded or replaced with another signature) a new server is started on the same port
 and the old one is stopped with a grace period: both listen with ``SO_REUSEPORT`` for that
 moment, new connections go to either, and the old one sends GOAWAY and finishes its calls,
-which clients follow to the new one without an error. A request that needs more than the
+which clients follow to the new one. A call that reaches the old server in the instant its
+shutdown begins, before its client has read the GOAWAY, is cancelled by grpc core
+(``CANCELLED``; measured: at most one call per swap, in 3 of 12 swaps on a loaded 2-core
+machine); a client that retries ``CANCELLED`` never sees it. A request that needs more than the
 limit in place is refused with ``RESOURCE_EXHAUSTED`` until the change is seen (at most
 :data:`CHECK_EVERY_S` later). As ``SO_REUSEPORT`` lets another such socket share the port, the
 port is first bound plainly, which fails while anything else listens there.
