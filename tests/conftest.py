@@ -1,13 +1,27 @@
-"""Shared fixtures: tiny ONNX models built on the fly (builders in onnx_builders.py)."""
+"""Shared fixtures: tiny ONNX models built on the fly (builders in onnx_builders.py), and
+the tiny language model (see _tiny_llm.py), trained and built once per test run.
+
+The language model's build (a few seconds of training, then onnxruntime-genai's model
+builder in a child process) is cached under the system's temporary directory, keyed by the
+hash of _tiny_llm.py, so a second run starts at once; a changed recipe builds afresh.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from _tiny_llm import build_tiny
+from edgeinfer.bundle import Bundle
+from edgeinfer.generate import GenerativeModel, create_bundle
 from onnx_builders import make_mlp, make_two_input
 
 
@@ -37,3 +51,44 @@ def ppocr_models() -> Path:
     if not (path / "ch_ppocr_mobile_v2.0_cls_infer.onnx").is_file():
         pytest.skip(f"{path}: PP-OCR models missing")
     return path
+
+
+GOLDEN = ("the quick brown", "edge devices run")
+
+
+@pytest.fixture(scope="session")
+def tiny_dir() -> Path:
+    """The tiny model's onnxruntime-genai directory (model.onnx, genai_config.json, ...)."""
+    recipe = hashlib.sha256((Path(__file__).parent / "_tiny_llm.py").read_bytes()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / "edgeinfer-tests" / f"tiny-llm-{recipe}"
+    if (cache / "genai_config.json").is_file():
+        return cache
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".tiny-llm.", dir=cache.parent))
+    try:
+        built = build_tiny(scratch / "model")
+        with contextlib.suppress(OSError):  # another run finished first: the same model
+            os.replace(built, cache)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    out = tmp_path_factory.mktemp("tiny-bundle") / "tiny-llm"
+    return create_bundle(
+        tiny_dir,
+        out,
+        name="tiny-llm",
+        golden_prompts=GOLDEN,
+        golden_max_tokens=12,
+        quantization={"precision": "fp32"},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_bundle: Bundle) -> GenerativeModel:
+    from edgeinfer.generate import load
+
+    return load(tiny_bundle.path, threads=1)
