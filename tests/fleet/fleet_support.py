@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -64,13 +67,103 @@ def fresh_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path)
     """A new, empty database of ``backend``: its URL for ``--db``."""
     if backend == "sqlite":
         return str(tmp_path / f"fleet-{uuid.uuid4().hex[:8]}.db")
+    return new_pg_database(request.getfixturevalue("postgres"))
+
+
+def new_pg_database(base: str) -> str:
+    """A new database on the PostgreSQL server at ``base``: its URL."""
     import psycopg
 
-    base = request.getfixturevalue("postgres")
     name = f"fleet_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(base + "/postgres", autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     return f"{base}/{name}"
+
+
+def _pg_bin(name: str) -> str:
+    found = shutil.which(name) or next(
+        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    )
+    if found is None:
+        pytest.fail(
+            f"PostgreSQL's {name} is not installed: run scripts/system-deps.sh "
+            "(apt-get install postgresql) to run the fleet tests on PostgreSQL"
+        )
+    return found
+
+
+def _as_pg_user(cmd: list[str]) -> list[str]:
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which("runuser") is None:
+        pytest.fail("running as root, and runuser is missing to run postgres as another user")
+    return ["runuser", "-u", "postgres", "--", *cmd]
+
+
+class PgCluster:
+    """A PostgreSQL cluster of its own (``initdb`` into a temporary folder, ``pg_ctl``), on
+    a free loopback port; :meth:`stop` and :meth:`start` again to take it away under load."""
+
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        # not under pytest's base temp dir: that one is private to root (0700)
+        self.root = Path(tempfile.mkdtemp(prefix="edgeinfer-pg-"))
+        self.data, self.log = self.root / "data", self.root / "server.log"
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.fail("running as root and there is no 'postgres' user to run PostgreSQL")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        self.port = free_port()
+        self.url = f"postgresql://fleet@127.0.0.1:{self.port}"
+        run = subprocess.run(
+            _as_pg_user(
+                [self.initdb, "-D", str(self.data), "-A", "trust", "-U", "fleet", "--no-sync"]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if run.returncode != 0:
+            pytest.fail(f"initdb failed: {run.stderr.strip()[-500:]}")
+
+    def start(self) -> None:
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=200"
+        start = subprocess.run(
+            _as_pg_user(
+                [
+                    self.pg_ctl,
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.log),
+                    "-o",
+                    options,
+                    "-w",
+                    "start",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if start.returncode != 0:
+            tail = self.log.read_text()[-500:] if self.log.exists() else ""
+            pytest.fail(f"PostgreSQL did not start: {start.stderr.strip()[-300:]} {tail}")
+
+    def stop(self, mode: str = "immediate") -> None:
+        subprocess.run(
+            _as_pg_user([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "stop"]),
+            capture_output=True,
+            timeout=60,
+        )
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @dataclass

@@ -1,0 +1,124 @@
+"""The fleet under faults: its database restarted under load, clients that hold connections.
+
+Real parts only: a PostgreSQL server of the test's own (stopped and started again while
+devices report), fleet services as processes, devices signing real reports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fleet_support import (
+    FleetProcess,
+    PgCluster,
+    device,
+    document,
+    new_pg_database,
+    post,
+    sealed,
+    start_fleet,
+    status,
+)
+from sqlalchemy import select
+
+from edgeinfer.fleet.client import FleetClient, report_cycle
+from edgeinfer.fleet.store import Report, StoreConfig, open_store
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def stored_reports(db: str) -> set[tuple[str, int]]:
+    store = open_store(StoreConfig(db))
+    try:
+        with store.session() as session:
+            rows = session.execute(select(Report.device_id, Report.counter))
+            return {(r.device_id, r.counter) for r in rows}
+    finally:
+        store.close()
+
+
+class Burst:
+    """Devices each sending their next report as soon as the last was accepted, and
+    resending it after a 503 (as a device's outbox does); every answer is recorded."""
+
+    def __init__(self, service: FleetProcess, clients: list[FleetClient]) -> None:
+        self.service, self.clients = service, clients
+        self.accepted: list[tuple[str, int]] = []
+        self.unavailable = 0  # 503 answers, each with a Retry-After
+        self.wrong: list[str] = []  # any other answer
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.threads = [threading.Thread(target=self._run, args=(c,)) for c in clients]
+
+    def _run(self, client: FleetClient) -> None:
+        counter = 1
+        while not self.stop.is_set():
+            body = sealed(client.key, document(client, counter))
+            try:
+                answer = post(self.service, body)
+            except httpx.HTTPError as exc:  # the service itself never goes away here
+                with self.lock:
+                    self.wrong.append(f"{type(exc).__name__}: {exc}")
+                return
+            with self.lock:
+                if answer.status_code == 200:
+                    self.accepted.append((client.device_id, counter))
+                    counter += 1
+                elif answer.status_code == 503 and answer.headers.get("retry-after"):
+                    self.unavailable += 1
+                    time.sleep(0.05)  # then the same report again
+                else:
+                    self.wrong.append(f"{answer.status_code} {answer.text[:200]}")
+                    return
+
+    def __enter__(self) -> Burst:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(60)
+
+    def wait(self, until: object, what: str, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s  # a bound on a busy machine, not a measurement
+        while not until():  # type: ignore[operator]
+            assert not self.wrong, self.wrong[:3]
+            assert time.monotonic() < deadline, f"waited in vain for {what}"
+            time.sleep(0.02)
+
+
+@pytest.mark.slow  # a PostgreSQL server of its own, stopped and started: seconds
+def test_the_database_restarted_under_load(own_postgres: PgCluster, tmp_path: Path) -> None:
+    db = new_pg_database(own_postgres.url)
+    service = start_fleet(db)
+    try:
+        clients = [device(service, tmp_path / f"dev{i}") for i in range(3)]
+        quiet = device(service, tmp_path / "quiet")  # reports through its outbox
+        assert report_cycle(quiet, status(2)).sent == 1
+        with Burst(service, clients) as burst:
+            burst.wait(lambda: len(burst.accepted) >= 20, "reports before the restart")
+            own_postgres.stop("immediate")  # as a crash: connections cut, nothing flushed
+            before = len(burst.accepted)
+            burst.wait(lambda: burst.unavailable >= 3, "503 answers while the database is away")
+            kept = report_cycle(quiet, status(3))  # the answer is a 503: the report waits
+            assert (kept.sent, kept.kept) == (0, 1)
+            own_postgres.start()
+            burst.wait(lambda: len(burst.accepted) >= before + 20, "reports after the restart")
+        assert burst.wrong == []
+        assert len(set(burst.accepted)) == len(burst.accepted)
+        drained = quiet.flush()
+        assert (drained.sent, drained.refused, drained.kept) == (1, 0, 0)
+        detail = service.admin("GET", f"/v1/devices/{quiet.device_id}").json()
+        assert (detail["reports"], detail["version"]) == (2, 3)
+    finally:
+        service.stop()
+    stored = stored_reports(db)
+    assert set(burst.accepted) <= stored, f"lost: {sorted(set(burst.accepted) - stored)[:5]}"
+    logs = "".join(service.output)
+    assert "Traceback" not in logs and "Exception in ASGI" not in logs, logs[-2000:]
