@@ -2,16 +2,24 @@
 
 A LiteRT interpreter holds its tensors in one arena and is not safe to use from two
 threads at once, so each call runs under a lock; several threads still get correct
-results, one at a time. Inputs with dynamic dimensions (``shape_signature`` -1) are
-resized when a call's shape differs from the last one.
+results, one at a time. The interpreter is shared, not per thread, because a streaming
+model (a wake-word detector) keeps its state in it: every call must see the last one's.
+Inputs with dynamic dimensions (``shape_signature`` -1) are resized when a call's shape
+differs from the last one.
+
+A call is priced against the bare interpreter's ``set_tensor``/``invoke``/``get_tensor``
+(about 8 us on a wake-word model), so the hot path does no work per call that can be
+done once: tensor indices, names and the interpreter's bound methods are looked up when
+the interpreter is created, and :meth:`LiteRTBackend.run_one` serves a one-input model
+whose input :class:`~edgeinfer.runtime.Model` has already checked.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -36,6 +44,50 @@ def _spec(detail: Mapping[str, Any]) -> TensorSpec:
     return TensorSpec(str(detail["name"]), dtype_from_numpy(detail["dtype"]).name, shape)
 
 
+class _Calls(NamedTuple):
+    """What a call does to the interpreter, as bound methods (the cheapest to call)."""
+
+    set_tensor: Callable[[int, np.ndarray], object]
+    invoke: Callable[[], object]
+    get_tensor: Callable[[int], np.ndarray]
+    resize: Callable[[int, tuple[int, ...]], object]
+    allocate: Callable[[], object]
+
+
+def _calls(interp: Any) -> _Calls:
+    """The interpreter's native methods, which its public ones wrap.
+
+    ``Interpreter.invoke`` (and ``allocate_tensors``, ``resize_tensor_input``) first count
+    references to the native object to refuse running while a numpy view from
+    ``Interpreter.tensor()`` is alive. This backend never makes such views, and holding
+    the native bound methods would itself fail that count, so it calls the native methods
+    directly (about 1.4 us less per call); a LiteRT without them is called through its
+    public methods.
+    """
+    native: Any = getattr(interp, "_interpreter", None)
+    names = ("SetTensor", "Invoke", "GetTensor", "ResizeInputTensor", "AllocateTensors")
+    if not all(hasattr(native, m) for m in names):
+        return _Calls(
+            interp.set_tensor,
+            interp.invoke,
+            interp.get_tensor,
+            interp.resize_tensor_input,
+            interp.allocate_tensors,
+        )
+
+    def resize(index: int, shape: tuple[int, ...]) -> object:
+        return native.ResizeInputTensor(index, np.array(shape, dtype=np.int32), False)
+
+    return _Calls(native.SetTensor, native.Invoke, native.GetTensor, resize, native.AllocateTensors)
+
+
+def _closed(path: str) -> _Calls:
+    def refuse(*_: object) -> Any:
+        raise BackendError(f"{path}: the model is closed")
+
+    return _Calls(refuse, refuse, refuse, refuse, refuse)
+
+
 class LiteRTBackend:
     """One ``.tflite`` model in one LiteRT ``Interpreter``."""
 
@@ -45,6 +97,7 @@ class LiteRTBackend:
     def __init__(self, model: str | os.PathLike[str], *, threads: int | None = None) -> None:
         self.path = os.fspath(model)
         self._threads = threads
+        self._lock = threading.Lock()
         self._interp, self._shapes = self._new_interpreter()
         in_details = self._interp.get_input_details()
         out_details = self._interp.get_output_details()
@@ -55,7 +108,15 @@ class LiteRTBackend:
         }
         self._in_index = {str(d["name"]): int(d["index"]) for d in in_details}
         self._out_index = {str(d["name"]): int(d["index"]) for d in out_details}
-        self._lock = threading.Lock()
+        self._dynamic = any(s.shape is None or None in s.shape for s in self.inputs)
+        # run_one: the single input's index and every output's (name, index), in order.
+        self._in0 = None
+        if len(self.inputs) == 1:
+            self._in0 = (self.inputs[0].name, self._in_index[self.inputs[0].name])
+        self._outs = tuple((s.name, self._out_index[s.name]) for s in self.outputs)
+        self._out0 = self._outs[0] if len(self._outs) == 1 else None
+        self._acquire, self._release = self._lock.acquire, self._lock.release
+        self._calls = _calls(self._interp)
 
     def _new_interpreter(self) -> tuple[Any, dict[str, tuple[int, ...]]]:
         """A fresh interpreter and the input shapes its tensors are allocated for.
@@ -83,29 +144,64 @@ class LiteRTBackend:
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         with self._lock:
-            interp = self._interp
+            set_tensor, invoke, get_tensor, _, _ = self._calls
             try:
-                shapes = self._shapes
-                for name, value in feeds.items():
-                    if value.shape != shapes.get(name):
-                        self._resize(feeds)
-                        break
+                if self._dynamic:
+                    shapes = self._shapes
+                    for name, value in feeds.items():
+                        if value.shape != shapes.get(name):
+                            self._resize(feeds)
+                            break
                 index = self._in_index
                 for name, value in feeds.items():
-                    interp.set_tensor(index[name], value)
-                interp.invoke()
+                    set_tensor(index[name], value)
+                invoke()
                 out = self._out_index
-                return [interp.get_tensor(out[n]) for n in output_names]
+                return [get_tensor(out[n]) for n in output_names]
+            except BackendError:
+                raise
             except Exception as exc:
-                raise BackendError(f"{self.path}: LiteRT inference failed: {exc}") from exc
+                raise self._failed(exc) from exc
+
+    def run_one(self, value: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a one-input model on an input already checked against its signature.
+
+        The fast path of :meth:`Model.predict <edgeinfer.runtime.Model.predict>`: every
+        output, by name, in the model's order. The lock is taken through its bound
+        methods, not ``with`` (about 0.1 us less on a call that costs 8).
+        """
+        in0 = self._in0
+        if in0 is None:
+            raise BackendError(f"{self.path}: run_one needs a one-input model")
+        self._acquire()
+        try:
+            set_tensor, invoke, get_tensor, _, _ = self._calls
+            if self._dynamic and value.shape != self._shapes.get(in0[0]):
+                self._resize({in0[0]: value})
+            set_tensor(in0[1], value)
+            invoke()
+            out0 = self._out0
+            if out0 is not None:
+                return {out0[0]: get_tensor(out0[1])}
+            return {name: get_tensor(index) for name, index in self._outs}
+        except BackendError:
+            raise
+        except Exception as exc:
+            raise self._failed(exc) from exc
+        finally:
+            self._release()
+
+    def _failed(self, exc: Exception) -> BackendError:
+        return BackendError(f"{self.path}: LiteRT inference failed: {exc}")
 
     def _resize(self, feeds: Mapping[str, np.ndarray]) -> None:
         """Resize dynamic inputs to this call's shapes (caller holds the lock)."""
+        calls = self._calls
         for name, value in feeds.items():
             if value.shape != self._shapes.get(name):
-                self._interp.resize_tensor_input(self._in_index[name], value.shape)
+                calls.resize(self._in_index[name], value.shape)
         try:
-            self._interp.allocate_tensors()
+            calls.allocate()
         except Exception:
             self._shapes = {}  # tensors are half-resized: the next call resizes them all
             raise
@@ -120,6 +216,9 @@ class LiteRTBackend:
         """
         with self._lock:
             self._interp, self._shapes = self._new_interpreter()
+            self._calls = _calls(self._interp)
 
     def close(self) -> None:
-        self._interp = None
+        with self._lock:
+            self._interp = None
+            self._calls = _closed(self.path)

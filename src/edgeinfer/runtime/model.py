@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,6 +27,9 @@ from edgeinfer.runtime.bundle import Bundle
 from edgeinfer.tensors import InputValidator, TensorSpec
 
 __all__ = ["Model", "backend_for", "dim_name", "load", "sample_shapes"]
+
+_CHECKED_SHAPES = 64  # input shapes a one-input model remembers as valid
+_ndarray = np.ndarray
 
 
 def dim_name(spec: TensorSpec, axis: int) -> str:
@@ -113,6 +116,17 @@ class Model:
         self._validate = InputValidator(backend.inputs)
         self._output_names = tuple(s.name for s in backend.outputs)
         self._output_set = frozenset(self._output_names)
+        # The fast path of a one-input model whose backend has run_one (LiteRT): the
+        # validator's checks are a function of an array's type, dtype, shape and
+        # contiguity, so a C-contiguous array of the exact dtype and of a shape that
+        # passed them once goes straight to the backend. Bounded: a model with dynamic
+        # dims sees many shapes.
+        self._run_one: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
+        if len(backend.inputs) == 1:
+            self._run_one = getattr(backend, "run_one", None)
+        self._in0 = backend.inputs[0].name if backend.inputs else ""
+        self._dtype0 = backend.inputs[0].dt.numpy if backend.inputs else None
+        self._checked: set[tuple[int, ...]] = set()
 
     def __repr__(self) -> str:
         sig = ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
@@ -158,6 +172,21 @@ class Model:
         ``outputs``: the output names wanted (default: all). Raises :class:`InputError`
         for inputs that do not fit the model and ``BackendError`` if the runtime fails.
         """
+        run_one = self._run_one
+        if run_one is not None and outputs is None:
+            x = inputs.get(self._in0) if type(inputs) is dict and len(inputs) == 1 else inputs
+            if (
+                type(x) is _ndarray
+                and x.dtype is self._dtype0
+                and x.shape in self._checked
+                and x.flags.c_contiguous
+            ):
+                return run_one(x)
+            feeds = self._validate(inputs)
+            value = feeds[self._in0]
+            if value.dtype is self._dtype0 and len(self._checked) < _CHECKED_SHAPES:
+                self._checked.add(value.shape)
+            return run_one(value)
         feeds = self._validate(inputs)
         if outputs is None:
             names: Sequence[str] = self._output_names
