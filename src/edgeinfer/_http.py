@@ -1,11 +1,16 @@
-"""The REST server's HTTP/1.1 connections, bounded against clients that never finish a request.
+"""HTTP/1.1 connections bounded against clients that never finish a request (ADR 0014).
+
+Shared by every uvicorn server edgeinfer runs: ``edgeinfer serve``'s REST port and the
+fleet service (``edgeinfer fleet serve``); each passes its own :class:`HttpLimits`
+(:class:`~edgeinfer.serve.config.ServeConfig` is one). A leaf of the import layers
+(ADR 0012): it imports nothing of edgeinfer.
 
 uvicorn's httptools protocol bounds nothing a client sends before the application sees a
 request: a header grows until memory runs out (the parser keeps a partial value in one
 growing bytes object), a connection that never completes its request line is held forever
 (uvicorn arms its keep-alive timer only after a response), and so is a body that stops short
 of its Content-Length. :class:`GuardedHttpToolsProtocol` adds, per connection, from the
-server's :class:`~edgeinfer.serve.config.ServeConfig`:
+server's :class:`HttpLimits`:
 
 - the request head (request line and headers) is capped at ``max_header_bytes``, counted as
   bytes arrive, before the parser buffers them, and at ``max_headers`` fields: 431;
@@ -31,14 +36,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, ClassVar
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from edgeinfer.serve.config import ServeConfig
-
-__all__ = ["GuardedHttpToolsProtocol", "protocol_class"]
+__all__ = [
+    "LIMBO_MAX",
+    "ConnectionLimits",
+    "GuardedHttpToolsProtocol",
+    "HttpLimits",
+    "make_room_for",
+    "protocol_class",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +61,48 @@ LIMBO_MAX = 1024  # connections in limbo (see _Open) at most
 # The request line's fixed parts ("POST ", " HTTP/1.1\r\n") and the blank line ending a head,
 # added to the URL and the fields when a completed head is measured.
 _HEAD_OVERHEAD = 24
+
+
+class HttpLimits(Protocol):
+    """What a client may send before the application sees its request, and for how long."""
+
+    @property
+    def max_header_bytes(self) -> int: ...  # request line and headers of one request
+    @property
+    def max_headers(self) -> int: ...  # header fields in one request
+    @property
+    def header_timeout_s(self) -> float: ...  # connection start (or first byte) to head end
+    @property
+    def body_timeout_s(self) -> float: ...  # head end to body end, plus the rate's share
+    @property
+    def min_body_rate(self) -> float: ...  # bytes per second a body earns an extra second by
+    @property
+    def max_connections(self) -> int | None: ...  # served at once; None: no cap
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """:class:`HttpLimits` for a server without settings of its own for them (the fleet
+    service); the defaults are ``edgeinfer serve``'s."""
+
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    header_timeout_s: float = 60.0
+    body_timeout_s: float = 60.0
+    min_body_rate: float = 1024.0
+    max_connections: int | None = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_header_bytes < 256 or self.max_headers < 1:
+            raise ValueError(
+                f"max_header_bytes {self.max_header_bytes} and max_headers {self.max_headers}: "
+                "expected at least 256 bytes and 1 field"
+            )
+        for name in ("header_timeout_s", "body_timeout_s", "min_body_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} {getattr(self, name)} must be > 0")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise ValueError(f"max_connections {self.max_connections} must be >= 1 (None: no cap)")
 
 
 class _Refused(Exception):
@@ -75,7 +129,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     connection cap (see the module docstring). Use :func:`protocol_class` to get one bound
     to a server's settings."""
 
-    serve_config: ClassVar[ServeConfig]
+    limits: ClassVar[HttpLimits]
     open_connections: ClassVar[_Open]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -93,7 +147,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -------------------------------------------------------------- connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        cap = self.serve_config.max_connections
+        cap = self.limits.max_connections
         if cap is not None and self.open_connections.count >= cap:
             if self._enter_limbo():
                 self._head_timer = self.loop.call_later(OVER_CAP_WAIT_S, self._close)
@@ -138,7 +192,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                 self.transport.pause_reading()
             return
         if self._in_limbo:  # over the cap
-            cap = self.serve_config.max_connections
+            cap = self.limits.max_connections
             self._answer(
                 503,
                 f"the server is serving {cap} connections, its limit; retry in a moment",
@@ -165,7 +219,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        limit = self.serve_config.max_header_bytes
+        limit = self.limits.max_header_bytes
         if self._reading_head and self._head_bytes > limit:
             self._answer(431, f"request line and headers exceed the limit of {limit} bytes")
         elif self._reading_head:
@@ -180,13 +234,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -------------------------------------------------------------- parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(self.headers) >= self.serve_config.max_headers:
-            raise _Refused(431, f"more than {self.serve_config.max_headers} header fields")
+        if len(self.headers) >= self.limits.max_headers:
+            raise _Refused(431, f"more than {self.limits.max_headers} header fields")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         size = _HEAD_OVERHEAD + len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-        limit = self.serve_config.max_header_bytes
+        limit = self.limits.max_header_bytes
         if size > limit:
             raise _Refused(431, f"request line and headers exceed the limit of {limit} bytes")
         self._reading_head = False
@@ -197,7 +251,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        self._body_deadline += len(body) / self.serve_config.min_body_rate
+        self._body_deadline += len(body) / self.limits.min_body_rate
         super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -210,11 +264,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # -------------------------------------------------------------- deadlines
     def _arm_head_timer(self) -> None:
         self._head_timer = self.loop.call_later(
-            self.serve_config.header_timeout_s, self._head_timed_out
+            self.limits.header_timeout_s, self._head_timed_out
         )
 
     def _arm_body_timer(self) -> None:
-        self._body_deadline = self.loop.time() + self.serve_config.body_timeout_s
+        self._body_deadline = self.loop.time() + self.limits.body_timeout_s
         self._body_timer = self.loop.call_at(self._body_deadline, self._body_timed_out)
 
     def _cancel_timers(self) -> None:
@@ -235,7 +289,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         elif self._head_bytes == 0:
             self._close()  # nothing was asked: nothing to answer
         else:
-            timeout = self.serve_config.header_timeout_s
+            timeout = self.limits.header_timeout_s
             self._answer(408, f"request line and headers not received within {timeout:g} s")
 
     def _body_timed_out(self) -> None:
@@ -249,14 +303,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self.flow.read_paused or (cycle is not None and cycle.waiting_for_100_continue):
             # the server is not reading (yet): the client cannot be late
-            self._body_deadline = now + self.serve_config.body_timeout_s
+            self._body_deadline = now + self.limits.body_timeout_s
         elif cycle is not None and cycle.response_started and not cycle.response_complete:
-            self._body_deadline = now + self.serve_config.body_timeout_s
+            self._body_deadline = now + self.limits.body_timeout_s
         if now < self._body_deadline:
             self._body_timer = self.loop.call_at(self._body_deadline, self._body_timed_out)
             return
-        timeout = self.serve_config.body_timeout_s
-        rate = self.serve_config.min_body_rate
+        timeout = self.limits.body_timeout_s
+        rate = self.limits.min_body_rate
         self._answer(
             408,
             f"request body not received in time ({timeout:g} s, plus one second per "
@@ -311,11 +365,35 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def protocol_class(config: ServeConfig) -> type[GuardedHttpToolsProtocol]:
+def protocol_class(limits: HttpLimits) -> type[GuardedHttpToolsProtocol]:
     """The protocol class for one server: uvicorn makes one per connection from it
-    (``uvicorn.Config(http=protocol_class(config))``)."""
+    (``uvicorn.Config(http=protocol_class(limits))``)."""
     return type(
         "EdgeInferHttpProtocol",
         (GuardedHttpToolsProtocol,),
-        {"serve_config": config, "open_connections": _Open()},
+        {"limits": limits, "open_connections": _Open()},
     )
+
+
+def make_room_for(connections: int) -> str | None:
+    """Raise the process's open-file limit so that ``connections`` sockets fit (each
+    connection is a file descriptor), as far as the hard limit allows; a warning to show
+    when it cannot."""
+    if sys.platform == "win32":
+        return None
+    import resource
+
+    # connections refused or being closed (LIMBO_MAX), then models, gRPC, logs, listeners
+    needed = connections + LIMBO_MAX + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        return (
+            f"warning: the open-file limit ({target}) leaves room for fewer connections than "
+            f"--max-connections {connections}; raise `ulimit -n` or lower the cap"
+        )
+    return None

@@ -6,6 +6,7 @@ devices report), fleet services as processes, devices signing real reports.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from pathlib import Path
@@ -122,3 +123,74 @@ def test_the_database_restarted_under_load(own_postgres: PgCluster, tmp_path: Pa
     assert set(burst.accepted) <= stored, f"lost: {sorted(set(burst.accepted) - stored)[:5]}"
     logs = "".join(service.output)
     assert "Traceback" not in logs and "Exception in ASGI" not in logs, logs[-2000:]
+
+
+def _address(service: FleetProcess) -> tuple[str, int]:
+    host, port = service.url.removeprefix("http://").rsplit(":", 1)
+    return host, int(port)
+
+
+def _answer(sock: socket.socket) -> str:
+    """Everything the service sends on ``sock`` until it closes it."""
+    received = b""
+    while chunk := sock.recv(4096):
+        received += chunk
+    return received.decode()
+
+
+def test_a_slowloris_client_is_cut_off_at_the_header_timeout(tmp_path: Path) -> None:
+    service = start_fleet(str(tmp_path / "fleet.db"), 0, "--header-timeout", "1")
+    try:
+        head = b"POST /v1/reports HTTP/1.1\r\nHost: fleet\r\nX-Padding: " + b"a" * 400
+        with (
+            socket.create_connection(_address(service), timeout=30) as slow,
+            socket.create_connection(_address(service), timeout=30) as silent,
+        ):
+            slow.settimeout(0.2)
+            cut = False
+            for byte in head:  # one byte every 0.2 s: the head never ends
+                try:
+                    slow.sendall(bytes([byte]))
+                    if slow.recv(4096, socket.MSG_PEEK):
+                        cut = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    cut = True
+                    break
+            assert cut, "the service was still reading the head after 400 bytes"
+            slow.settimeout(30)
+            answer = _answer(slow)
+            assert answer.startswith("HTTP/1.1 408"), answer
+            assert "request line and headers not received within 1 s" in answer
+            assert _answer(silent) == ""  # it asked nothing: closed without an answer
+        assert httpx.get(service.url + "/v1/health", timeout=30).status_code == 200
+    finally:
+        service.stop()
+
+
+def test_connections_past_the_cap_are_refused_with_retry_after(tmp_path: Path) -> None:
+    service = start_fleet(str(tmp_path / "fleet.db"), 0, "--max-connections", "2")
+    try:
+        held = [socket.create_connection(_address(service), timeout=30) for _ in range(2)]
+        for sock in held:  # a head begun and never finished: each holds a place
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: fleet\r\n")
+        with socket.create_connection(_address(service), timeout=30) as third:
+            third.sendall(b"GET /v1/health HTTP/1.1\r\nHost: fleet\r\n\r\n")
+            answer = _answer(third)
+        assert answer.startswith("HTTP/1.1 503"), answer
+        assert "retry-after: 1" in answer.lower() and "its limit" in answer
+        for sock in held:
+            sock.close()
+        deadline = time.monotonic() + 30  # until the service has seen them go
+        while True:
+            try:
+                if httpx.get(service.url + "/v1/health", timeout=30).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "no place came free"
+            time.sleep(0.05)
+    finally:
+        service.stop()

@@ -27,8 +27,9 @@ import psutil
 import pytest
 import serve_helpers as h
 
+from edgeinfer import _http
 from edgeinfer.errors import InputError
-from edgeinfer.serve import BackgroundServer, ServeConfig, _http
+from edgeinfer.serve import BackgroundServer, ServeConfig
 
 RSS_MARGIN = 32 << 20  # bytes the process may keep after an attack
 WAIT_S = 20.0  # the most any test waits for the server to act (its deadlines are 1 s)

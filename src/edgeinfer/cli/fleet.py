@@ -64,6 +64,15 @@ def register(app: typer.Typer) -> None:
         body_timeout: float = typer.Option(
             30.0, min=0.1, help="Seconds a client may take to send a request body (then 408)."
         ),
+        header_timeout: float = typer.Option(
+            30.0,
+            min=0.1,
+            help="Seconds a client may take to send a request's line and headers, from "
+            "connecting (or, on a kept-alive connection, from its first byte); then 408.",
+        ),
+        max_connections: int = typer.Option(
+            1000, min=0, help="Connections served at once; more are answered 503 (0: no cap)."
+        ),
         rollout_key: Path | None = typer.Option(
             None,
             "--rollout-key",
@@ -99,6 +108,8 @@ def register(app: typer.Typer) -> None:
             ),
             host=host,
             port=port,
+            header_timeout_s=header_timeout,
+            max_connections=max_connections or None,
         )
         run_fleet(config)
 

@@ -253,25 +253,9 @@ def _read_tokens(path: Path, option: str) -> list[str]:
 
 
 def _make_room_for(connections: int) -> None:
-    """Raise the process's open-file limit so that ``connections`` sockets fit (each REST
-    connection is a file descriptor), as far as the hard limit allows; warn if it cannot."""
-    try:
-        import resource
-    except ImportError:  # not on this platform
-        return
-    from edgeinfer.serve._http import LIMBO_MAX
+    """Raise the open-file limit so that ``connections`` sockets fit; warn if it cannot."""
+    from edgeinfer._http import make_room_for
 
-    # connections refused or being closed (LIMBO_MAX), then models, gRPC, logs, listeners
-    needed = connections + LIMBO_MAX + 256
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
-    if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    if target < needed:
-        typer.echo(
-            f"warning: the open-file limit ({target}) leaves room for fewer connections than "
-            f"--max-connections {connections}; raise `ulimit -n` or lower the cap",
-            err=True,
-        )
+    warning = make_room_for(connections)
+    if warning is not None:
+        typer.echo(warning, err=True)

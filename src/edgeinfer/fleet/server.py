@@ -3,14 +3,22 @@
 The database is opened and migrated before the port is bound, so a wrong ``--db`` is one
 line and no half-started service. A port of 0 picks a free one; the first line printed
 says the address (``fleet service on http://HOST:PORT``), which scripts and tests read.
+
+Connections are bounded as ``edgeinfer serve`` bounds its REST port (:mod:`edgeinfer._http`,
+ADR 0014): a request's line and headers must arrive within ``header_timeout_s`` (408), at
+most ``max_connections`` are served at once (one more: 503 with ``Retry-After``). A body's
+deadline is the app's own (``FleetConfig.body_timeout_s``, a hard cap per body); the
+connection's rule for bodies stands behind it at twice that.
 """
 
 from __future__ import annotations
 
 import errno
 import socket
+import sys
 from dataclasses import dataclass
 
+from edgeinfer._http import ConnectionLimits, make_room_for, protocol_class
 from edgeinfer.errors import InputError
 from edgeinfer.fleet.api import FleetConfig, create_app
 from edgeinfer.fleet.store import StoreConfig, open_store
@@ -24,6 +32,19 @@ class ServerConfig:
     fleet: FleetConfig
     host: str = "127.0.0.1"
     port: int = 8700  # 0: any free port
+    header_timeout_s: float = 30.0  # seconds for a request's line and headers (then 408)
+    max_connections: int | None = 1000  # served at once; one more is answered 503
+
+    def limits(self) -> ConnectionLimits:
+        """The connection bounds, as :mod:`edgeinfer._http` takes them."""
+        try:
+            return ConnectionLimits(
+                header_timeout_s=self.header_timeout_s,
+                body_timeout_s=2 * self.fleet.body_timeout_s,  # behind the app's own cap
+                max_connections=self.max_connections,
+            )
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -47,6 +68,11 @@ def run_fleet(config: ServerConfig, log_level: str = "warning") -> None:
     """Serve until interrupted (Ctrl-C / SIGTERM)."""
     import uvicorn
 
+    limits = config.limits()
+    if limits.max_connections is not None:
+        warning = make_room_for(limits.max_connections)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
     store = open_store(config.store)
     try:
         sock = _bind(config.host, config.port)
@@ -59,6 +85,7 @@ def run_fleet(config: ServerConfig, log_level: str = "warning") -> None:
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(store, config.fleet),
+            http=protocol_class(limits),
             log_level=log_level,
             access_log=False,
             lifespan="on",

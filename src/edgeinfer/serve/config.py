@@ -76,7 +76,7 @@ class ServeConfig:
     # freeze_heap: the CLI sets 0.1 ms, an embedding program decides.
     switch_interval_s: float | None = None
     # What a REST client may send before the application sees its request, and for how long
-    # (serve/_http.py). Beyond a limit the server answers 431, 408 or 503 and closes.
+    # (edgeinfer/_http.py). Beyond a limit the server answers 431, 408 or 503 and closes.
     max_header_bytes: int = 16384  # bytes: request line and headers of one request
     max_headers: int = 100  # header fields in one request
     # seconds from a connection's start (on a kept-alive one: from a request's first byte)

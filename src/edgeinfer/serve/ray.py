@@ -51,7 +51,7 @@ class BodyDeadline:
     """ASGI middleware: a request body must arrive within ``body_timeout_s`` plus one second
     per ``min_body_rate`` bytes received, counting only the time the app waits for it.
 
-    The standalone server bounds this per connection (serve/_http.py); a Ray replica sees no
+    The standalone server bounds this per connection (edgeinfer/_http.py); a Ray replica sees no
     connection, only the body its proxy forwards as the app asks, so the same rule is kept
     around the app's ``receive``. Late: 408 with ``{"error": ...}`` (unless the app has begun
     its answer), and the app is told the client left.

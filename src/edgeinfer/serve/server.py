@@ -3,7 +3,7 @@
 Both run uvicorn with the REST app; the app's lifespan starts the gRPC server on the same
 event loop, so REST and gRPC share one dataplane, one set of queues and one metrics registry.
 A port of 0 picks a free port; :class:`BackgroundServer` reports the ports it got.
-Each REST connection is bounded by serve/_http.py (head size, head and body deadlines,
+Each REST connection is bounded by edgeinfer/_http.py (head size, head and body deadlines,
 a connection cap). A port that cannot be bound, REST or gRPC, is one ``InputError`` line
 naming it, not a traceback.
 
@@ -120,7 +120,7 @@ def _raise_startup_error(app: _StartupErrors, exc: BaseException) -> None:
 def _uvicorn_config(config: ServeConfig, app: Any, log_level: str) -> Any:
     import uvicorn
 
-    from edgeinfer.serve._http import protocol_class
+    from edgeinfer._http import protocol_class
 
     return uvicorn.Config(
         app,
