@@ -252,6 +252,30 @@ class GenerativeModel:
         ids = self.prompt_ids(prompt)
         return TextStream(self, ids, opts, start)
 
+    def resume(
+        self,
+        prompt_ids: Sequence[int],
+        generated: Sequence[int],
+        opts: GenerateOptions,
+        *,
+        shown: str = "",
+    ) -> TextStream:
+        """Continue a generation that another copy of this model began (an edge server).
+
+        ``prompt_ids``: the prompt's tokens; ``generated``: the tokens generated so far;
+        ``shown``: the text the caller has already been given for them. The stream yields
+        only what comes after ``shown``; its ``.result`` is the whole generation, the
+        tokens in ``generated`` included, as if it had run here from the start (greedy
+        decoding gives the same tokens as an uninterrupted run).
+        """
+        if self._closed:
+            raise BackendError(f"model {self.name!r} is closed")
+        ids = self._checked_ids(prompt_ids)
+        done = [int(t) for t in generated]
+        if not all(0 <= t < self.vocab_size for t in done):
+            raise InputError(f"generated token ids must be ids in [0, {self.vocab_size})")
+        return TextStream(self, ids, opts, time.perf_counter(), done=done, shown=shown)
+
     def _search_options(self, opts: GenerateOptions, prompt_len: int) -> dict[str, Any]:
         max_length = min(prompt_len + opts.max_tokens, self.context_length)
         search: dict[str, Any] = {"max_length": max_length, "min_length": 0, "num_beams": 1}
@@ -268,13 +292,15 @@ class GenerativeModel:
                 search["random_seed"] = opts.seed
         return search
 
-    def _generator(self, ids: list[int], opts: GenerateOptions) -> Any:
+    def _generator(self, ids: list[int], opts: GenerateOptions, done: Sequence[int] = ()) -> Any:
+        """A generator fed the prompt ``ids`` and the tokens ``done`` already generated
+        (which count against ``opts.max_tokens``)."""
         og = _og()
         try:
             params = og.GeneratorParams(self._model)
             params.set_search_options(**self._search_options(opts, len(ids)))
             gen = og.Generator(self._model, params)
-            gen.append_tokens(np.asarray(ids, dtype=np.int32))
+            gen.append_tokens(np.asarray([*ids, *done], dtype=np.int32))
         except RuntimeError as exc:
             raise BackendError(f"model {self.name!r}: generation failed to start: {exc}") from exc
         return gen
@@ -328,13 +354,7 @@ class GenerativeModel:
 
     def continue_ids(self, ids: Sequence[int], max_tokens: int) -> np.ndarray:
         """The greedy continuation of token ids (no text involved), as int64 ids."""
-        prompt = [int(t) for t in ids]
-        if not prompt or not all(0 <= t < self.vocab_size for t in prompt):
-            raise InputError(f"token ids must be a non-empty list of ids in [0, {self.vocab_size})")
-        if len(prompt) >= self.context_length:
-            raise InputError(
-                f"prompt is {len(prompt)} tokens; the context is {self.context_length}"
-            )
+        prompt = self._checked_ids(ids)
         gen = self._generator(prompt, GenerateOptions(max_tokens=max_tokens))
         out: list[int] = []
         try:
@@ -346,6 +366,16 @@ class GenerativeModel:
         finally:
             del gen
         return np.asarray(out, dtype=np.int64)
+
+    def _checked_ids(self, ids: Sequence[int]) -> list[int]:
+        prompt = [int(t) for t in ids]
+        if not prompt or not all(0 <= t < self.vocab_size for t in prompt):
+            raise InputError(f"token ids must be a non-empty list of ids in [0, {self.vocab_size})")
+        if len(prompt) >= self.context_length:
+            raise InputError(
+                f"prompt is {len(prompt)} tokens; the context is {self.context_length}"
+            )
+        return prompt
 
     def warmup(self) -> None:
         """Generate a couple of tokens so the first real call does not pay for setup."""
@@ -359,13 +389,20 @@ class TextStream(Iterator[str]):
     """Text pieces of one generation as they come; ``.result`` once it ended."""
 
     def __init__(
-        self, model: GenerativeModel, ids: list[int], opts: GenerateOptions, start: float
+        self,
+        model: GenerativeModel,
+        ids: list[int],
+        opts: GenerateOptions,
+        start: float,
+        *,
+        done: Sequence[int] = (),
+        shown: str = "",
     ) -> None:
         self.model = model
         self.prompt_tokens = len(ids)
         self.result: Generation | None = None
         self._created = time.perf_counter()
-        self._it = self._run(ids, opts, start)
+        self._it = self._run(ids, opts, start, list(done), len(shown))
 
     def __iter__(self) -> TextStream:
         return self
@@ -384,20 +421,47 @@ class TextStream(Iterator[str]):
         self._it.close()
 
     def _run(
-        self, ids: list[int], opts: GenerateOptions, start: float
+        self, ids: list[int], opts: GenerateOptions, start: float, done: list[int], skip: int
     ) -> Generator[str, None, None]:
+        """The generation; ``done``: tokens generated elsewhere already (see ``resume``),
+        replayed through the detokenizer and stop strings without running the model;
+        ``skip``: characters of text the caller has already seen."""
         model = self.model
         # Timings count the call and the generation, not a wait before the first next().
         start += time.perf_counter() - self._created
-        gen = model._generator(ids, opts)
         detok = model._tokenizer.create_stream()
         stops = StopFinder(opts.stop)
         tokens: list[int] = []
         text: list[str] = []
         first = last = 0.0
         reason = "cancelled"
+        gen = None
+
+        def shown(piece: str) -> str:
+            """Record ``piece``; the part of it the caller has not seen yet."""
+            nonlocal skip
+            text.append(piece)
+            seen, skip = min(skip, len(piece)), max(skip - len(piece), 0)
+            return piece[seen:]
+
         try:
-            while True:
+            for token in done:
+                tokens.append(token)
+                if token not in model.eos_token_ids:
+                    new = shown(stops.feed(detok.decode(token)))
+                    if new:
+                        yield new
+            if stops.stopped:
+                reason = "stop"
+            elif tokens and (
+                tokens[-1] in model.eos_token_ids
+                or len(tokens) >= opts.max_tokens
+                or len(ids) + len(tokens) >= model.context_length
+            ):
+                reason = _ended(tokens, model.eos_token_ids, opts, len(ids))
+            else:
+                gen = model._generator(ids, opts, done)
+            while gen is not None:
                 if gen.is_done():
                     reason = _ended(tokens, model.eos_token_ids, opts, len(ids))
                     break
@@ -407,25 +471,23 @@ class TextStream(Iterator[str]):
                 except RuntimeError as exc:
                     raise BackendError(f"model {model.name!r}: generation failed: {exc}") from exc
                 last = time.perf_counter()
-                if not tokens:
+                if len(tokens) == len(done):
                     first = last
                 tokens.append(token)
                 if token in model.eos_token_ids:
                     continue  # is_done() says so next; its text is not the caller's
-                piece = stops.feed(detok.decode(token))
+                piece = shown(stops.feed(detok.decode(token)))
                 if piece:
-                    text.append(piece)
                     yield piece
                 if stops.stopped:
                     reason = "stop"
                     break
-            tail = stops.flush()
+            tail = shown(stops.flush())
             if tail:
-                text.append(tail)
                 yield tail
         finally:
             del gen
-            n = len(tokens)
+            n = len(tokens) - len(done)  # generated here
             self.result = Generation(
                 text="".join(text),
                 token_ids=tuple(tokens),
