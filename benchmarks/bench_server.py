@@ -24,6 +24,9 @@ Measured (issue targets in brackets):
   REST and gRPC, a tight queue and one sized by the rule of thumb, and three kinds of client
   after a refusal: a well-behaved one that waits the server's Retry-After plus jitter, one
   that retries at once (the harshest), one that pauses a fixed 10 ms (see ``overload_suite``);
+- the peers at their defaults and at their best (``--peers-only``, benchmarks/server_peers.py):
+  MLServer with ``parallel_workers`` 1 and 0 and adaptive batching, Triton 2.51 where it
+  runs (benchmarks/triton_peer.py), in paired rounds; edgeinfer over the best of them;
 - the refusal floor (``--floor-only``): servers that refuse every request under the same
   load, bare uvicorn and bare grpc.aio beside edgeinfer's whole refusal path: what any
   Python server on those stacks pays per refusal (see ``floor_suite``).
@@ -31,7 +34,7 @@ Measured (issue targets in brackets):
 The load generator (benchmarks/server_loadgen.py) is closed-loop asyncio on uvloop: raw
 HTTP/1.1 keep-alive connections, or grpc.aio. It shares the machine's cores with the servers.
 Run: .venv/bin/python benchmarks/bench_server.py [--quick] [--overload-only | --big-only |
---overload-big-only | --floor-only]
+--overload-big-only | --floor-only | --peers-only]
 [--mlserver-python PATH]. Writes benchmarks/results/server.json (``--overload-only`` and
 ``--big-only`` replace only their part of it).
 """
@@ -806,6 +809,13 @@ def main() -> None:
         "--paired-rounds", type=int, default=5, help="rounds of the paired MiniLM measurement"
     )
     ap.add_argument(
+        "--peers-only",
+        action="store_true",
+        help="only the peers at their defaults and at their best (server_peers.py): tiny "
+        "model, REST and gRPC, concurrency 1 and 32, paired rounds; writes server_peers.json",
+    )
+    ap.add_argument("--peer-rounds", type=int, default=3, help="rounds of --peers-only")
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         help="the src folder of another edgeinfer checkout: run the overload scenarios "
@@ -814,6 +824,11 @@ def main() -> None:
     ap.add_argument("--mlserver-python", type=Path, default=Path("/tmp/mlserver-venv/bin/python"))
     args = ap.parse_args()
     seconds = 1.0 if args.quick else 3.0
+    if args.peers_only:
+        import server_peers
+
+        print("wrote", server_peers.run(seconds, args.peer_rounds, args.mlserver_python))
+        return
     load_start = os.getloadavg()[0]  # other work on the machine skews every figure
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     # the runs that replace one part of the stored results, under their key
