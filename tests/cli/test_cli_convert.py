@@ -115,7 +115,7 @@ def test_pickled_sklearn_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("model.keras", b"x", "converting Keras models is not supported yet"),
+        ("model.keras", b"x", "Keras cannot load the model"),
         ("data.npy", b"x", "unknown model file '.npy'"),
         ("broken.pt2", b"not a zip", "not a program saved with torch.export.save"),
     ],

@@ -1,7 +1,11 @@
-"""``edgeinfer convert SRC --to onnx --out PATH``: a framework's model file to ONNX.
+"""``edgeinfer convert SRC --to onnx|tflite --out PATH``: a model file to ONNX or TFLite.
 
 The command line face of :mod:`edgeinfer.convert`. Sources it reads:
 
+- a Keras model (``.keras``, legacy ``.h5``) or a TensorFlow SavedModel directory: to ONNX
+  (tf2onnx) or to TFLite (TFLiteConverter: builtin operators unless ``--flex``; ``--quantize``
+  for the post-training variants);
+- a ``.tflite`` file: to ONNX (tf2onnx's TFLite path; unsupported operators are named);
 - a PyTorch program saved with ``torch.export.save`` (``.pt2``) or a TorchScript module
   saved with ``torch.jit.save`` (``.pt``/``.pth`` holding a ``ScriptModule``);
 - a fitted scikit-learn estimator or pipeline pickled with joblib or pickle (``.joblib``,
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +32,8 @@ from edgeinfer.errors import InputError
 
 _TORCH = (".pt2", ".pt", ".pth")
 _SKLEARN = (".joblib", ".pkl", ".pickle")
-_LATER = {
-    ".keras": "Keras",
-    ".h5": "Keras",
-    ".tflite": "TFLite",
-    ".pb": "TensorFlow",
-}
+_KERAS = (".keras", ".h5", ".hdf5")
+_TARGETS = ("onnx", "tflite")
 
 
 def _sample_arrays(inputs: Path | None) -> list[np.ndarray] | None:
@@ -137,27 +138,51 @@ def _load_sklearn(path: Path) -> Any:
 def convert(
     src: Path = typer.Argument(
         ...,
-        help="A .pt2 (torch.export) or .pt (TorchScript) file, or a pickled scikit-learn "
-        "estimator (.joblib/.pkl: unpickling runs the file's code, convert only your own).",
+        help="A Keras model (.keras/.h5), a SavedModel directory, a .tflite file, a .pt2 "
+        "(torch.export) or .pt (TorchScript) file, or a pickled scikit-learn estimator "
+        "(.joblib/.pkl: unpickling runs the file's code, convert only your own).",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Where to write the .onnx file."),
-    to: str = typer.Option("onnx", "--to", help="Target format: onnx."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the .onnx/.tflite file."),
+    to: str = typer.Option("onnx", "--to", help="Target format: onnx or tflite."),
     inputs: Path | None = typer.Option(
         None, "--inputs", "-i", help="Sample inputs (.npy/.npz/.json) for the parity check."
     ),
     opset: int = typer.Option(17, help="ONNX opset to write."),
+    quantize: str | None = typer.Option(
+        None,
+        "--quantize",
+        help="TFLite only: dynamic, float16, int8 (float I/O) or int8-io (int8 I/O).",
+    ),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="TFLite int8: calibration inputs (.npy/.npz), ~200 samples."
+    ),
+    flex: bool = typer.Option(
+        False,
+        "--flex",
+        help="TFLite only: allow TensorFlow (Flex) operators; the device then needs the "
+        "Flex delegate.",
+    ),
 ) -> None:
-    """Convert a PyTorch or scikit-learn model file to ONNX and check it against the source."""
-    if to != "onnx":
-        raise InputError(f"--to {to!r} is not supported; expected 'onnx'")
+    """Convert a model file to ONNX or TFLite and check it against the source framework."""
+    if to not in _TARGETS:
+        raise InputError(f"--to {to!r} is not supported; expected 'onnx' or 'tflite'")
     if not src.exists():
         raise InputError(f"{src}: file not found")
-    if out.suffix != ".onnx":
-        raise InputError(f"--out {out}: expected a path ending in .onnx")
+    if out.suffix != f".{to}":
+        raise InputError(f"--out {out}: expected a path ending in .{to} for --to {to}")
     suffix = src.suffix.lower()
+    keras = suffix in _KERAS or _is_saved_model(src)
+    if to == "tflite" and not keras:
+        raise InputError(
+            f"{src}: --to tflite takes a Keras model (.keras/.h5) or a SavedModel directory"
+        )
+    if (quantize or calibration or flex) and to != "tflite":
+        raise InputError("--quantize, --calibration and --flex apply to --to tflite only")
     samples = _sample_arrays(inputs)
     console = Console()
-    if suffix in _TORCH:
+    if keras or suffix == ".tflite":
+        report = _convert_tensorflow(src, out, to, samples, opset, quantize, calibration, flex)
+    elif suffix in _TORCH:
         from edgeinfer.convert.torch import torch_to_onnx
 
         module, args, dynamic = _load_torch(src, samples)
@@ -187,27 +212,64 @@ def convert(
             n_features=None if sample is not None else int(n_features or 0),
             opset=opset,
         )
-    elif suffix in _LATER:
-        raise InputError(
-            f"{src}: converting {_LATER[suffix]} models is not supported yet; export to ONNX "
-            "with tf2onnx (python -m tf2onnx.convert) and use the .onnx file"
-        )
     else:
         raise InputError(
-            f"{src}: unknown model file {suffix or '(no suffix)'!r}; expected "
-            ".pt2, .pt, .pth, .joblib, .pkl or .pickle"
+            f"{src}: unknown model file {suffix or '(no suffix)'!r}; expected .keras, .h5, "
+            "a SavedModel directory, .tflite, .pt2, .pt, .pth, .joblib, .pkl or .pickle"
         )
-    checked = (
-        f"max abs error {report.max_abs_error:.2g} against the source"
-        if samples is not None or suffix == ".pt2"
-        else "not checked (no sample inputs: pass --inputs FILE)"
-    )
+    if report.cosine is not None:
+        on = "the given inputs" if samples is not None else "random inputs made from its shapes"
+        checked = (
+            f"max abs error {report.max_abs_error:.2g}, cosine {report.cosine:.6f} against "
+            f"the source on {on}"
+        )
+    elif samples is not None or suffix == ".pt2":
+        checked = f"max abs error {report.max_abs_error:.2g} against the source"
+    else:
+        checked = "not checked (no sample inputs: pass --inputs FILE)"
+    what = f"opset {report.opset}" if report.target == "onnx" else "TFLite"
+    layout = f"; layout {report.layout}" if report.layout else ""
     console.print(
-        f"wrote {report.path} (opset {report.opset}; inputs {', '.join(report.input_names)}; "
-        f"outputs {', '.join(report.output_names)}); {checked}",
+        f"wrote {report.path} ({what}; inputs {', '.join(report.input_names)}; "
+        f"outputs {', '.join(report.output_names)}{layout}); {checked}",
         markup=False,
         highlight=False,
     )
+    for note in report.notes:
+        console.print(f"  {note}", markup=False, highlight=False)
+
+
+def _is_saved_model(path: Path) -> bool:
+    return path.is_dir() and (path / "saved_model.pb").is_file()
+
+
+def _convert_tensorflow(
+    src: Path,
+    out: Path,
+    to: str,
+    samples: list[np.ndarray] | None,
+    opset: int,
+    quantize: str | None,
+    calibration: Path | None,
+    flex: bool,
+) -> Any:
+    from edgeinfer.convert.keras import FlexOpsWarning, keras_to_onnx, keras_to_tflite
+    from edgeinfer.convert.tflite import tflite_to_onnx
+
+    if src.suffix.lower() == ".tflite":
+        return tflite_to_onnx(src, out, inputs=samples, opset=opset)
+    if to == "onnx":
+        return keras_to_onnx(src, out, inputs=samples, opset=opset)
+    calib = _sample_arrays(calibration)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FlexOpsWarning)
+        report = keras_to_tflite(
+            src, out, inputs=samples, quantize=quantize, calibration=calib, flex=flex
+        )
+    for w in caught:
+        if issubclass(w.category, FlexOpsWarning):
+            Console(stderr=True).print(f"warning: {w.message}", markup=False, highlight=False)
+    return report
 
 
 def register(app: typer.Typer) -> None:

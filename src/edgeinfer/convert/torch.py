@@ -45,6 +45,10 @@ class ConversionReport:
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
     max_abs_error: float  # largest |onnx - original| over the checked outputs
+    cosine: float | None = None  # smallest output cosine with the original (TF routes)
+    layout: str = ""  # the source's image layout, kept as it is: NHWC, NCHW, "" (no image)
+    target: str = "onnx"  # onnx | tflite (opset is 0 for TFLite)
+    notes: tuple[str, ...] = ()  # what the conversion had to do that the user should know
 
 
 def import_torch(purpose: str = "Converting a PyTorch model") -> Any:
