@@ -46,7 +46,9 @@ class BackendInfo:
     name: str
 
 
-Prompt = str | Sequence[Mapping[str, str]]  # a text, or a chat of {"role", "content"}
+# A text, a chat of {"role", "content"}, or token ids (continued exactly: a server's client
+# sends them to go on from where another copy of the model stopped).
+Prompt = str | Sequence[Mapping[str, str]] | Sequence[int]
 
 
 def _og() -> Any:
@@ -185,13 +187,20 @@ class GenerativeModel:
                 raise InputError(f"the chat template cannot render these messages: {exc}") from None
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt string or a chat; refuses empty prompts and ones too long."""
+        """Token ids of a prompt string, a chat or token ids; refuses empty prompts, ids
+        outside the vocabulary and prompts too long."""
         if isinstance(prompt, str):
             if not prompt:
                 raise InputError("prompt is empty; expected some text to continue")
             ids = self.encode(prompt)
+        elif isinstance(prompt, (list, tuple)) and prompt and all(_is_id(t) for t in prompt):
+            ids = [int(t) for t in prompt]  # type: ignore[call-overload]
+            if not all(0 <= t < self.vocab_size for t in ids):
+                raise InputError(
+                    f"prompt token ids must be in [0, {self.vocab_size}) (the model's vocabulary)"
+                )
         elif isinstance(prompt, (list, tuple)):
-            ids = self.encode(self.render_chat(prompt))
+            ids = self.encode(self.render_chat(prompt))  # type: ignore[arg-type]
         else:
             raise InputError(
                 f"prompt must be a string or a list of messages, got {type(prompt).__name__}"
@@ -401,6 +410,9 @@ class TextStream(Iterator[str]):
         self.model = model
         self.prompt_tokens = len(ids)
         self.result: Generation | None = None
+        # The tokens generated so far, growing as they come: the ids behind a piece are those
+        # added since the previous piece (a piece held back for a stop string comes later).
+        self.token_ids: list[int] = []
         self._created = time.perf_counter()
         self._it = self._run(ids, opts, start, list(done), len(shown))
 
@@ -431,7 +443,7 @@ class TextStream(Iterator[str]):
         start += time.perf_counter() - self._created
         detok = model._tokenizer.create_stream()
         stops = StopFinder(opts.stop)
-        tokens: list[int] = []
+        tokens = self.token_ids
         text: list[str] = []
         first = last = 0.0
         reason = "cancelled"
@@ -497,6 +509,10 @@ class TextStream(Iterator[str]):
                 stop_reason=reason,
                 total_s=time.perf_counter() - start,
             )
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _ended(tokens: list[int], eos: frozenset[int], opts: GenerateOptions, prompt: int) -> str:

@@ -7,6 +7,8 @@ Routes (``open_inference_rest.yaml``; ``[/versions/V]`` is optional everywhere):
     GET  /v2/models/M[/versions/V]                     model metadata
     GET  /v2/models/M[/versions/V]/ready               model readiness
     POST /v2/models/M[/versions/V]/infer               inference (JSON or binary tensors)
+    POST /v2/models/M[/versions/V]/generate[_stream]   generative models (generate_routes.py)
+    GET  /v1/models, POST /v1/[chat/]completions       OpenAI-compatible (openai_routes.py)
     POST /v2/repository/index                          inference token (read-only, as Triton)
     POST /v2/repository/models/M/load | unload         admin token
     GET  /metrics                                      Prometheus text format
@@ -63,6 +65,8 @@ from edgeinfer.serve.front import (
     _ReplicaHeader,
     retry_headers,
 )
+from edgeinfer.serve.generate_routes import Generations, generate_routes
+from edgeinfer.serve.openai_routes import openai_routes
 
 __all__ = ["REPLICA_HEADER", "RETRY_AFTER_MS_HEADER", "create_app", "retry_headers"]
 
@@ -293,6 +297,7 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
     m = "/v2/models/{name}"
     mv = "/v2/models/{name}/versions/{version}"
     r = routes
+    generations = Generations(dp, routes.auth, read_body)
     app = _App(
         routes=[
             Route("/v2/health/live", r.live, methods=["GET"]),
@@ -309,6 +314,8 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
             Route("/v2/repository/models/{name}/load", r.repository_load, methods=["POST"]),
             Route("/v2/repository/models/{name}/unload", r.repository_unload, methods=["POST"]),
             Route("/metrics", r.metrics, methods=["GET"]),
+            *generate_routes(generations),
+            *openai_routes(generations),
         ],
         exception_handlers={
             Exception: _on_error,

@@ -37,6 +37,7 @@ from edgeinfer.runtime.model import Model
 from edgeinfer.serve.batching import Batcher, Timing
 from edgeinfer.serve.config import BatchConfig, ServeConfig
 from edgeinfer.serve.errors import BadRequest
+from edgeinfer.serve.generation import GenerationBatcher, is_generative
 from edgeinfer.serve.metrics import UNKNOWN_MODEL, Metrics
 from edgeinfer.serve.repository import (
     LoadedVersion,
@@ -50,7 +51,13 @@ __all__ = ["EXTENSIONS", "DataPlane", "RequestLimits", "max_rows"]
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("binary_tensor_data", "model_repository", "metrics", "dynamic_batching")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "model_repository",
+    "metrics",
+    "dynamic_batching",
+    "generate",
+)
 _PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "litert": "tensorflow_tflite"}
 
 
@@ -112,6 +119,8 @@ class DataPlane:
         self._settle_due = False  # a settle_heap() is scheduled
 
     def _make_batcher(self, model: Model, name: str, batching: BatchConfig) -> Batcher:
+        if is_generative(model):  # a language model: generations, not batches
+            return GenerationBatcher(model, name, batching, self.metrics)
         return Batcher(model, name, batching, self.metrics)
 
     def _on_change(self, name: str, version: int, ready: bool) -> None:
@@ -191,6 +200,8 @@ class DataPlane:
                 loaded.batcher.config.max_batch_size if loaded.batcher.batching else 0
             )
         }
+        if isinstance(loaded.batcher, GenerationBatcher):
+            props.update(loaded.batcher.properties())
         return ModelMetadata(
             name=loaded.name,
             platform=_PLATFORMS.get(model.backend.name, model.backend.name),
@@ -228,7 +239,10 @@ class DataPlane:
         (``timeout_s``: the caller's deadline, when it has one); the errors of
         :meth:`resolve` for a bad or unknown model.
         """
-        self.resolve(name, version).batcher.admit(timeout_s)
+        batcher = self.resolve(name, version).batcher
+        if isinstance(batcher, GenerationBatcher):
+            raise batcher.infer_refusal()  # before its body is read: /infer cannot run it
+        batcher.admit(timeout_s)
 
     async def infer(
         self, request: InferenceRequest, timeout_s: float | None = None
@@ -245,6 +259,8 @@ class DataPlane:
     ) -> tuple[InferenceResponse, Timing]:
         """:meth:`infer`, and how long the request queued and the model ran (``Server-Timing``)."""
         loaded = self.resolve(request.model_name, request.model_version or None)
+        if isinstance(loaded.batcher, GenerationBatcher):
+            raise loaded.batcher.infer_refusal()
         model = loaded.model
         self._check_contract(loaded, request)
         try:
