@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -368,6 +369,24 @@ def test_a_client_that_leaves_cancels_its_generation(server: Any, client: httpx.
     short = {"text_input": PROMPT, "parameters": {"max_tokens": 3}}
     r = client.post("/v2/models/long/generate", json=short)
     assert r.status_code == 200 and len(r.json()["token_ids"]) == 3
+
+
+def test_a_client_that_leaves_a_whole_answer_cancels_it_too(
+    server: Any, client: httpx.Client
+) -> None:
+    before = _cancelled(client)
+    tokens = metric(client, "edgeinfer_generated_tokens_total", model="long")
+    body = json.dumps({"text_input": PROMPT, "parameters": {"max_tokens": 1900}}).encode()
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        head = (
+            f"POST /v2/models/long/generate HTTP/1.1\r\nHost: {host}\r\n"
+            f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        sock.sendall(head.encode() + body)
+    _wait_for(lambda: _cancelled(client) > before, "the generation was cancelled")
+    assert metric(client, "edgeinfer_generated_tokens_total", model="long") - tokens < 1900
 
 
 def test_generations_beyond_the_slots_and_the_queue_are_refused(

@@ -224,15 +224,30 @@ class Generations:
         return EventStream(produce(), close, headers)
 
 
-async def collect(job: GenerationJob, first: Piece) -> tuple[str, list[int], str]:
-    """The whole generation from its first piece: text, token ids and finish reason."""
+class ClientGone(ServeError):
+    status = 499  # nobody reads it; counted in the metrics as proxies log it
+
+
+async def _watch(request: Request, job: GenerationJob) -> None:
+    """Abandon ``job`` when its client disconnects (the body is read: what ``receive``
+    gives next is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    job.abandon()
+
+
+async def collect(job: GenerationJob, first: Piece, request: Request) -> tuple[str, list[int], str]:
+    """The whole generation from its first piece: text, token ids and finish reason. A
+    client that disconnects meanwhile cancels it (:class:`ClientGone`)."""
     text: list[str] = []
     ids: list[int] = []
     piece = first
+    watch = asyncio.ensure_future(_watch(request, job))
     try:
         while True:
             if piece.error is not None:
-                raise (BadRequest if piece.error_status == 400 else ServeError)(piece.error)
+                error = {400: BadRequest, 499: ClientGone}.get(piece.error_status, ServeError)
+                raise error(piece.error)
             text.append(piece.text)
             ids.extend(piece.token_ids)
             if piece.finish_reason is not None:
@@ -241,6 +256,8 @@ async def collect(job: GenerationJob, first: Piece) -> tuple[str, list[int], str
     except BaseException:
         job.cancel()
         raise
+    finally:
+        watch.cancel()
 
 
 class _GenerateRoutes:
@@ -264,7 +281,7 @@ class _GenerateRoutes:
         started, status = time.perf_counter(), 200
         try:
             loaded, job, first = await self._begin(request)
-            text, ids, reason = await collect(job, first)
+            text, ids, reason = await collect(job, first, request)
             answer = {
                 "model_name": loaded.name,
                 "model_version": str(loaded.version),

@@ -43,6 +43,7 @@ __all__ = ["AHEAD", "GenerationBatcher", "GenerationJob", "Piece", "is_generativ
 log = logging.getLogger(__name__)
 
 AHEAD = 16  # pieces a worker may decode ahead of its reader before it waits
+CLIENT_GONE = "the client closed the connection"
 
 
 def is_generative(model: Model) -> bool:
@@ -103,6 +104,12 @@ class GenerationJob:
         """Stop generating (the reader is gone): the worker stops at its next token."""
         self._cancelled.set()
         self._room.release()  # wake a worker waiting for room
+
+    def abandon(self) -> None:
+        """The client closed its connection: stop generating, and end the reader's wait
+        with a last piece saying so (status 499, as proxies log it)."""
+        self.cancel()
+        self._pieces.put_nowait(Piece("", (), error=CLIENT_GONE, error_status=499))
 
     @property
     def cancelled(self) -> bool:

@@ -202,7 +202,7 @@ class _OpenAIRoutes:
             )
         status = 200
         try:
-            text, ids, reason = await collect(job, first)
+            text, ids, reason = await collect(job, first, request)
             return JSONResponse(
                 reply.whole(text, len(ids), reason),
                 headers={"Server-Timing": job.server_timing()},
