@@ -150,7 +150,10 @@ def _finish(console: Console, outcome: Any) -> None:
 def optimize(
     model: Path = typer.Argument(..., help="Bundle directory, packed .tar, or .onnx file."),
     eval_data: Path = typer.Option(
-        ..., "--eval", help="Eval inputs: .npz (one array per input; 'labels' optional) or .npy."
+        ...,
+        "--eval",
+        help="Eval inputs: .npz (one array per input; 'labels' optional) or .npy; for a "
+        "generative bundle, held-out text (.txt).",
     ),
     labels: Path | None = typer.Option(None, help="Labels (.npy, or .npz with one array)."),
     calibration: Path | None = typer.Option(
@@ -159,10 +162,15 @@ def optimize(
     metric: str | None = typer.Option(
         None,
         help="accuracy, topK, f1, mse, mae, cosine, min_cosine, agreement, max_abs_error "
-        "(default: accuracy with labels, else cosine).",
+        "(default: accuracy with labels, else cosine); generative: perplexity, agreement.",
     ),
-    max_drop: str = typer.Option(
-        "0.01", help="Allowed metric drop: absolute (0.01) or relative (1%)."
+    max_drop: str | None = typer.Option(
+        None,
+        help="Allowed metric drop: absolute (0.01) or relative (1%); default 0.01, and 3% "
+        "(of perplexity) for a generative bundle.",
+    ),
+    min_agreement: float | None = typer.Option(
+        None, help="Generative bundles: least next-token agreement with the float model (0.9)."
     ),
     objective: str = typer.Option("latency", help="latency or size."),
     out: Path = typer.Option(..., "--out", help="Output bundle directory."),
@@ -182,9 +190,21 @@ def optimize(
     """Find the fastest or smallest model within an accuracy budget; bundle it."""
     from edgeinfer.optimize.pipeline import optimize as run_optimize
 
+    if _generative(model):
+        unused = {"--labels": labels, "--calibration": calibration, "--output": output}
+        given = [k for k, v in unused.items() if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)} do not apply to a generative bundle")
+        _optimize_generative(
+            model, eval_data, out, metric, max_drop, min_agreement, objective, candidates,
+            threads, name, version, overwrite,
+        )  # fmt: skip
+        return
+    if min_agreement is not None:
+        raise InputError("--min-agreement applies only to a generative bundle")
     config = _search_config(
         metric,
-        max_drop,
+        max_drop or "0.01",
         objective,
         candidates,
         output,
@@ -201,6 +221,67 @@ def optimize(
             out,
             labels=labels,
             calibration=calibration,
+            config=config,
+            name=name,
+            version=version,
+            overwrite=overwrite,
+            progress=bars,
+        )
+    _finish(console, outcome)
+
+
+def _generative(model: Path) -> bool:
+    """Whether ``model`` is a generative bundle (its manifest's kind; a .tar is opened)."""
+    import json
+
+    manifest = model / "manifest.json"
+    if model.is_dir() and manifest.is_file():
+        try:
+            return bool(json.loads(manifest.read_text("utf-8")).get("kind") == "generative")
+        except (OSError, ValueError):
+            return False  # opening it says what is wrong
+    if model.suffix.lower() == ".tar" and model.is_file():
+        from edgeinfer.bundle import Bundle
+
+        return Bundle.open(model).manifest.kind == "generative"
+    return False
+
+
+def _optimize_generative(
+    model: Path,
+    eval_text: Path,
+    out: Path,
+    metric: str | None,
+    max_drop: str | None,
+    min_agreement: float | None,
+    objective: str,
+    candidates: str | None,
+    threads: int | None,
+    name: str | None,
+    version: int | None,
+    overwrite: bool,
+) -> None:
+    from edgeinfer.optimize.generative import GenerativeConfig
+    from edgeinfer.optimize.generative_pipeline import optimize_generative
+
+    options: dict[str, Any] = {
+        "metric": metric or "perplexity",
+        "max_drop": max_drop or "3%",
+        "objective": objective,
+    }
+    if min_agreement is not None:
+        options["min_agreement"] = min_agreement
+    if candidates:
+        options["candidates"] = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    if threads is not None:
+        options["threads"] = threads
+    config = GenerativeConfig(**options)
+    console = Console()
+    with _Bars(console) as bars:
+        outcome = optimize_generative(
+            model,
+            out,
+            eval_text=eval_text,
             config=config,
             name=name,
             version=version,

@@ -1,5 +1,8 @@
 """Where the tensors are inside an ONNX file (or a packed bundle), byte for byte.
 
+A TFLite model (a flatbuffer, a bundle's ``.tflite`` member or a bare file) is walked by
+:mod:`edgeinfer.deliver._tflite_wire` instead; its buffers are reported as tensor spans.
+
 The tensor-aware delta must rebuild a bundle *byte-identical* to the published one, so it
 cannot parse and re-serialize the model (protobuf output is not guaranteed to round-trip).
 Instead this module walks the protobuf wire format and reports the exact byte span of each
@@ -13,9 +16,12 @@ Wire format: each field is ``varint(field_number << 3 | wire_type)`` followed by
 
 from __future__ import annotations
 
+import struct
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgeinfer.deliver._tflite_wire import is_tflite, tflite_spans
 
 __all__ = ["ELEMENT_SIZE", "TensorSpan", "tensor_spans"]
 
@@ -139,15 +145,15 @@ def _model(buf: memoryview, start: int, end: int) -> list[TensorSpan]:
 
 
 def tensor_spans(path: Path, buf: memoryview, min_bytes: int = 64) -> list[TensorSpan]:
-    """Tensor spans of ``path`` (contents ``buf``): a packed bundle's ``.onnx`` members, or
-    the file itself when it is an ONNX model. Sorted by offset, non-overlapping; spans
-    shorter than ``min_bytes`` are left to the literal bytes.
+    """Tensor spans of ``path`` (contents ``buf``): a packed bundle's ``.onnx`` and
+    ``.tflite`` members, or the file itself when it is an ONNX or TFLite model. Sorted by
+    offset, non-overlapping; spans shorter than ``min_bytes`` are left to the literal bytes.
     """
     regions: list[tuple[int, int]] = []
     try:
         with tarfile.open(path, mode="r:") as tar:
             for member in tar:
-                if member.isfile() and member.name.lower().endswith(".onnx"):
+                if member.isfile() and member.name.lower().endswith((".onnx", ".tflite")):
                     regions.append((member.offset_data, member.offset_data + member.size))
     except (tarfile.TarError, OSError, EOFError):
         regions = [(0, len(buf))]
@@ -156,9 +162,13 @@ def tensor_spans(path: Path, buf: memoryview, min_bytes: int = 64) -> list[Tenso
         if end > len(buf):
             continue
         try:
-            spans.extend(s for s in _model(buf, start, end) if s.length >= min_bytes)
-        except _WireError:
-            continue  # not ONNX after all: its bytes stay literal
+            if is_tflite(buf, start, end):
+                found = [TensorSpan(*span) for span in tflite_spans(buf, start, end)]
+            else:
+                found = _model(buf, start, end)
+        except (ValueError, struct.error):  # _WireError is a ValueError
+            continue  # neither ONNX nor TFLite after all: its bytes stay literal
+        spans.extend(s for s in found if s.length >= min_bytes)
     spans.sort(key=lambda s: s.offset)
     clean: list[TensorSpan] = []
     for span in spans:
