@@ -43,6 +43,11 @@ class OptimizeResult:
 
 def _source(model: str | os.PathLike[str]) -> Bundle:
     bundle = Bundle.open(model)
+    if bundle.manifest.kind == "generative":
+        raise InputError(
+            f"{model}: a generative bundle; quantize it with "
+            "edgeinfer.optimize.generative_pipeline.optimize_generative (the CLI does so by itself)"
+        )
     if bundle.manifest.format != "onnx":
         raise InputError(
             f"{model}: optimize works on ONNX models; this is a {bundle.manifest.format} model"

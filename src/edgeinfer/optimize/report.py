@@ -108,10 +108,11 @@ def _markdown(result: SearchResult, title: str, plot: str | None) -> str:
     lines.append("")
     for note in result.notes:
         lines.append(f"- {note}")
-    lines.append(
-        "- latency: median of single-sample calls through `edgeinfer.Model` on this machine; "
-        "on a machine shared with other work expect a few percent of noise"
-    )
+    if not any(n.startswith("latency:") for n in result.notes):  # else the search said how
+        lines.append(
+            "- latency: median of single-sample calls through `edgeinfer.Model` on this "
+            "machine; on a machine shared with other work expect a few percent of noise"
+        )
     if plot:
         lines += ["", f"![latency vs {result.metric.name}]({plot})"]
     else:
