@@ -26,6 +26,7 @@ STAGES: list[str] = [
     "edgeinfer.demo.deliver",
     "edgeinfer.demo.split",
     "edgeinfer.demo.offload",
+    "edgeinfer.demo.fleet",
 ]
 
 

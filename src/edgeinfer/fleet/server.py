@@ -16,14 +16,17 @@ from __future__ import annotations
 import errno
 import socket
 import sys
+import threading
+import time
 from dataclasses import dataclass
+from typing import Any
 
 from edgeinfer._http import ConnectionLimits, make_room_for, protocol_class
 from edgeinfer.errors import InputError
 from edgeinfer.fleet.api import FleetConfig, create_app
 from edgeinfer.fleet.store import StoreConfig, open_store
 
-__all__ = ["ServerConfig", "run_fleet"]
+__all__ = ["BackgroundFleet", "ServerConfig", "run_fleet"]
 
 
 @dataclass(frozen=True)
@@ -64,35 +67,73 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_fleet(config: ServerConfig, log_level: str = "warning") -> None:
-    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+def _uvicorn_server(config: ServerConfig, log_level: str) -> Any:
     import uvicorn
 
-    limits = config.limits()
-    if limits.max_connections is not None:
-        warning = make_room_for(limits.max_connections)
-        if warning is not None:
-            print(warning, file=sys.stderr, flush=True)
     store = open_store(config.store)
-    try:
-        sock = _bind(config.host, config.port)
-    except InputError:
-        store.close()
-        raise
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"fleet service on http://{shown}:{port}", flush=True)
-    server = uvicorn.Server(
+    return uvicorn.Server(
         uvicorn.Config(
             create_app(store, config.fleet),
-            http=protocol_class(limits),
+            http=protocol_class(config.limits()),
             log_level=log_level,
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
     )
+
+
+def run_fleet(config: ServerConfig, log_level: str = "warning") -> None:
+    """Serve until interrupted (Ctrl-C / SIGTERM)."""
+    limits = config.limits()
+    if limits.max_connections is not None:
+        warning = make_room_for(limits.max_connections)
+        if warning is not None:
+            print(warning, file=sys.stderr, flush=True)
+    server = _uvicorn_server(config, log_level)
+    try:
+        sock = _bind(config.host, config.port)
+    except InputError:
+        server.config.app.state.store.close()
+        raise
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"fleet service on http://{shown}:{port}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         sock.close()
+
+
+class BackgroundFleet:
+    """The fleet service on a thread of this process, with its own event loop (the demo,
+    programs embedding a fleet); ``with BackgroundFleet(config) as fleet: fleet.url``."""
+
+    def __init__(self, config: ServerConfig, log_level: str = "warning") -> None:
+        self._server = _uvicorn_server(config, log_level)
+        try:
+            self._sock = _bind(config.host, config.port)
+        except InputError:
+            self._server.config.app.state.store.close()
+            raise
+        host, port = self._sock.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
+        )
+
+    def __enter__(self) -> BackgroundFleet:
+        self._thread.start()
+        deadline = time.monotonic() + 60
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("the fleet service did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(30)
+        self._sock.close()
