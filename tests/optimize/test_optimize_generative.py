@@ -41,7 +41,8 @@ def searched(
     tiny_bundle: Bundle, eval_text: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> OptimizeResult:
     out = tmp_path_factory.mktemp("gen-opt") / "tiny-int4"
-    config = GenerativeConfig(candidates=CANDIDATES, **FAST)  # type: ignore[arg-type]
+    # objective size: on a model this small, decode time is noise on a shared machine
+    config = GenerativeConfig(candidates=CANDIDATES, objective="size", **FAST)  # type: ignore[arg-type]
     return optimize_generative(tiny_bundle.path, out, eval_text=eval_text, config=config)
 
 
@@ -65,7 +66,11 @@ def test_search_measures_each_candidate_and_bundles_the_chosen(searched: Optimiz
     assert manifest["provenance"]["recipe"]["candidate"] == result.chosen.name
     assert manifest["metrics"]["optimize"]["min_agreement"] == 0.9
     model = onnx.load(str(searched.bundle.path / "model.onnx"), load_external_data=False)
-    assert any(n.op_type == "MatMulNBits" for n in model.graph.node)
+    ops = {n.op_type for n in model.graph.node}
+    assert "MatMulNBits" in ops
+    assert ("MatMul" in ops) == result.chosen.name.endswith("head-fp32")  # the LM head
+    if result.chosen.name.startswith("int4"):  # the embedding follows a quantized head
+        assert "GatherBlockQuantized" in ops
     report = searched.report_dir
     assert report is not None and (report / "report.png").stat().st_size > 0
     md = (report / "report.md").read_text()

@@ -217,6 +217,8 @@ def _quantize_proto(model: Any, spec: WeightOnly, logits: str) -> Any:
             bits=8,
         )
         model = _run(model, cfg8, [], spec, 8)
+    if spec.bits == 4 and spec.head != "fp32":
+        model = _quantize_embedding(model, spec)
     # One accuracy level everywhere (HQQ and k-quant do not set it themselves).
     from onnx import helper
 
@@ -227,6 +229,52 @@ def _quantize_proto(model: Any, spec: WeightOnly, logits: str) -> Any:
             node.attribute.extend(keep)
             node.attribute.append(helper.make_attribute("accuracy_level", spec.accuracy_level))
     return model
+
+
+def _quantize_embedding(model: Any, spec: WeightOnly) -> Any:
+    """The token embedding as INT4 blocks (GatherBlockQuantized), as the model builder's
+    INT4 models have it. A tied embedding (a Gather over the transposed float LM head
+    weight, which the quantized head no longer uses) gets its own float copy first."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+
+    inits = {i.name: i for i in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    users: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    found = False
+    for node in model.graph.node:
+        if node.op_type != "Gather" or not node.input or node.input[0] in ("",):
+            continue
+        data = node.input[0]
+        tied = producers.get(data)
+        if data in inits:
+            found = True
+        elif tied is not None and tied.op_type == "Transpose" and tied.input[0] in inits:
+            weight = numpy_helper.to_array(inits[tied.input[0]])
+            embed = numpy_helper.from_array(
+                np.ascontiguousarray(weight.T), f"{tied.input[0]}.embedding"
+            )
+            model.graph.initializer.append(embed)
+            node.input[0] = embed.name
+            if users.get(data, 0) == 1:
+                model.graph.node.remove(tied)
+                if users.get(tied.input[0], 0) == 1:
+                    model.graph.initializer.remove(inits[tied.input[0]])
+            found = True
+    if not found:
+        return model
+    cfg = mq.DefaultWeightOnlyQuantConfig(
+        block_size=spec.block_size,
+        is_symmetric=True,
+        bits=4,
+        op_types_to_quantize=("Gather",),
+        quant_axes=(("Gather", 1),),
+    )
+    return _run(model, cfg, [], spec, 4)
 
 
 def quantize(src_dir: Path, out_dir: Path, spec: WeightOnly, genai: dict[str, Any]) -> Path:
