@@ -331,3 +331,67 @@ def test_the_agent_command_enrolls_from_the_environment_and_refuses_bad_options(
         refused = agent_cli(repo.url, tmp_path / "new", root, *extra)
         assert refused.returncode == 2, refused.stderr
         assert message in refused.stderr and "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow  # a fleet service started twice, three agents, three releases
+def test_a_fleet_down_for_the_whole_rollout_leaves_devices_on_tufs_plan(
+    repo_of: Callable[[str], Repo], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port, where = free_port(), tmp_path / "fleet"
+    where.mkdir()
+    options = ("--rollout-key", str(where / "rollout-key.pem"))
+    fleet = start_fleet(str(where / "fleet.db"), port, *options)
+    try:
+        public = httpx.get(fleet.url + "/v1/rollout-key", timeout=30).json()["public_key"]
+        (tmp_path / "rollout.pub").write_text(public + "\n")
+        repo = repo_of("unpaced")
+        repo.publish(1)
+        inside, _, out = ids("unpaced", 50)
+        agents = {
+            name: repo.agent(
+                tmp_path / name,
+                device_id=name,
+                fleet_url=fleet.url,
+                enroll_token=token(fleet),
+                rollout_key=tmp_path / "rollout.pub",
+            )
+            for name in (inside, out)
+        }
+        assert {a.run_once().result for a in agents.values()} == {"updated"}
+    finally:
+        fleet.stop()
+
+    # the fleet is gone before the release and stays gone: no document paces anything,
+    # the devices follow what the release keys published (v2 to half the fleet, then v3)
+    with caplog.at_level(logging.WARNING, logger="edgeinfer"):
+        repo.publish(2, rollout=50)
+        first = {name: a.run_once() for name, a in agents.items()}
+        repo.publish(3)
+        second = {name: a.run_once() for name, a in agents.items()}
+    assert (first[inside].result, first[inside].to_version) == ("updated", 2)
+    assert first[out].result != "updated"  # not in TUF's 50 %
+    assert {(r.result, r.to_version) for r in second.values()} == {("updated", 3)}
+    for name in agents:
+        status = json.loads((tmp_path / name / "status.json").read_text())
+        assert status["active"]["version"] == 3 and status["bad_versions"] == []
+        outbox = FleetClient(ClientConfig(f"http://127.0.0.1:{port}", tmp_path / name))
+        assert len(outbox.pending()) == 2  # both cycles' reports wait on disk
+    assert any("fleet unreachable" in r.getMessage() for r in caplog.records)
+
+    fleet = start_fleet(str(where / "fleet.db"), port, *options)  # back, same address
+    try:
+        assert {a.run_once().result for a in agents.values()} == {"up-to-date"}
+        listed = devices(fleet)
+        for name in agents:
+            assert FleetClient(ClientConfig(fleet.url, tmp_path / name)).pending() == []
+            mine = fleet.admin("GET", f"/v1/devices/{fleet_id(tmp_path / name)}").json()
+            assert (mine["version"], mine["reports"]) == (3, 4)  # 1 before, 2 kept, 1 now
+            assert listed[fleet_id(tmp_path / name)]["state"] == "up-to-date"
+        history = fleet.admin("GET", f"/v1/devices/{fleet_id(tmp_path / inside)}").json()
+        assert [r["result"] for r in history["recent_reports"]][:3] == [
+            "up-to-date",
+            "updated",
+            "updated",
+        ]
+    finally:
+        fleet.stop()

@@ -229,6 +229,8 @@ def start_fleet(db: str, port: int = 0, *options: str) -> FleetProcess:
     if not first.wait(60) or not output or not output[0].startswith("fleet service on "):
         proc.kill()
         proc.wait(15)
+        reader.join(30)
+        proc.stdout.close()
         pytest.fail(f"the fleet service did not start: {''.join(output)[-800:]}")
     url = output[0].split()[-1]
     deadline = time.monotonic() + 60
