@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fleet_support import (
+    SHA,
     FleetProcess,
     PgCluster,
     device,
@@ -23,10 +24,12 @@ from fleet_support import (
     sealed,
     start_fleet,
     status,
+    token,
 )
 from sqlalchemy import select
 
-from edgeinfer.fleet.client import FleetClient, report_cycle
+from edgeinfer._rollout import rollout_bucket
+from edgeinfer.fleet.client import ClientConfig, FleetClient, FlushResult, report_cycle
 from edgeinfer.fleet.store import Report, StoreConfig, open_store
 
 pytestmark = pytest.mark.timeout(180)
@@ -192,5 +195,63 @@ def test_connections_past_the_cap_are_refused_with_retry_after(tmp_path: Path) -
                 pass
             assert time.monotonic() < deadline, "no place came free"
             time.sleep(0.05)
+    finally:
+        service.stop()
+
+
+def _cycle(client: FleetClient, agent: str, version: int, result: str, to: int) -> FlushResult:
+    """Report one agent cycle of the model ``revocable``: ``result`` going to ``to``."""
+    reason = f"version {to} failed its health gate" if result == "rolled-back" else None
+    return report_cycle(
+        client,
+        {
+            "device_id": agent,
+            "agent_version": "0.1.0",
+            "active": {"slot": "a", "name": "revocable", "version": version, "sha256": SHA},
+            "last_cycle": {"result": result, "to_version": to, "reason": reason},
+        },
+    )
+
+
+@pytest.mark.slow  # a service per backend, six devices
+def test_a_device_revoked_mid_rollout_no_longer_counts(database: str, tmp_path: Path) -> None:
+    key = tmp_path / "rollout-key.pem"
+    service = start_fleet(database, 0, "--rollout-key", str(key), "--rollout-tick", "0.2")
+    try:
+        agents = [f"dev-{i}" for i in range(40)]
+        inside = [a for a in agents if rollout_bucket(a, "revocable") < 50][:4]
+        outside = [a for a in agents if rollout_bucket(a, "revocable") >= 50][:2]
+        shared = token(service, uses=6)
+        clients = {
+            a: FleetClient(ClientConfig(service.url, tmp_path / a, enroll_token=shared))
+            for a in inside + outside
+        }
+        for agent, client in clients.items():
+            assert _cycle(client, agent, 1, "up-to-date", 1).sent == 1
+        plan = {"stages": [50, 100], "max_failure": 0.2, "min_devices": 3}
+        body = {"model": "revocable", "version": 2, **plan}
+        assert service.admin("POST", "/v1/rollouts", json=body).status_code == 200
+
+        # a device of the first stage reports a failure, then its key is revoked (stolen,
+        # say): what it said stops counting, and what it says next is refused
+        thief, *honest = inside
+        assert _cycle(clients[thief], thief, 1, "rolled-back", 2).sent == 1
+        failed = service.admin("GET", "/v1/rollouts/revocable").json()
+        assert (failed["failed"], failed["state"]) == (1, "running")  # 1 < min devices
+        revoked = service.admin("POST", f"/v1/devices/{clients[thief].device_id}/revoke")
+        assert revoked.status_code == 200
+        after = _cycle(clients[thief], thief, 1, "rolled-back", 2)
+        assert (after.sent, after.refused, after.kept) == (0, 1, 0)
+        assert service.admin("GET", "/v1/rollouts/revocable").json()["failed"] == 0
+
+        # the three honest devices of the stage succeed: 0 of 3 failed, promoted (counted
+        # with the revoked one, 1 of 4 = 25 % would have halted it)
+        for agent in honest:
+            assert _cycle(clients[agent], agent, 2, "updated", 2).sent == 1
+        state = service.admin("GET", "/v1/rollouts/revocable").json()
+        assert (state["state"], state["stage"], state["ok"]) == ("running", 1, 3), state
+        assert [e["kind"] for e in state["events"]] == ["started", "promoted"]
+        listed = {d["id"]: d for d in service.admin("GET", "/v1/devices").json()}
+        assert listed[clients[thief].device_id]["state"] == "revoked"
     finally:
         service.stop()
