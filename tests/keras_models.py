@@ -3,6 +3,7 @@ MLP on tabular data (the wine data set). Each trains in a few seconds on two cor
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ class Trained:
     y_test: np.ndarray
 
 
+@functools.lru_cache(maxsize=2)  # trained once per test process; never modify the model
 def digits_cnn(epochs: int = 12) -> Trained:
     """A small CNN on 8x8 digits, NHWC [N, 8, 8, 1] in, softmax over 10 classes out."""
     import keras
@@ -46,6 +48,7 @@ def digits_cnn(epochs: int = 12) -> Trained:
     return Trained(model, x[:1400], y[:1400], x[1400:], y[1400:])
 
 
+@functools.lru_cache(maxsize=2)
 def wine_mlp(epochs: int = 40) -> Trained:
     """An MLP on the 13 standardized features of the wine data set, 3 classes out."""
     import keras

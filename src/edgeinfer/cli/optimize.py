@@ -186,9 +186,22 @@ def optimize(
     version: int | None = typer.Option(None, help="Bundle version (default: source's + 1)."),
     memory: bool = typer.Option(True, help="Measure peak memory (a short subprocess each)."),
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
+    target: str = typer.Option(
+        "auto",
+        help="onnx, tflite or auto (the source's own world): MODEL may also be a Keras model "
+        "(.keras/.h5), a SavedModel directory or a .tflite file; tflite searches float16, "
+        "dynamic-int8, int8 and int8-io on LiteRT.",
+    ),
 ) -> None:
     """Find the fastest or smallest model within an accuracy budget; bundle it."""
     from edgeinfer.optimize.pipeline import optimize as run_optimize
+
+    if _tensorflow_world(model, target):
+        _optimize_tensorflow(
+            model, eval_data, out, labels, calibration, metric, max_drop or "0.01", objective,
+            candidates, output, threads, repeats, memory, name, version, overwrite, target,
+        )  # fmt: skip
+        return
 
     if _generative(model):
         unused = {"--labels": labels, "--calibration": calibration, "--output": output}
@@ -288,6 +301,87 @@ def _optimize_generative(
             overwrite=overwrite,
             progress=bars,
         )
+    _finish(console, outcome)
+
+
+def _tensorflow_world(model: Path, target: str) -> bool:
+    """Whether the LiteRT search (or a TF source converted to ONNX first) handles ``model``."""
+    from edgeinfer.optimize.tflite import is_tensorflow_source
+
+    if target not in ("auto", "onnx", "tflite"):
+        raise InputError(f"--target {target!r}: expected onnx, tflite or auto")
+    tensorflow = is_tensorflow_source(model)
+    if target == "tflite" and not tensorflow:
+        raise InputError(
+            f"{model}: --target tflite takes a Keras model (.keras/.h5), a SavedModel directory "
+            "or a .tflite file (ONNX -> TFLite is not supported)"
+        )
+    return tensorflow
+
+
+def _optimize_tensorflow(
+    model: Path,
+    eval_data: Path,
+    out: Path,
+    labels: Path | None,
+    calibration: Path | None,
+    metric: str | None,
+    max_drop: str,
+    objective: str,
+    candidates: str | None,
+    output: str | None,
+    threads: int | None,
+    repeats: int,
+    memory: bool,
+    name: str | None,
+    version: int | None,
+    overwrite: bool,
+    target: str,
+) -> None:
+    import tempfile
+
+    from edgeinfer.optimize.pipeline import optimize as run_optimize
+    from edgeinfer.optimize.tflite import optimize_tflite
+
+    has_labels = labels is not None or _npz_has_labels(eval_data)
+    console = Console()
+    if target == "onnx":
+        from edgeinfer.convert.keras import keras_to_onnx
+        from edgeinfer.convert.tflite import tflite_to_onnx
+
+        config = _search_config(
+            metric, max_drop, objective, candidates, output, threads, repeats, memory, has_labels
+        )
+        with tempfile.TemporaryDirectory(prefix="edgeinfer-tf-onnx-") as tmp:
+            onnx_path = Path(tmp) / f"{model.stem or 'model'}.onnx"
+            convert = tflite_to_onnx if model.suffix.lower() == ".tflite" else keras_to_onnx
+            report = convert(model, onnx_path)
+            console.print(
+                f"converted {model} to ONNX (max abs error {report.max_abs_error:.2g}, cosine "
+                f"{report.cosine:.6f}); searching for ONNX Runtime",
+                markup=False,
+                highlight=False,
+            )
+            with _Bars(console) as bars:
+                outcome = run_optimize(
+                    onnx_path, eval_data, out, labels=labels, calibration=calibration,
+                    config=config, name=name, version=version, overwrite=overwrite,
+                    progress=bars,
+                )  # fmt: skip
+        _finish(console, outcome)
+        return
+    config = _search_config(
+        metric, max_drop, objective, None, output, threads, repeats, False, has_labels
+    )
+    names = None
+    if candidates:
+        names = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    with _Bars(console) as bars:
+        outcome = optimize_tflite(
+            model, eval_data, out, labels=labels, calibration=calibration,
+            config=config, candidates=names, name=name, version=version, overwrite=overwrite,
+            progress=bars,
+        )  # fmt: skip
     _finish(console, outcome)
 
 

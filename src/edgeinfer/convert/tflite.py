@@ -31,13 +31,21 @@ from edgeinfer.convert.onnx_io import save_onnx
 from edgeinfer.convert.torch import ConversionReport
 from edgeinfer.errors import InputError, MissingDependencyError
 
-__all__ = ["TFLiteInfo", "inspect_tflite", "run_tflite", "tflite_to_onnx"]
+__all__ = [
+    "TFLiteInfo",
+    "inspect_tflite",
+    "open_interpreter",
+    "run_tflite",
+    "tflite_to_onnx",
+    "to_float",
+    "to_model_dtype",
+]
 
 DEFAULT_OPSET = 17
 _INT = ("int8", "uint8", "int16")
 
 
-def _interpreter(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+def open_interpreter(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as exc:
@@ -60,7 +68,7 @@ class TFLiteInfo:
 
 
 def inspect_tflite(path: str | os.PathLike[str]) -> TFLiteInfo:
-    interp = _interpreter(path)
+    interp = open_interpreter(path)
     ins, outs = interp.get_input_details(), interp.get_output_details()
     try:
         ops = tuple(sorted({str(d["op_name"]) for d in interp._get_ops_details()}))
@@ -68,7 +76,9 @@ def inspect_tflite(path: str | os.PathLike[str]) -> TFLiteInfo:
     except Exception:  # very old files; the op list is only for messages
         ops, tensors = (), []
     quantized = any(
-        np.dtype(t["dtype"]).name in _INT and t["quantization"][0] != 0.0 for t in tensors
+        np.dtype(t["dtype"]).name in _INT
+        and (t["quantization"][0] != 0.0 or len(t["quantization_parameters"]["scales"]) > 0)
+        for t in tensors
     ) or bool({"QUANTIZE", "DEQUANTIZE"} & set(ops))
     int_io = any(np.dtype(d["dtype"]).name in _INT and d["quantization"][0] for d in ins + outs)
     specs = tuple(
@@ -87,7 +97,7 @@ def inspect_tflite(path: str | os.PathLike[str]) -> TFLiteInfo:
     return TFLiteInfo(specs, tuple(str(d["name"]) for d in outs), ops, quantized, int_io)
 
 
-def _to_model(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+def to_model_dtype(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     scale, zero = detail["quantization"]
     if dtype.name in _INT and scale and np.issubdtype(value.dtype, np.floating):
@@ -97,7 +107,7 @@ def _to_model(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(value).astype(dtype, copy=False)
 
 
-def _to_float(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
+def to_float(value: np.ndarray, detail: Mapping[str, Any]) -> np.ndarray:
     scale, zero = detail["quantization"]
     if np.dtype(detail["dtype"]).name in _INT and scale:
         return np.asarray((value.astype(np.float32) - zero) * scale, dtype=np.float32)
@@ -117,14 +127,14 @@ def run_tflite(
     ``signature``: feed and read by the serving signature's names (``pixels``,
     ``output_0``), as a converted Keras model is called; otherwise by tensor names.
     """
-    interp = interpreter if interpreter is not None else _interpreter(path, threads)
+    interp = interpreter if interpreter is not None else open_interpreter(path, threads)
     if signature:
         runner = interp.get_signature_runner()
         details = runner.get_input_details()
-        args = {k: _to_model(np.asarray(v), details[k]) for k, v in feeds.items()}
+        args = {k: to_model_dtype(np.asarray(v), details[k]) for k, v in feeds.items()}
         got = runner(**args)
         out_details = runner.get_output_details()
-        return {k: _to_float(np.asarray(v), out_details[k]) for k, v in got.items()}
+        return {k: to_float(np.asarray(v), out_details[k]) for k, v in got.items()}
     ins = {str(d["name"]): d for d in interp.get_input_details()}
     for name, value in feeds.items():
         if name not in ins:
@@ -133,10 +143,10 @@ def run_tflite(
             interp.resize_tensor_input(ins[name]["index"], value.shape)
     interp.allocate_tensors()
     for name, value in feeds.items():
-        interp.set_tensor(ins[name]["index"], _to_model(np.asarray(value), ins[name]))
+        interp.set_tensor(ins[name]["index"], to_model_dtype(np.asarray(value), ins[name]))
     interp.invoke()
     return {
-        str(d["name"]): _to_float(np.array(interp.get_tensor(d["index"])), d)
+        str(d["name"]): to_float(np.array(interp.get_tensor(d["index"])), d)
         for d in interp.get_output_details()
     }
 
@@ -174,11 +184,11 @@ def tflite_to_onnx(
             f"{path}: tf2onnx cannot convert the TFLite operator(s) {', '.join(missing)} "
             "(no ONNX equivalent in tf2onnx); keep the model as .tflite (LiteRT runs it)"
         )
-    interp = _interpreter(path)
+    interp = open_interpreter(path)
     in_details = {str(d["name"]): d for d in interp.get_input_details()}
     out_details = {str(d["name"]): d for d in interp.get_output_details()}
     floats = sample_feeds(info.inputs, inputs, batch=1)
-    feeds = {k: _to_model(v, in_details[k]) for k, v in floats.items()}  # int I/O: quantized
+    feeds = {k: to_model_dtype(v, in_details[k]) for k, v in floats.items()}  # int I/O: quantized
     want = run_tflite(path, feeds, interpreter=interp)
     try:
         with quiet():
@@ -188,7 +198,7 @@ def tflite_to_onnx(
         raise ConversionError(f"{path}: tf2onnx could not convert the model: {first}") from exc
     dest = save_onnx(proto, out_path)
     ran = _run_onnx(dest, feeds, list(want))
-    got = [_to_float(x, out_details[n]) for x, n in zip(ran, want, strict=True)]
+    got = [to_float(x, out_details[n]) for x, n in zip(ran, want, strict=True)]
     parity = check_parity(want, got, where=str(dest), atol=atol, min_cosine=min_cosine)
     layout = "NHWC" if any(len(s.shape) == 4 for s in info.inputs) else ""
     notes = (

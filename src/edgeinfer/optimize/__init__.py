@@ -5,7 +5,9 @@
 the same with the most error-prone nodes kept in float, FP16 where a provider can use it.
 Every candidate is measured (:mod:`.evaluate`); the fastest or smallest one within the
 accuracy budget is bundled with its recipe and metrics, and a report (:mod:`.report`) is
-written next to it. ``distill`` trains a smaller student on any runnable teacher.
+written next to it. ``optimize_tflite`` (:mod:`.tflite`) runs the same gate for LiteRT on the
+TFLite variants of a Keras model or SavedModel. ``distill`` trains a smaller student on any
+runnable teacher.
 Passes can also be used one by one (:mod:`.passes`).
 
 >>> from edgeinfer.optimize import SearchConfig, optimize
@@ -23,6 +25,7 @@ from edgeinfer.optimize.metrics import Metric, parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult, distill, optimize
 from edgeinfer.optimize.recipe import Recipe, Step
 from edgeinfer.optimize.search import Candidate, SearchConfig, SearchResult, search
+from edgeinfer.optimize.tflite import optimize_tflite
 
 __all__ = [
     "Budget",
@@ -42,6 +45,7 @@ __all__ = [
     "evaluate",
     "load_dataset",
     "optimize",
+    "optimize_tflite",
     "parse_metric",
     "search",
 ]

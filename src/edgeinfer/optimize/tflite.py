@@ -1,0 +1,437 @@
+"""The accuracy-gated search for LiteRT devices: TFLite variants of a Keras or TF model.
+
+``optimize_tflite(model, eval_data, out_dir, ...)`` takes a Keras model (``.keras``,
+``.h5``), a SavedModel directory or a ``.tflite`` file. From a Keras/SavedModel source it
+builds the float32 TFLite model (the baseline) and the post-training variants
+``TFLiteConverter`` makes (:data:`TFLITE_CANDIDATES`):
+
+* ``float16``: FP16 weights (half the size; dequantized to float on the CPU);
+* ``dynamic-int8``: INT8 weights, float activations;
+* ``int8``: full integer, calibrated on the calibration data, float inputs and outputs;
+* ``int8-io``: the same with int8 inputs and outputs (what a microcontroller feeds).
+
+Each is run on LiteRT (XNNPACK, the threads given) over the eval data: the same metrics
+(:mod:`.metrics`), the same budget and the same choice (:func:`.search.choose`) as the ONNX
+search; integer-I/O models are fed quantized inputs and their outputs dequantized, so every
+candidate is judged on the same float data. Latencies are single-sample ``invoke`` calls,
+re-timed side by side round-robin. The winner is bundled (golden samples in the model's own
+dtypes, the recipe and the source's layout in the manifest) and the report written beside
+it. A ``.tflite`` source is measured as it is (an already quantized one is said to be);
+re-quantizing it needs its Keras or SavedModel source.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.bundle import Bundle
+from edgeinfer.errors import BundleError, InputError
+from edgeinfer.optimize.budget import Budget
+from edgeinfer.optimize.candidate import Candidate, SearchResult
+from edgeinfer.optimize.data import Dataset, DataSource, load_dataset
+from edgeinfer.optimize.evaluate import Evaluation
+from edgeinfer.optimize.metrics import parse_metric, standard_metrics
+from edgeinfer.optimize.pipeline import OptimizeResult
+from edgeinfer.optimize.recipe import Recipe, Step
+from edgeinfer.optimize.report import report_dir_for, write_report
+from edgeinfer.optimize.search import Progress, SearchConfig, choose, failure
+from edgeinfer.tensors import TensorSpec
+
+__all__ = ["TFLITE_CANDIDATES", "TFLiteConversion", "is_tensorflow_source", "optimize_tflite"]
+
+TFLITE_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")
+_MODE = {"float16": "float16", "dynamic-int8": "dynamic", "int8": "int8", "int8-io": "int8-io"}
+_PROVIDERS = ("LiteRT CPU (XNNPACK)",)
+_QUANT_TOL = 1e-2  # golden tolerance of integer models: kernels differ by CPU
+_GOLDEN = 4
+
+
+@dataclass(frozen=True)
+class TFLiteConversion:
+    """The recipe step of a TFLite candidate: TFLiteConverter with one quantization mode."""
+
+    quantize: str  # float32 | float16 | dynamic | int8 | int8-io
+    calibration_samples: int = 0
+    layout: str = ""  # the source's layout, kept (NHWC for Keras image models)
+
+
+def is_tensorflow_source(path: str | os.PathLike[str]) -> bool:
+    """A Keras file, a SavedModel directory or a ``.tflite`` file."""
+    p = Path(path)
+    return p.suffix.lower() in (".keras", ".h5", ".hdf5", ".tflite") or (
+        p.is_dir() and (p / "saved_model.pb").is_file()
+    )
+
+
+class _Runner:
+    """One LiteRT interpreter, fed by signature names with float data (quantized on the way
+    in for integer inputs, dequantized on the way out)."""
+
+    def __init__(self, path: Path, threads: int | None, signature: bool) -> None:
+        from edgeinfer.convert.tflite import open_interpreter
+
+        self.path, self.signature = path, signature
+        self.interp = open_interpreter(path, threads)
+        if not signature:
+            self.interp.allocate_tensors()
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from edgeinfer.convert.tflite import run_tflite
+
+        return run_tflite(self.path, feeds, signature=self.signature, interpreter=self.interp)
+
+    def timer(self, feeds: Mapping[str, np.ndarray]) -> Any:
+        """A no-argument call that runs one prepared sample (inputs already in the model's
+        dtypes): what a device pays per inference."""
+        from edgeinfer.convert.tflite import to_model_dtype
+
+        if self.signature:
+            runner = self.interp.get_signature_runner()
+            details = runner.get_input_details()
+            args = {k: to_model_dtype(np.asarray(v), details[k]) for k, v in feeds.items()}
+            runner(**args)
+            return lambda: runner(**args)
+        interp = self.interp
+        ins = {str(d["name"]): d for d in interp.get_input_details()}
+        ready = [(ins[k]["index"], to_model_dtype(np.asarray(v), ins[k])) for k, v in feeds.items()]
+        outs = [d["index"] for d in interp.get_output_details()]
+
+        def call() -> None:
+            for index, value in ready:
+                interp.set_tensor(index, value)
+            interp.invoke()
+            for index in outs:
+                interp.get_tensor(index)
+
+        call()
+        return call
+
+
+def _time(call: Any, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def _evaluate(
+    path: Path,
+    data: Dataset,
+    config: SearchConfig,
+    output: str,
+    signature: bool,
+    reference: np.ndarray | None,
+) -> tuple[Evaluation, np.ndarray, Any]:
+    started = time.perf_counter()
+    metric = parse_metric(config.metric)
+    runner = _Runner(path, config.threads, signature)
+    parts = []
+    batch = config.batch_size if signature else 1  # tensor-name models keep their batch
+    for feeds in data.batches(batch):
+        parts.append(runner.run(feeds)[output])
+    outputs = np.concatenate(parts)
+    ref = outputs if reference is None else reference
+    metrics = standard_metrics(metric, outputs, labels=data.labels, reference=ref)
+    timer = runner.timer(data.sample(0))
+    times = _time(timer, config.repeats)
+    ev = Evaluation(
+        metrics=metrics,
+        latency_ms=float(np.median(times)),
+        latency_p90_ms=float(np.percentile(times, 90)),
+        size_bytes=path.stat().st_size,
+        providers=_PROVIDERS,
+        eval_seconds=time.perf_counter() - started,
+    )
+    return ev, outputs, timer
+
+
+def _side_by_side(timers: list[Any], rounds: int) -> list[float]:
+    samples: list[list[float]] = [[] for _ in timers]
+    order = list(range(len(timers)))
+    for r in range(rounds):
+        for i in order if r % 2 == 0 else order[::-1]:  # A B C, then C B A
+            samples[i].extend(_time(timers[i], 1))
+    return [float(np.median(s)) for s in samples]
+
+
+def _arrays(source: DataSource | None, names: list[str]) -> Any:
+    """Calibration data as arrays by input name (a path is read like eval data)."""
+    if source is None:
+        return None
+    if isinstance(source, (str, os.PathLike)):
+        if Path(source).suffix.lower() == ".npy":
+            return {names[0]: np.load(os.fspath(source), allow_pickle=False)}
+        with np.load(os.fspath(source), allow_pickle=False) as z:
+            found = {k: z[k] for k in names if k in z.files}
+            return found or {names[0]: z[z.files[0]]}
+    if isinstance(source, np.ndarray):
+        return {names[0]: source}
+    return dict(source) if isinstance(source, Mapping) else source
+
+
+def optimize_tflite(
+    model: str | os.PathLike[str],
+    eval_data: DataSource,
+    out_dir: str | os.PathLike[str],
+    *,
+    labels: Any = None,
+    calibration: DataSource | None = None,
+    config: SearchConfig | None = None,
+    candidates: tuple[str, ...] | None = None,
+    name: str | None = None,
+    version: int | None = None,
+    overwrite: bool = False,
+    report: bool = True,
+    progress: Progress | None = None,
+) -> OptimizeResult:
+    """Search the TFLite variants of ``model`` for LiteRT and bundle the best in budget.
+
+    >>> optimize_tflite("digits.keras", {"pixels": x_test, "labels": y_test},
+    ...                 "bundles/digits-litert", calibration={"pixels": x_train[:200]},
+    ...                 config=SearchConfig(metric="accuracy", max_drop=0.005,
+    ...                                     objective="size"))   # doctest: +SKIP
+    """
+    from edgeinfer.convert._tf import load_source
+    from edgeinfer.convert.keras import keras_to_tflite
+    from edgeinfer.convert.tflite import inspect_tflite
+
+    config = config or SearchConfig()
+    src, out = Path(model), Path(out_dir)
+    if not src.exists():
+        raise InputError(f"{src}: file not found")
+    if not is_tensorflow_source(src):
+        raise InputError(
+            f"{src}: a LiteRT search takes a Keras model (.keras/.h5), a SavedModel "
+            "directory or a .tflite file"
+        )
+    wanted = candidates if candidates is not None else TFLITE_CANDIDATES
+    unknown = [c for c in wanted if c not in TFLITE_CANDIDATES]
+    if unknown:
+        raise InputError(
+            f"unknown TFLite candidate(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(TFLITE_CANDIDATES)}"
+        )
+    metric = parse_metric(config.metric)
+    budget = Budget.parse(config.max_drop)
+    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"{out} already exists and is not empty (pass --overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    report_fn = progress or (lambda *a: None)
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.work.", dir=out.parent) as tmp:
+        work = Path(tmp)
+        planned: list[Candidate] = []
+        if src.suffix.lower() == ".tflite":
+            info = inspect_tflite(src)
+            signature, layout, base_path = False, "", src
+            specs = [TensorSpec(s.name, s.dtype, s.shape) for s in info.inputs]
+            if info.int_io:
+                specs = [TensorSpec(s.name, "float32", s.shape) for s in specs]
+            outputs = list(info.outputs)
+            what = (
+                "already quantized (int8 or float16 tensors inside)" if info.quantized else "float"
+            )
+            notes.append(
+                f"the source is a {what} .tflite: measured as it is; re-quantizing it needs "
+                "its Keras or SavedModel source"
+            )
+            for cname in wanted:
+                planned.append(
+                    Candidate(cname, status="skipped", reason="needs the Keras/SavedModel source")
+                )
+            source_obj = None
+        else:
+            source_obj = load_source(src, work)
+            signature, layout = True, source_obj.layout
+            specs = [TensorSpec(s.name, s.dtype, s.shape) for s in source_obj.inputs]
+            outputs = list(source_obj.outputs)
+            base_path = work / "float32.tflite"
+        data = load_dataset(eval_data, specs, labels=labels, what="eval data")
+        if metric.needs_labels and data.labels is None:
+            raise InputError(f"metric {metric.name!r} needs labels; give --labels (labels=...)")
+        output = config.output or outputs[0]
+        if output not in outputs:
+            raise InputError(f"output {output!r} not found; the model has {', '.join(outputs)}")
+        calib = _arrays(calibration, [s.name for s in specs])
+        base_recipe = None
+        if source_obj is not None:
+            keras_to_tflite(source_obj.saved_model, base_path, inputs=None)
+            base_recipe = Recipe(
+                "float32", (Step("tflite_convert", TFLiteConversion("float32", 0, layout)),)
+            )
+            planned.extend(Candidate(cname) for cname in wanted)
+        baseline = Candidate("original", recipe=base_recipe, status="pending", path=base_path)
+        total = len(planned) + 1
+        report_fn("start", baseline, 0, total)
+        base_eval, reference, base_timer = _evaluate(
+            base_path, data, config, output, signature, None
+        )
+        baseline.evaluation, baseline.status = base_eval, "ok"
+        baseline.within_budget, baseline.drop = True, 0.0
+        report_fn("done", baseline, 0, total)
+        base_value = base_eval.metrics[metric.name]
+        timers = [base_timer]
+        timed = [baseline]
+        for index, cand in enumerate(planned, start=1):
+            if cand.status == "skipped":
+                report_fn("skipped", cand, index, total)
+                continue
+            mode = _MODE[cand.name]
+            n_cal = 0
+            if mode.startswith("int8"):
+                if calib is None:
+                    cand.status = "skipped"
+                    cand.reason = "full INT8 needs calibration data (--calibration)"
+                    report_fn("skipped", cand, index, total)
+                    continue
+                n_cal = min(len(next(iter(calib.values()))), config.calibration_samples)
+            step = TFLiteConversion(mode, n_cal, layout)
+            cand.recipe = Recipe(cand.name, (Step("tflite_convert", step),), f"TFLite {mode}")
+            report_fn("build", cand, index, total)
+            path = work / f"{cand.name}.tflite"
+            t0 = time.perf_counter()
+            try:
+                assert source_obj is not None
+                conv = keras_to_tflite(
+                    source_obj.saved_model,
+                    path,
+                    quantize=mode,
+                    calibration=calib,
+                    atol=float("inf"),  # the gate below judges accuracy, on real data
+                    min_cosine=-1.0,
+                )
+                cand.path, cand.build_seconds = path, time.perf_counter() - t0
+                cand.infos = ({"pass": "tflite_convert", "quantize": mode, "note": ""},)
+                cand.note = "; ".join(n for n in conv.notes if "calibrated on" in n)
+                report_fn("evaluate", cand, index, total)
+                ev, _, timer = _evaluate(path, data, config, output, signature, reference)
+            except Exception as exc:  # one broken candidate must not end the whole search
+                cand.status, cand.reason = "failed", failure(exc, work)
+                report_fn("failed", cand, index, total)
+                continue
+            value = ev.metrics[metric.name]
+            cand.evaluation, cand.status = ev, "ok"
+            cand.drop = budget.drop(metric, base_value, value)
+            cand.within_budget = budget.within(metric, base_value, value)
+            timers.append(timer)
+            timed.append(cand)
+            report_fn("done", cand, index, total)
+        if config.final_rounds > 0 and len(timers) > 1:
+            for cand, ms in zip(timed, _side_by_side(timers, config.final_rounds), strict=True):
+                cand.side_by_side_ms = ms
+            notes.append(
+                f"latencies re-timed side by side: {config.final_rounds} round-robin "
+                f"single-sample LiteRT invokes of the original and {len(timers) - 1} candidates"
+            )
+        chosen, message, more = choose(
+            baseline, planned, metric, budget, replace(config, final_rounds=0), data
+        )
+        notes.extend(more)
+        result = SearchResult(
+            metric,
+            budget,
+            config.objective,
+            baseline,
+            planned,
+            chosen,
+            message,
+            time.perf_counter() - started,
+            notes,
+        )
+        bundle = _bundle_tflite(
+            src, chosen, result, data, out, layout, signature, name, version, overwrite
+        )
+    report_dir = None
+    if report:
+        report_dir = write_report(
+            result,
+            report_dir_for(out),
+            title=f"edgeinfer optimize (LiteRT): {src.stem}",
+            extra={"bundle": str(out), "source": str(src), "target": "tflite"},
+        )
+    return OptimizeResult(bundle, report_dir, result)
+
+
+def _golden(path: Path, data: Dataset, signature: bool) -> dict[str, np.ndarray]:
+    """Golden inputs by tensor name, in the model's own dtypes (int8 I/O quantized)."""
+    from edgeinfer.convert.tflite import open_interpreter, to_model_dtype
+
+    interp = open_interpreter(path)
+    feeds = data.head(min(_GOLDEN, len(data))).feeds()
+    ins = {int(d["index"]): d for d in interp.get_input_details()}
+    if signature:
+        details = interp.get_signature_runner().get_input_details()
+        by_name = {k: ins[int(d["index"])] for k, d in details.items()}
+    else:
+        by_name = {str(d["name"]): d for d in ins.values()}
+    return {
+        str(by_name[k]["name"]): to_model_dtype(np.asarray(v), by_name[k]) for k, v in feeds.items()
+    }
+
+
+def _bundle_tflite(
+    src: Path,
+    chosen: Candidate,
+    result: SearchResult,
+    data: Dataset,
+    out: Path,
+    layout: str,
+    signature: bool,
+    name: str | None,
+    version: int | None,
+    overwrite: bool,
+) -> Bundle:
+    from edgeinfer.convert.tflite import inspect_tflite
+
+    ev, base = chosen.evaluation, result.baseline.evaluation
+    assert ev is not None and base is not None and chosen.path is not None
+    metric = result.metric.name
+    metrics: dict[str, Any] = {k: round(v, 6) for k, v in ev.metrics.items()}
+    metrics.update(
+        latency_ms=round(chosen.latency_ms, 4),
+        size_bytes=ev.size_bytes,
+        optimize={
+            "target": "tflite",
+            "metric": metric,
+            "baseline": round(base.metrics[metric], 6),
+            "value": round(ev.metrics[metric], 6),
+            "objective": result.objective,
+            "baseline_latency_ms": round(result.baseline.latency_ms, 4),
+            "baseline_size_bytes": base.size_bytes,
+            "speedup": round(result.baseline.latency_ms / chosen.latency_ms, 3),
+            "size_ratio": round(ev.size_bytes / base.size_bytes, 4),
+            "eval_samples": len(data),
+            "kept_original": result.kept_original,
+        },
+    )
+    recipe = {
+        "candidate": chosen.name,
+        **(chosen.recipe.to_dict() if chosen.recipe else {"steps": []}),
+        "layout": layout,
+        "search": {"metric": metric, "objective": result.objective, "target": "tflite"},
+    }
+    quantized = inspect_tflite(chosen.path).quantized
+    tol = {"atol": _QUANT_TOL, "rtol": _QUANT_TOL} if quantized else {}
+    return Bundle.create(
+        chosen.path,
+        out,
+        name=name or src.stem.replace("_", "-").lower(),
+        version=version if version is not None else 1,
+        golden_inputs=_golden(chosen.path, data, signature),
+        metrics=metrics,
+        recipe=recipe,
+        source=str(src),
+        overwrite=overwrite,
+        **tol,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,171 @@
+"""``edgeinfer optimize`` for LiteRT: the TFLite variants of a Keras CNN trained on digits,
+measured on LiteRT over held-out digits, gated, bundled and reported; a quantized .tflite
+recognised as such; and the same Keras model sent down the ONNX search with --target onnx."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("tf2onnx")
+
+from edgeinfer.bundle import Bundle
+from edgeinfer.cli.main import build_app, main
+from edgeinfer.optimize import SearchConfig
+from edgeinfer.optimize.tflite import optimize_tflite
+
+pytestmark = pytest.mark.slow  # TensorFlow's import, a short training, five conversions
+
+
+@pytest.fixture(scope="module")
+def keras_digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from keras_models import digits_cnn
+
+    trained = digits_cnn()
+    root = tmp_path_factory.mktemp("keras-digits")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        trained.model.save(root / "digits.keras")
+    np.savez(root / "eval.npz", pixels=trained.x_test, labels=trained.y_test)
+    np.save(root / "calib.npy", trained.x_train[:200])
+    return {p.stem: p for p in root.iterdir()}
+
+
+def _invoke(*args: str) -> Any:
+    return CliRunner(env={"COLUMNS": "200"}).invoke(build_app(), list(args))
+
+
+@pytest.fixture(scope="module")
+def litert_bundle(keras_digits: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    out = tmp_path_factory.mktemp("litert") / "digits-litert"
+    result = _invoke(
+        "optimize",
+        str(keras_digits["digits"]),
+        "--eval",
+        str(keras_digits["eval"]),
+        "--calibration",
+        str(keras_digits["calib"]),
+        "--metric",
+        "accuracy",
+        "--max-drop",
+        "0.5%",
+        "--objective",
+        "size",
+        "--repeats",
+        "5",
+        "--out",
+        str(out),
+    )
+    return out, result
+
+
+def test_keras_model_searched_on_litert(litert_bundle: Any) -> None:
+    out, result = litert_bundle
+    assert result.exit_code == 0, result.output
+    for name in ("float16", "dynamic-int8", "int8-io", "chose"):
+        assert name in result.output
+    bundle = Bundle.open(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert bundle.manifest.format == "tflite"
+    recipe = manifest["provenance"]["recipe"]
+    assert recipe["layout"] == "NHWC" and recipe["search"]["target"] == "tflite"
+    opt = manifest["metrics"]["optimize"]
+    assert opt["size_ratio"] <= 0.5  # an INT8 variant: about a quarter of float32's weights
+    assert opt["baseline"] - opt["value"] <= 0.005 * opt["baseline"] + 1e-9
+    report = json.loads((out.parent / f"{out.name}-report" / "report.json").read_text())
+    assert report["target"] == "tflite" and len(report["candidates"]) == 5
+    # the golden samples replay on the bundled model (int8 inputs where the model takes them)
+    model = bundle.model_path
+    import edgeinfer
+
+    with edgeinfer.load(out) as m:
+        golden = bundle.golden()
+        assert golden is not None
+        got = m.predict(golden.inputs)
+        assert not golden.compare(got)
+    assert model.suffix == ".tflite"
+
+
+def test_quantized_tflite_is_recognised_and_measured_as_it_is(
+    litert_bundle: Any, keras_digits: dict[str, Path], tmp_path: Path
+) -> None:
+    out, _ = litert_bundle
+    model = Bundle.open(out).model_path
+    from edgeinfer.convert import inspect_tflite
+
+    info = inspect_tflite(model)
+    with np.load(keras_digits["eval"]) as z:
+        data = {info.inputs[0].name: z["pixels"][:64], "labels": z["labels"][:64]}
+    result = optimize_tflite(
+        model,
+        data,
+        tmp_path / "again",
+        config=SearchConfig(metric="accuracy", repeats=3, final_rounds=0, memory=False),
+        report=False,
+    ).result
+    assert result.kept_original
+    assert any("already quantized" in n for n in result.notes), result.notes
+    assert {c.status for c in result.candidates} == {"skipped"}
+    assert result.baseline.evaluation is not None
+    assert result.baseline.evaluation.metrics["accuracy"] > 0.85
+
+
+def test_target_onnx_converts_then_searches_onnx_runtime(
+    keras_digits: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "digits-onnx"
+    result = _invoke(
+        "optimize",
+        str(keras_digits["digits"]),
+        "--target",
+        "onnx",
+        "--eval",
+        str(keras_digits["eval"]),
+        "--metric",
+        "accuracy",
+        "--candidates",
+        "dynamic-int8",
+        "--repeats",
+        "5",
+        "--no-memory",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "converted" in result.output and "cosine" in result.output
+    assert Bundle.open(out).manifest.format == "onnx"
+
+
+def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    else:
+        code = 0
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+def test_bad_target_requests(
+    keras_digits: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    onnx_file = tmp_path / "m.onnx"
+    onnx_file.write_bytes(b"x")
+    args = ["--eval", str(keras_digits["eval"]), "--out", str(tmp_path / "o")]
+    keras = str(keras_digits["digits"])
+    for model, extra, message in [
+        (str(onnx_file), ["--target", "tflite"], "ONNX -> TFLite is not supported"),
+        (keras, ["--target", "coreml"], "expected onnx, tflite or auto"),
+        (keras, ["--candidates", "int4"], "unknown TFLite candidate"),
+    ]:
+        code, text = _main(capsys, "optimize", model, *extra, *args)
+        assert code == 2 and message in text, text
+        assert "Traceback" not in text
