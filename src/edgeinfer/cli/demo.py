@@ -15,6 +15,9 @@ def demo(
         [], "--stage", help="Run only these stages (e.g. --stage foundation)."
     ),
     fast: bool = typer.Option(False, help="Fewer epochs and repeats (for quick checks)."),
+    skip_generate: bool = typer.Option(
+        False, "--skip-generate", help="Leave out the predictive-text (generation) stage."
+    ),
 ) -> None:
     """Build a real model, bundle it, and run the whole edgeinfer loop on this machine."""
     import tempfile
@@ -23,7 +26,7 @@ def demo(
 
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="edgeinfer-demo-"))
-    run_demo(workdir, stages=stage or None, fast=fast)
+    run_demo(workdir, stages=stage or None, fast=fast, skip=["generate"] if skip_generate else None)
     typer.echo(f"demo artifacts are in {workdir}")
 
 

@@ -26,6 +26,7 @@ STAGES: list[str] = [
     "edgeinfer.demo.deliver",
     "edgeinfer.demo.split",
     "edgeinfer.demo.offload",
+    "edgeinfer.demo.generate",
     "edgeinfer.demo.fleet",
 ]
 
@@ -46,10 +47,13 @@ def run_demo(
     stages: list[str] | None = None,
     console: Console | None = None,
     fast: bool = False,
+    skip: list[str] | None = None,
 ) -> DemoContext:
+    """Run the ``stages`` named (default: all), less those in ``skip``."""
     ctx = DemoContext(console or Console(), Path(workdir), fast)
     ctx.workdir.mkdir(parents=True, exist_ok=True)
     wanted = STAGES if not stages else [s for s in STAGES if s.rsplit(".", 1)[-1] in stages]
+    wanted = [s for s in wanted if s.rsplit(".", 1)[-1] not in (skip or ())]
     for name in wanted:
         module = importlib.import_module(name)
         start = time.perf_counter()

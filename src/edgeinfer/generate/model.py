@@ -268,14 +268,20 @@ class GenerativeModel:
         opts: GenerateOptions,
         *,
         shown: str = "",
+        exact: bool = True,
     ) -> TextStream:
         """Continue a generation that another copy of this model began (an edge server).
 
         ``prompt_ids``: the prompt's tokens; ``generated``: the tokens generated so far;
         ``shown``: the text the caller has already been given for them. The stream yields
         only what comes after ``shown``; its ``.result`` is the whole generation, the
-        tokens in ``generated`` included, as if it had run here from the start (greedy
-        decoding gives the same tokens as an uninterrupted run).
+        tokens in ``generated`` included, as if it had run here from the start.
+
+        ``exact=True`` feeds the generated tokens one at a time, as decoding computed
+        them, so greedy decoding gives the same tokens as an uninterrupted run (it costs
+        one decoding step per token); ``exact=False`` feeds them in one pass with the
+        prompt (faster; a quantized model's batched kernels can round differently, and
+        greedy decoding may then drift apart at a near tie).
         """
         if self._closed:
             raise BackendError(f"model {self.name!r} is closed")
@@ -283,7 +289,7 @@ class GenerativeModel:
         done = [int(t) for t in generated]
         if not all(0 <= t < self.vocab_size for t in done):
             raise InputError(f"generated token ids must be ids in [0, {self.vocab_size})")
-        return TextStream(self, ids, opts, time.perf_counter(), done=done, shown=shown)
+        return TextStream(self, ids, opts, time.perf_counter(), done=done, shown=shown, exact=exact)
 
     def _search_options(self, opts: GenerateOptions, prompt_len: int) -> dict[str, Any]:
         max_length = min(prompt_len + opts.max_tokens, self.context_length)
@@ -301,15 +307,24 @@ class GenerativeModel:
                 search["random_seed"] = opts.seed
         return search
 
-    def _generator(self, ids: list[int], opts: GenerateOptions, done: Sequence[int] = ()) -> Any:
+    def _generator(
+        self, ids: list[int], opts: GenerateOptions, done: Sequence[int] = (), exact: bool = True
+    ) -> Any:
         """A generator fed the prompt ``ids`` and the tokens ``done`` already generated
-        (which count against ``opts.max_tokens``)."""
+        (which count against ``opts.max_tokens``; see :meth:`resume` for ``exact``)."""
         og = _og()
         try:
             params = og.GeneratorParams(self._model)
             params.set_search_options(**self._search_options(opts, len(ids)))
             gen = og.Generator(self._model, params)
-            gen.append_tokens(np.asarray([*ids, *done], dtype=np.int32))
+            if not exact:
+                gen.append_tokens(np.asarray([*ids, *done], dtype=np.int32))
+            else:
+                gen.append_tokens(np.asarray(ids, dtype=np.int32))
+                for token in done:
+                    # One at a time, as they were generated: a batched pass over them can
+                    # round differently (int4 kernels) and greedy decoding drift apart.
+                    gen.append_tokens(np.asarray([token], dtype=np.int32))
         except RuntimeError as exc:
             raise BackendError(f"model {self.name!r}: generation failed to start: {exc}") from exc
         return gen
@@ -406,6 +421,7 @@ class TextStream(Iterator[str]):
         *,
         done: Sequence[int] = (),
         shown: str = "",
+        exact: bool = True,
     ) -> None:
         self.model = model
         self.prompt_tokens = len(ids)
@@ -414,6 +430,7 @@ class TextStream(Iterator[str]):
         # added since the previous piece (a piece held back for a stop string comes later).
         self.token_ids: list[int] = []
         self._created = time.perf_counter()
+        self._exact = exact  # how done tokens are fed (see GenerativeModel.resume)
         self._it = self._run(ids, opts, start, list(done), len(shown))
 
     def __iter__(self) -> TextStream:
@@ -472,7 +489,7 @@ class TextStream(Iterator[str]):
             ):
                 reason = _ended(tokens, model.eos_token_ids, opts, len(ids))
             else:
-                gen = model._generator(ids, opts, done)
+                gen = model._generator(ids, opts, done, self._exact)
             while gen is not None:
                 if gen.is_done():
                     reason = _ended(tokens, model.eos_token_ids, opts, len(ids))

@@ -9,7 +9,10 @@
 * :mod:`.splits`: split placements (head on the device, tail on a remote) as options;
 * :mod:`.offloader`: :class:`Offloader`, which ties them together and never fails because
   the network did, and follows hot-swapped local models; :mod:`.errors`: the
-  ``RemoteError`` tree.
+  ``RemoteError`` tree;
+* :mod:`.generation`: :class:`GenerativeOffloader`, the same for a language model, whose
+  streams the device finishes when the network breaks them off (:mod:`.remote_generate`:
+  the streaming client).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ from edgeinfer.offload.errors import (
     RemoteTimeout,
     RemoteUnavailable,
 )
+from edgeinfer.offload.generation import (
+    GenerativeOffloader,
+    GenerativeOffloaderConfig,
+    OffloadedGeneration,
+)
 from edgeinfer.offload.offloader import Offloader, OffloaderConfig, OffloadStats, Prediction
 from edgeinfer.offload.policy import POLICIES, Decision, Option, Placement, Situation
 from edgeinfer.offload.remote import RemoteModel, RemoteResult
@@ -41,9 +49,12 @@ __all__ = [
     "CircuitBreaker",
     "Decision",
     "DeviceProfile",
+    "GenerativeOffloader",
+    "GenerativeOffloaderConfig",
     "NoPlacementError",
     "OffloadError",
     "OffloadStats",
+    "OffloadedGeneration",
     "Offloader",
     "OffloaderConfig",
     "Option",
