@@ -19,6 +19,7 @@ from fleet_support import (
     PgCluster,
     device,
     document,
+    fresh_database,
     new_pg_database,
     post,
     sealed,
@@ -199,24 +200,27 @@ def test_connections_past_the_cap_are_refused_with_retry_after(tmp_path: Path) -
         service.stop()
 
 
-def _cycle(client: FleetClient, agent: str, version: int, result: str, to: int) -> FlushResult:
-    """Report one agent cycle of the model ``revocable``: ``result`` going to ``to``."""
+def _cycle(
+    client: FleetClient, agent: str, version: int, result: str, to: int, model: str = "revocable"
+) -> FlushResult:
+    """Report one agent cycle of ``model``: ``result`` going to version ``to``."""
     reason = f"version {to} failed its health gate" if result == "rolled-back" else None
     return report_cycle(
         client,
         {
             "device_id": agent,
             "agent_version": "0.1.0",
-            "active": {"slot": "a", "name": "revocable", "version": version, "sha256": SHA},
+            "active": {"slot": "a", "name": model, "version": version, "sha256": SHA},
             "last_cycle": {"result": result, "to_version": to, "reason": reason},
         },
     )
 
 
-@pytest.mark.slow  # a service per backend, six devices
-def test_a_device_revoked_mid_rollout_no_longer_counts(database: str, tmp_path: Path) -> None:
+def test_a_device_revoked_mid_rollout_no_longer_counts(tmp_path: Path) -> None:
     key = tmp_path / "rollout-key.pem"
-    service = start_fleet(database, 0, "--rollout-key", str(key), "--rollout-tick", "0.2")
+    service = start_fleet(
+        str(tmp_path / "fleet.db"), 0, "--rollout-key", str(key), "--rollout-tick", "0.2"
+    )
     try:
         agents = [f"dev-{i}" for i in range(40)]
         inside = [a for a in agents if rollout_bucket(a, "revocable") < 50][:4]
@@ -255,3 +259,54 @@ def test_a_device_revoked_mid_rollout_no_longer_counts(database: str, tmp_path: 
         assert listed[clients[thief].device_id]["state"] == "revoked"
     finally:
         service.stop()
+
+
+ROUNDS = 3  # chances for the two decisions to meet
+
+
+@pytest.mark.slow  # two services on one PostgreSQL, nine devices
+def test_two_replicas_deciding_one_stage_at_once_promote_it_once(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    db = fresh_database(request, "postgresql", tmp_path)
+    # the timers tick once an hour: only the reports below decide
+    options = ("--rollout-key", str(tmp_path / "rollout-key.pem"), "--rollout-tick", "3600")
+    replicas = [start_fleet(db, 0, *options), start_fleet(db, 0, *options)]
+    try:
+        for round_ in range(ROUNDS):
+            model = f"raced-{round_}"
+            agents = [f"dev-{i}" for i in range(100)]
+            pair = [a for a in agents if rollout_bucket(a, model) < 50][:2]
+            later = next(a for a in agents if rollout_bucket(a, model) >= 50)  # stage 2
+            # each of the stage's two devices reports to its own replica
+            clients = [
+                FleetClient(ClientConfig(r.url, tmp_path / model / a, enroll_token=token(r)))
+                for r, a in zip(replicas * 2, [*pair, later], strict=False)
+            ]
+            for agent, client in zip([*pair, later], clients, strict=True):
+                assert _cycle(client, agent, 1, "up-to-date", 1, model).sent == 1
+            plan = {"stages": [50, 100], "max_failure": 0.1, "min_devices": 2}
+            body = {"model": model, "version": 2, **plan}
+            assert replicas[0].admin("POST", "/v1/rollouts", json=body).status_code == 200
+            barrier = threading.Barrier(2)
+            sent: list[int] = []
+
+            def report(i: int, model: str = model, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait(30)
+                sent.append(_cycle(clients[i], pair[i], 2, "updated", 2, model).sent)
+
+            threads = [threading.Thread(target=report, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert sent == [1, 1]
+            state = replicas[1].admin("GET", f"/v1/rollouts/{model}").json()
+            kinds = [(e["kind"], e["detail"].get("to_stage")) for e in state["events"]]
+            assert kinds == [("started", None), ("promoted", 1)], state
+            assert (state["stage"], state["ok"]) == (1, 2)
+    finally:
+        for replica in replicas:
+            replica.stop()
+    logs = "".join(replicas[0].output + replicas[1].output)
+    assert "Traceback" not in logs and "IntegrityError" not in logs, logs[-2000:]
