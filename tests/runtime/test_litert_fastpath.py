@@ -131,3 +131,20 @@ def test_a_closed_model_refuses_to_run() -> None:
         model.predict(x)
     with pytest.raises(BackendError, match="the model is closed"):
         model.predict(x, outputs=[model.outputs[0].name])
+
+
+def test_static_float_model_converts_what_the_runtime_would_misread() -> None:
+    """Arrays of the exact dtype go to LiteRT unchecked (it checks the shape itself); any
+    other float layout -- big-endian, float64, a strided view -- is converted first."""
+    oww = pytest.importorskip("wyoming_openwakeword", reason="wyoming-openwakeword (--no-deps)")
+    path = Path(oww.__file__).parent / "models" / "ok_nabu_v0.1.tflite"
+    x = np.random.default_rng(5).standard_normal((1, 16, 96)).astype(np.float32)
+    with edgeinfer.load(path, threads=1) as model:
+        (want,) = model.predict(x).values()
+        wide = np.zeros((1, 16, 192), np.float32)
+        wide[:, :, ::2] = x
+        for variant in (x.astype(">f4"), x.astype(np.float64), wide[:, :, ::2], x.tolist()):
+            (got,) = model.predict(variant).values()
+            np.testing.assert_array_equal(got, want)
+        with pytest.raises(InputError, match="dimension 2 is 95, expected 96"):
+            model.predict(x[:, :, :95].copy())

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from edgeinfer.errors import BundleError, InputError
+from edgeinfer.errors import BackendError, BundleError, InputError
 from edgeinfer.manifest import MANIFEST_FILE, MODEL_FORMATS
 from edgeinfer.runtime.backends import backend_for
 from edgeinfer.runtime.base import Backend
@@ -28,7 +28,7 @@ from edgeinfer.tensors import InputValidator, TensorSpec
 
 __all__ = ["Model", "backend_for", "dim_name", "load", "sample_shapes"]
 
-_CHECKED_SHAPES = 64  # input shapes a one-input model remembers as valid
+_CHECKED = 64  # input shapes a one-input model remembers as valid
 _ndarray = np.ndarray
 
 
@@ -116,14 +116,16 @@ class Model:
         self._validate = InputValidator(backend.inputs)
         self._output_names = tuple(s.name for s in backend.outputs)
         self._output_set = frozenset(self._output_names)
-        # The fast path of a one-input model whose backend has run_one (LiteRT): the
-        # validator's checks are a function of an array's type, dtype, shape and
-        # contiguity, so a C-contiguous array of the exact dtype and of a shape that
-        # passed them once goes straight to the backend. Bounded: a model with dynamic
-        # dims sees many shapes.
-        self._run_one: Callable[[np.ndarray], dict[str, np.ndarray]] | None = None
-        if len(backend.inputs) == 1:
-            self._run_one = getattr(backend, "run_one", None)
+        # The fast path of a one-input model whose backend has run_one (LiteRT). An array
+        # of the exact dtype goes straight to a backend that checks its shape itself
+        # (run_one returns None for one it refuses; the validator then says why). For
+        # other backends the validator's checks are a function of an array's type, dtype,
+        # shape and contiguity, so a C-contiguous array of a shape that passed them once
+        # goes straight through (bounded: a model with dynamic dims sees many shapes).
+        # The backend rebuilds run_one when its interpreter changes: looked up per call.
+        fast = len(backend.inputs) == 1 and hasattr(backend, "run_one")
+        self._fast: Any = backend if fast else None
+        self._shape_checked = bool(getattr(backend, "run_one_checks_shape", False))
         self._in0 = backend.inputs[0].name if backend.inputs else ""
         self._dtype0 = backend.inputs[0].dt.numpy if backend.inputs else None
         self._checked: set[tuple[int, ...]] = set()
@@ -172,33 +174,52 @@ class Model:
         ``outputs``: the output names wanted (default: all). Raises :class:`InputError`
         for inputs that do not fit the model and ``BackendError`` if the runtime fails.
         """
-        run_one = self._run_one
-        if run_one is not None and outputs is None:
-            x = inputs.get(self._in0) if type(inputs) is dict and len(inputs) == 1 else inputs
-            if (
-                type(x) is _ndarray
-                and x.dtype is self._dtype0
-                and x.shape in self._checked
-                and x.flags.c_contiguous
-            ):
-                return run_one(x)
+        fast = self._fast
+        if fast is None:
             feeds = self._validate(inputs)
-            value = feeds[self._in0]
-            if value.dtype is self._dtype0 and len(self._checked) < _CHECKED_SHAPES:
-                self._checked.add(value.shape)
-            return run_one(value)
-        feeds = self._validate(inputs)
-        if outputs is None:
-            names: Sequence[str] = self._output_names
+            names = self._output_names if outputs is None else self._wanted(outputs)
+            return dict(zip(names, self.backend.run(feeds, names), strict=True))
+        if outputs is not None:  # the runtime computes every output anyway
+            wanted = self._wanted(outputs)
+            every = self.predict(inputs)
+            return {n: every[n] for n in wanted}
+        x: Any
+        if type(inputs) is _ndarray:
+            x = inputs
+        elif type(inputs) is dict and len(inputs) == 1:
+            x = inputs.get(self._in0)
         else:
-            names = list(outputs)
-            unknown = [n for n in names if n not in self._output_set]
-            if unknown:
-                raise InputError(
-                    f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
-                    f"{', '.join(map(repr, self._output_names))}"
-                )
-        return dict(zip(names, self.backend.run(feeds, names), strict=True))
+            x = None
+        if (
+            type(x) is _ndarray
+            and x.dtype is self._dtype0
+            and (self._shape_checked or (x.shape in self._checked and x.flags.c_contiguous))
+        ):
+            out = fast.run_one(x)
+            if out is not None:
+                return out  # type: ignore[no-any-return]
+        feeds = self._validate(inputs)
+        value = feeds[self._in0]
+        checked = self._checked
+        if not self._shape_checked and value.dtype is self._dtype0 and len(checked) < _CHECKED:
+            checked.add(value.shape)
+        out = fast.run_one(value)
+        if out is None:
+            raise BackendError(
+                f"{self.name}: the runtime refused input {self._in0!r} "
+                f"{list(value.shape)} that the model's signature accepts"
+            )
+        return out  # type: ignore[no-any-return]
+
+    def _wanted(self, outputs: Sequence[str]) -> tuple[str, ...]:
+        names = tuple(outputs)
+        unknown = [n for n in names if n not in self._output_set]
+        if unknown:
+            raise InputError(
+                f"unknown output(s) {', '.join(map(repr, unknown))}; the model has "
+                f"{', '.join(map(repr, self._output_names))}"
+            )
+        return names
 
     def sample_inputs(
         self,
