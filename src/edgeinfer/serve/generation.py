@@ -1,19 +1,20 @@
-"""Generation in the server: each stream runs its own generator on its own worker thread.
+"""Generation in the server: every stream its own generator, advanced a token at a time in turn.
 
 A model of kind ``"generative"`` (what :func:`edgeinfer.load` opens as a
 ``GenerativeModel``) gets a :class:`GenerationBatcher` in place of the predictive
 :class:`~edgeinfer.serve.batching.Batcher`. There are no tensors to coalesce: every
 generation runs its own onnxruntime-genai generator (its own KV cache) over the one loaded
-model, which onnxruntime-genai allows from several threads at once, on a thread of the
-batcher's pool. Up to ``max_batch_size`` generations run at once (sequences in flight, as
+model. Up to ``max_batch_size`` generations run at once (sequences in flight, as
 language-model servers count a batch); more wait for a free slot, at most
 ``max_queue_size`` of them and each at most ``queue_timeout_s`` (then 503, as any model's
 queue): the same admission control, metrics and ``Server-Timing`` as a predictive model.
+A :class:`Stepper` thread (``instances`` of them per model) takes its generations in turn,
+a piece each (see there why not a thread each).
 
-The worker hands each decoded piece (its text and the token ids behind it) to the event
-loop through a queue (:class:`GenerationJob`), running at most :data:`AHEAD` pieces ahead
-of the reader. The reader -- a route sending events to a client -- cancels the job when
-its client is gone: the worker stops at the next token and its slot is free again.
+The stepper hands each decoded piece (its text and the token ids behind it) to the event
+loop through a queue (:class:`GenerationJob`), at most :data:`AHEAD` pieces ahead of the
+reader. The reader -- a route sending events to a client -- cancels the job when its
+client is gone: the stepper closes the stream at its next turn and the slot is free again.
 
 Nothing here knows about HTTP: the routes are :mod:`edgeinfer.serve.generate_routes` (the
 Open Inference Protocol's generate extension) and :mod:`edgeinfer.serve.openai_routes`.
@@ -28,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +43,7 @@ __all__ = ["AHEAD", "GenerationBatcher", "GenerationJob", "Piece", "is_generativ
 
 log = logging.getLogger(__name__)
 
-AHEAD = 16  # pieces a worker may decode ahead of its reader before it waits
+AHEAD = 16  # pieces a stream may be decoded ahead of its reader; then it waits its turn
 CLIENT_GONE = "the client closed the connection"
 
 
@@ -73,26 +74,32 @@ class Piece:
 
 
 class GenerationJob:
-    """One generation on a worker thread; :meth:`next` gives its pieces in order."""
+    """One generation, advanced by a :class:`Stepper`; :meth:`next` gives its pieces."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stream: Any, queue_s: float) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, stream: Any, queue_s: float, stepper: Stepper
+    ) -> None:
         self.stream = stream  # a TextStream: iterates text pieces, grows .token_ids
         self.prompt_tokens: int = int(stream.prompt_tokens)
         self.queue_s = queue_s  # seconds it waited for a slot
-        self.result: Any = None  # the stream's Generation once the worker is done
+        self.result: Any = None  # the stream's Generation once it ended
         self._loop = loop
+        self._stepper = stepper
         self._pieces: asyncio.Queue[Piece] = asyncio.Queue()
         self._room = threading.Semaphore(AHEAD)
-        self._cancelled = threading.Event()
-        self.finished = asyncio.Event()  # set on the loop once the worker has let go
+        self._cancelled = False
+        self.failed = False  # the generation raised
+        self._seen = 0  # token ids handed on so far
+        self.finished = asyncio.Event()  # set on the loop once the stepper let go of it
         self._started = time.perf_counter()
         self.first_s: float | None = None  # seconds from the start to the first piece
         self.total_s: float | None = None  # seconds from the start to the last piece
 
     async def next(self) -> Piece:
-        """The next piece (waits for the worker); after the last one, do not call again."""
+        """The next piece (waits for it); after the last one, do not call again."""
         piece = await self._pieces.get()
         self._room.release()
+        self._stepper.wake()
         elapsed = time.perf_counter() - self._started
         if self.first_s is None:
             self.first_s = elapsed
@@ -101,9 +108,9 @@ class GenerationJob:
         return piece
 
     def cancel(self) -> None:
-        """Stop generating (the reader is gone): the worker stops at its next token."""
-        self._cancelled.set()
-        self._room.release()  # wake a worker waiting for room
+        """Stop generating (the reader is gone): the stepper closes the stream next."""
+        self._cancelled = True
+        self._stepper.wake()
 
     def abandon(self) -> None:
         """The client closed its connection: stop generating, and end the reader's wait
@@ -113,7 +120,7 @@ class GenerationJob:
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def server_timing(self) -> str:
         """The ``Server-Timing`` value (milliseconds): the wait for a slot (``queue``), the
@@ -126,49 +133,118 @@ class GenerationJob:
             value += f", compute;dur={self.total_s * 1e3:.3f}"
         return value
 
-    # ------------------------------------------------------------ the worker's side
-    def _put(self, piece: Piece) -> bool:
-        """Hand ``piece`` to the reader (waiting while it is :data:`AHEAD` behind); False
-        once the job is cancelled."""
-        while not self._room.acquire(timeout=1.0):
-            if self._cancelled.is_set():
-                return False
-        if self._cancelled.is_set():
-            return False
+    # ------------------------------------------------------------ the stepper's side
+    def _post(self, piece: Piece) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads any more
             self._loop.call_soon_threadsafe(self._pieces.put_nowait, piece)
-        return True
 
-    def _run(self) -> None:
-        """On a worker thread: iterate the stream, handing pieces on, until it ends or the
-        job is cancelled."""
+    def _step(self) -> bool | None:
+        """On the stepper's thread: the next piece, handed to the reader. ``True``: a
+        piece; ``False``: the reader is :data:`AHEAD` pieces behind, nothing done;
+        ``None``: the generation is over (ended, failed or cancelled; stream closed)."""
         stream = self.stream
-        seen = 0
+        if self._cancelled:
+            stream.close()  # stops its generator, frees its KV cache
+            self.result = stream.result
+            return None
+        if not self._room.acquire(blocking=False):
+            return False
         try:
-            for text in stream:
-                ids = tuple(stream.token_ids[seen:])
-                seen += len(ids)
-                if not self._put(Piece(text, ids)):
-                    break
-                if self._cancelled.is_set():
-                    break
-            else:
-                self.result = result = stream.result
-                rest = tuple(result.token_ids[seen:])
-                self._put(Piece("", rest, finish_reason=result.stop_reason))
+            text = next(stream)
+        except StopIteration:
+            self.result = result = stream.result
+            rest = tuple(result.token_ids[self._seen :])
+            self._post(Piece("", rest, finish_reason=result.stop_reason))
+            return None
         except Exception as exc:  # a one-line error event for the reader, never a traceback
+            self.failed = True
+            stream.close()
+            self.result = stream.result
             status = error_status(exc)
             if status.status >= 500:
                 log.warning("generation failed: %s", status.message)
-            self._put(Piece("", (), error=status.message, error_status=status.status))
-        finally:
-            stream.close()  # a cancelled stream stops its generator here
-            self.result = stream.result
+            message = status.message.splitlines()[0] if status.message else "generation failed"
+            self._post(Piece("", (), error=message, error_status=status.status))
+            return None
+        ids = tuple(stream.token_ids[self._seen :])
+        self._seen += len(ids)
+        self._post(Piece(text, ids))
+        return True
+
+
+class Stepper:
+    """One thread that advances its generations a piece (a token, mostly) at a time, in
+    turn.
+
+    onnxruntime-genai 0.18 holds the interpreter lock while it computes a token, so
+    generator threads would not run in parallel anyway, and with several of them the event
+    loop and each stream wait for whichever thread the OS hands the lock next (seconds at
+    the 99th percentile with 8 streams of SmolLM2, ADR 0016). One thread taking the
+    streams in turn gives each its token every round, and the event loop the lock between
+    any two tokens. A stream whose reader is behind is skipped, not waited for.
+    """
+
+    def __init__(self, name: str, done: Callable[[GenerationJob], None]) -> None:
+        self._done = done  # called on the stepper's thread when a job is over
+        self._new: list[GenerationJob] = []
+        self._wake = threading.Condition()
+        self._woken = False
+        self._closed = False
+        self.jobs = 0  # jobs given and not yet over
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def add(self, job: GenerationJob) -> None:
+        with self._wake:
+            self._new.append(job)
+            self.jobs += 1
+            self._woken = True
+            self._wake.notify()
+
+    def wake(self) -> None:
+        """Something changed (room for a piece, a cancellation): look again."""
+        with self._wake:
+            self._woken = True
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Stop the thread once it has no jobs left."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+
+    def _run(self) -> None:
+        active: list[GenerationJob] = []
+        while True:
+            with self._wake:
+                active.extend(self._new)
+                self._new.clear()
+                if not active:
+                    if self._closed:
+                        return
+                    if not self._woken:
+                        self._wake.wait()
+                    self._woken = False
+                    continue
+                self._woken = False
+            progressed = False
+            for job in list(active):
+                stepped = job._step()
+                if stepped is None:
+                    active.remove(job)
+                    with self._wake:
+                        self.jobs -= 1
+                    self._done(job)
+                progressed = progressed or stepped is not False
+            if not progressed:  # every reader is behind: wait until one catches up
+                with self._wake:
+                    if not self._woken and not self._new:
+                        self._wake.wait(0.5)
 
 
 class GenerationBatcher(Batcher):
-    """Runs a generative model's generations: at most ``max_batch_size`` at once, each on
-    its own thread; others wait (bounded, with a timeout) for a slot."""
+    """Runs a generative model's generations: at most ``max_batch_size`` at once, taken in
+    turn by its steppers; others wait (bounded, with a timeout) for a slot."""
 
     def __init__(self, model: Model, label: str, config: BatchConfig, metrics: Metrics) -> None:
         super().__init__(model, label, config, metrics)
@@ -177,7 +253,9 @@ class GenerationBatcher(Batcher):
         self._free = asyncio.Semaphore(self.slots)
         self._waiting = 0
         self._running: set[GenerationJob] = set()
-        self._threads = ThreadPoolExecutor(self.slots, thread_name_prefix=f"generate-{label}")
+        self._steppers = [
+            Stepper(f"generate-{label}-{i}", self._over) for i in range(config.instances)
+        ]
         self._tokens = metrics.generated_tokens.labels(label)
         self._ttft = metrics.time_to_first_token.labels(label)
         self._ended = {
@@ -220,7 +298,7 @@ class GenerationBatcher(Batcher):
         raise self.infer_refusal()
 
     async def start(self, stream: Any, timeout_s: float | None = None) -> GenerationJob:
-        """Wait for a slot (within the queue timeout), then run ``stream`` on a worker.
+        """Wait for a slot (within the queue timeout), then hand ``stream`` to a stepper.
 
         ``stream``: a text stream as ``GenerativeModel.stream`` returns it (checked
         already); it is closed here if the generation cannot start.
@@ -252,32 +330,34 @@ class GenerationBatcher(Batcher):
             raise
         queue_s = time.perf_counter() - queued
         self._queue_s.observe(queue_s)
-        loop = asyncio.get_running_loop()
-        job = GenerationJob(loop, stream, queue_s)
+        stepper = min(self._steppers, key=lambda s: s.jobs)
+        job = GenerationJob(asyncio.get_running_loop(), stream, queue_s, stepper)
         self._running.add(job)
         self._busy += 1
-        future = loop.run_in_executor(self._threads, job._run)
-        future.add_done_callback(lambda f: self._finished(job, f))
+        stepper.add(job)
         return job
 
-    def _finished(self, job: GenerationJob, future: asyncio.Future[None]) -> None:
-        """On the loop, once a worker let go of its job: free the slot, count it."""
+    def _over(self, job: GenerationJob) -> None:
+        """On a stepper's thread: ``job`` is over; the loop frees its slot."""
+        with contextlib.suppress(RuntimeError):  # the loop closed with the server
+            job._loop.call_soon_threadsafe(self._finished, job)
+
+    def _finished(self, job: GenerationJob) -> None:
+        """On the loop, once the stepper let go of a job: free the slot, count it."""
         self._running.discard(job)
         self._busy -= 1
         self._free.release()
         job.finished.set()
         result = job.result
+        reason = "error" if result is None or job.failed else result.stop_reason
+        self._ended[reason if reason in self._ended else "error"].inc()
         if result is None:
-            self._ended["error"].inc()
             return
         n = len(result.token_ids)
         self._tokens.inc(n)
         if n:
             self._ttft.observe(result.ttft_s)
         self._compute_s.observe(result.total_s)
-        reason = "cancelled" if job.cancelled else result.stop_reason
-        failed = future.exception() is not None or reason not in self._ended
-        self._ended["error" if failed else reason].inc()
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Refuse new generations, let running ones finish (``timeout_s``), cancel the rest."""
@@ -289,5 +369,6 @@ class GenerationBatcher(Batcher):
                 job.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=timeout_s)
-        self._threads.shutdown(wait=False)
+        for stepper in self._steppers:
+            stepper.close()
         await super().close(timeout_s)
