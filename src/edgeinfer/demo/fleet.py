@@ -147,7 +147,8 @@ def run(ctx: DemoContext) -> None:
         store=StoreConfig(str(db)),
         fleet=FleetConfig(
             admin_tokens=(admin,),
-            rollouts=RolloutConfig(key_file=where / "rollout-key.pem", tick_s=0.2),
+            # the key `fleet serve --db fleet.db` finds beside the database later
+            rollouts=RolloutConfig(key_file=where / "fleet.db.rollout-key.pem", tick_s=0.2),
         ),
         port=0,
     )
