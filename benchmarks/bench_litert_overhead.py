@@ -183,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
     args = parser.parse_args()
-    calls, rounds = (100, 9) if args.quick else (200, 101)
+    calls, rounds = (100, 9) if args.quick else (200, 301)
     fns, model = variants()
     results: dict[str, Any] = {
         "model": model,
