@@ -265,6 +265,22 @@ def test_bad_generate_requests_are_one_line_400s(
     assert re.search(match, message), message
 
 
+def test_grpc_inference_on_a_generative_model_points_at_generate(server: Any) -> None:
+    from tritonclient import grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(server.grpc_target)
+    try:
+        ids = np.asarray([1, 2, 3], dtype=np.int64)
+        inp = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
+        inp.set_data_from_numpy(ids)
+        with pytest.raises(InferenceServerException, match="/generate") as err:
+            client.infer("tiny-llm", [inp], headers={"authorization": AUTH["Authorization"]})
+        assert "INVALID_ARGUMENT" in str(err.value.status())
+    finally:
+        client.close()
+
+
 def test_bad_openai_requests_are_openai_errors(oai: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError, match="n=2 is not supported"):
         oai.completions.create(model="tiny-llm", prompt=PROMPT, n=2)

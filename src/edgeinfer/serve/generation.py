@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -247,8 +248,9 @@ class GenerationBatcher(Batcher):
     turn by its steppers; others wait (bounded, with a timeout) for a slot."""
 
     def __init__(self, model: Model, label: str, config: BatchConfig, metrics: Metrics) -> None:
-        super().__init__(model, label, config, metrics)
-        self.batching = False  # nothing to coalesce; max_batch_size counts generations
+        # Nothing to coalesce: max_batch_size counts generations at once here, so the
+        # predictive batcher underneath sees batches of one (and no advice on them).
+        super().__init__(model, label, dataclasses.replace(config, max_batch_size=1), metrics)
         self.slots = config.max_batch_size
         self._free = asyncio.Semaphore(self.slots)
         self._waiting = 0
