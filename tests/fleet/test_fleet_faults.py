@@ -142,7 +142,7 @@ def _answer(sock: socket.socket) -> str:
     return received.decode()
 
 
-def test_a_slowloris_client_is_cut_off_at_the_header_timeout(tmp_path: Path) -> None:
+def test_a_slowloris_client_is_cut_off_and_a_huge_head_refused(tmp_path: Path) -> None:
     service = start_fleet(str(tmp_path / "fleet.db"), 0, "--header-timeout", "1")
     try:
         head = b"POST /v1/reports HTTP/1.1\r\nHost: fleet\r\nX-Padding: " + b"a" * 400
@@ -169,6 +169,10 @@ def test_a_slowloris_client_is_cut_off_at_the_header_timeout(tmp_path: Path) -> 
             assert answer.startswith("HTTP/1.1 408"), answer
             assert "request line and headers not received within 1 s" in answer
             assert _answer(silent) == ""  # it asked nothing: closed without an answer
+        with socket.create_connection(_address(service), timeout=30) as huge:
+            huge.sendall(b"GET /v1/health HTTP/1.1\r\nX-Padding: " + b"a" * 20000 + b"\r\n\r\n")
+            answer = _answer(huge)
+        assert answer.startswith("HTTP/1.1 431"), answer[:200]
         assert httpx.get(service.url + "/v1/health", timeout=30).status_code == 200
     finally:
         service.stop()
