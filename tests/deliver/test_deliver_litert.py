@@ -139,3 +139,27 @@ def test_tflite_publish_agent_delta_update_and_health_gate(tmp_path: Path) -> No
         assert "golden sample mismatch" in (third.reason or "")
     assert committed(state)[1] == 2  # type: ignore[index]
     assert temp_files(state) == []
+
+
+def test_a_damaged_tflite_is_shipped_as_literal_bytes(tmp_path: Path) -> None:
+    """Bytes that claim to be TFLite (the ``TFL3`` identifier) but do not parse -- cut
+    short, scrambled, a root table outside the file -- have no tensor spans; the delta
+    still rebuilds them byte for byte."""
+    good = OK_NABU.read_bytes()
+    rng = np.random.default_rng(3)
+    damaged = {
+        "cut": good[: len(good) // 3],
+        "scrambled": good[:8] + rng.integers(0, 256, len(good) - 8, dtype=np.uint8).tobytes(),
+        "root-outside": (len(good) * 2).to_bytes(4, "little") + good[4:],
+    }
+    base = tmp_path / "base.tflite"
+    base.write_bytes(good)
+    for name, data in damaged.items():
+        path = tmp_path / f"{name}.tflite"
+        path.write_bytes(data)
+        spans = tensor_spans(path, memoryview(data))
+        assert all(s.offset + s.length <= len(data) for s in spans), name
+        make_delta(base, path, tmp_path / f"{name}.delta", DeltaConfig(methods=("tensor",)))
+        apply_delta(base, tmp_path / f"{name}.delta", tmp_path / f"{name}.out")
+        assert (tmp_path / f"{name}.out").read_bytes() == data, name
+    assert tensor_spans(base, memoryview(good))  # the intact model has spans

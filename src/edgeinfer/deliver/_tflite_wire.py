@@ -38,6 +38,9 @@ class _Flat:
 
     def __init__(self, buf: memoryview, start: int, end: int) -> None:
         self.buf, self.start, self.end = buf, start, end
+        # Tables visited in all: a well-formed file has fewer than one per 4 bytes; a
+        # crafted one pointing many vectors at the same tables would take quadratic time.
+        self.budget = (end - start) // 4
 
     def _u(self, fmt: str, pos: int) -> int:
         size = struct.calcsize(fmt)
@@ -69,6 +72,9 @@ class _Flat:
 
     def tables(self, table: int, index: int) -> list[int]:
         first, count = self.vector(table, index)
+        self.budget -= count
+        if self.budget < 0:
+            raise ValueError("more tables than the flatbuffer can hold")
         return [self.deref(first + 4 * i) for i in range(count)]
 
     def scalar(self, table: int, index: int, fmt: str, default: int) -> int:
