@@ -45,6 +45,16 @@ __all__ = ["PARAMETERS", "EventStream", "Generations", "generate_routes", "sse"]
 
 PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed")
 _BYTES_PER_TOKEN = 256  # a prompt body never needs more per token of the model's context
+IN_PLACE_CHARS = 4096  # a prompt of up to this much text is tokenized on the event loop
+
+
+def _text_chars(prompt: Any) -> int:
+    """How much text ``prompt`` (a string, token ids or chat messages) has to tokenize."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], Mapping):
+        return sum(len(str(m.get("content", ""))) for m in prompt if isinstance(m, Mapping))
+    return 0  # token ids: nothing to tokenize
 
 
 def sse(data: Any) -> bytes:
@@ -164,7 +174,10 @@ class Generations:
         assert isinstance(batcher, GenerationBatcher)
         model: Any = loaded.model
         try:
-            stream = await asyncio.to_thread(model.stream, prompt, **params)
+            if _text_chars(prompt) <= IN_PLACE_CHARS:  # checked and tokenized in microseconds
+                stream = model.stream(prompt, **params)
+            else:
+                stream = await asyncio.to_thread(model.stream, prompt, **params)
         except TypeError:  # a parameter the model's stream does not take
             raise BadRequest(f"parameters must be among {list(PARAMETERS)}") from None
         job = await batcher.start(stream)

@@ -1,0 +1,264 @@
+"""Served generation: tokens per second and the wait between tokens at 1, 4 and 8 streams.
+
+``edgeinfer serve`` (a process of its own, ``--threads 1``, the default 8 generations at
+once) serves a language model; clients in this process stream greedy generations from
+``POST /v2/models/M/generate_stream`` (server-sent events), ``--streams`` at a time, each
+client starting its next stream as soon as one ends, for ``--rounds`` rounds of
+``--per-client`` streams per client. Reported per concurrency:
+
+- ``tokens_per_s``: all tokens received over the round's wall time (median over rounds);
+- ``stream_tokens_per_s``: one stream's rate after its first token (median over streams);
+- ``inter_token_ms`` p50 and p99: the gaps between a stream's events after the first (one
+  event per token, but for a piece held back for a stop string or an incomplete character);
+- ``ttft_ms`` p50 and p99: request sent to first event (queueing for a slot included);
+  ``server_ttft_ms_p50``: the same inside the server (``Server-Timing``: queue + ttft);
+- ``local_tokens_per_s``: the same model in this process (``GenerativeModel.stream``, one
+  stream, same threads), the served rate's ceiling at one stream.
+
+Models: the tests' tiny Llama (trained in seconds, cached under the temporary directory)
+and, unless ``--no-smollm``, SmolLM2-135M-Instruct INT4 (``edgeinfer.zoo.smollm.build``:
+the first build takes a minute or two, then it is cached). The machine is shared: the load
+average is recorded with the figures.
+
+Run: .venv/bin/python benchmarks/bench_generate_serve.py [--rounds 3] [--no-smollm]
+Writes benchmarks/results/generate_serve.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write
+
+HERE = Path(__file__).resolve().parent
+
+PROMPTS = (
+    "the quick brown",
+    "edge devices run",
+    "a small model runs",
+    "the lazy dog",
+)
+SMOLLM_PROMPTS = (
+    "The capital of France is",
+    "Write a short note about the weather today.",
+    "Small language models on phones are useful because",
+    "Here is a list of three fruits:",
+)
+
+
+def tiny_dir() -> Path:
+    """The tests' tiny model (tests/_tiny_llm.py), built once and cached as the tests do."""
+    tests = HERE.parent / "tests"
+    recipe = hashlib.sha256((tests / "_tiny_llm.py").read_bytes()).hexdigest()[:16]
+    cache = Path(tempfile.gettempdir()) / "edgeinfer-tests" / f"tiny-llm-{recipe}"
+    if not (cache / "genai_config.json").is_file():
+        sys.path.insert(0, str(tests))
+        from _tiny_llm import build_tiny
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".tiny-llm.", dir=cache.parent))
+        try:
+            os.replace(build_tiny(scratch / "model"), cache)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return cache
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(repo: Path, models: list[str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "edgeinfer", "serve", str(repo), "--port", str(port)]
+    cmd += ["--grpc-port", "-1", "--threads", "1", "--poll", "0"]
+    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    urls = [f"http://127.0.0.1:{port}/v2/models/{m}/ready" for m in models]
+    while True:
+        try:
+            if all(urllib.request.urlopen(u, timeout=2).status == 200 for u in urls):
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start; see {log}")
+        time.sleep(0.3)
+
+
+async def one_stream(client: Any, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    body = {"text_input": prompt, "parameters": {"max_tokens": max_tokens, "temperature": 0}}
+    sent = time.perf_counter()
+    stamps: list[float] = []
+    tokens = 0
+    url = f"/v2/models/{model}/generate_stream"
+    async with client.stream("POST", url, json=body) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {(await r.aread())[:200]!r}")
+        timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(event["error"])
+                stamps.append(time.perf_counter())
+                tokens += len(event["token_ids"])
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    rate = (tokens - 1) / (stamps[-1] - stamps[0]) if tokens > 1 and len(stamps) > 1 else 0.0
+    return {
+        "ttft": stamps[0] - sent,
+        "server_ttft": (float(timing["queue"]) + float(timing["ttft"])) / 1e3,
+        "gaps": gaps,
+        "tokens": tokens,
+        "rate": rate,
+    }
+
+
+async def one_round(
+    port: int, model: str, prompts: tuple[str, ...], streams: int, per_client: int, tokens: int
+) -> dict[str, Any]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=streams)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{port}", timeout=600, limits=limits
+    ) as client:
+
+        async def worker(k: int) -> list[dict[str, Any]]:
+            return [
+                await one_stream(client, model, prompts[(k + i) % len(prompts)], tokens)
+                for i in range(per_client)
+            ]
+
+        # the connections open before the clock starts
+        await asyncio.gather(*(client.get("/v2/health/live") for _ in range(streams)))
+        start = time.perf_counter()
+        results = await asyncio.gather(*(worker(k) for k in range(streams)))
+        wall = time.perf_counter() - start
+    flat = [s for per in results for s in per]
+    return {"wall": wall, "streams": flat}
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
+
+
+def local_rate(model_path: Path, prompts: tuple[str, ...], tokens: int, rounds: int) -> float:
+    from edgeinfer.generate import load
+
+    with load(model_path, threads=1) as model:
+        model.generate(prompts[0], max_tokens=4)
+        rates = [
+            model.generate(p, max_tokens=tokens).tokens_per_s
+            for _ in range(rounds)
+            for p in prompts
+        ]
+    return statistics.median(rates)
+
+
+def bench_model(
+    port: int, name: str, bundle: Path, prompts: tuple[str, ...], args: argparse.Namespace
+) -> dict[str, Any]:
+    tokens = args.tokens if name == "tiny" else args.smollm_tokens
+    out: dict[str, Any] = {"max_tokens": tokens, "local_tokens_per_s": 0.0, "by_streams": {}}
+    asyncio.run(one_round(port, name, prompts, 1, 1, 8))  # warm the connection and model
+    out["local_tokens_per_s"] = round(local_rate(bundle, prompts, tokens, args.rounds), 1)
+    for streams in args.streams:
+        rounds = [
+            asyncio.run(one_round(port, name, prompts, streams, args.per_client, tokens))
+            for _ in range(args.rounds)
+        ]
+        every = [s for r in rounds for s in r["streams"]]
+        gaps = [g for s in every for g in s["gaps"]]
+        ttft = [s["ttft"] for s in every]
+        rates = [sum(s["tokens"] for s in r["streams"]) / r["wall"] for r in rounds]
+        row = {
+            "tokens_per_s": round(statistics.median(rates), 1),
+            "tokens_per_s_rounds": [round(x, 1) for x in rates],
+            "stream_tokens_per_s": round(statistics.median(s["rate"] for s in every), 1),
+            "inter_token_ms_p50": round(pct(gaps, 0.50) * 1e3, 3),
+            "inter_token_ms_p99": round(pct(gaps, 0.99) * 1e3, 3),
+            "ttft_ms_p50": round(pct(ttft, 0.50) * 1e3, 2),
+            "ttft_ms_p99": round(pct(ttft, 0.99) * 1e3, 2),
+            "server_ttft_ms_p50": round(pct([s["server_ttft"] for s in every], 0.5) * 1e3, 2),
+            "streams_measured": len(every),
+            "load_average": os.getloadavg()[0],
+        }
+        out["by_streams"][str(streams)] = row
+        print(name, streams, json.dumps(row), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--per-client", type=int, default=2, help="streams per client per round")
+    ap.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--tokens", type=int, default=100, help="tokens per stream, tiny model")
+    ap.add_argument("--smollm-tokens", type=int, default=64, help="tokens per stream, SmolLM2")
+    ap.add_argument("--no-smollm", action="store_true", help="the tiny model only")
+    args = ap.parse_args()
+
+    from edgeinfer.generate import create_bundle
+
+    work = Path(tempfile.mkdtemp(prefix="bench-generate-serve."))
+    try:
+        repo = work / "repo"
+        models: dict[str, tuple[Path, tuple[str, ...]]] = {}
+        tiny = create_bundle(
+            tiny_dir(),
+            repo / "tiny" / "1",
+            name="tiny",
+            golden_prompts=PROMPTS[:1],
+            golden_max_tokens=4,
+            quantization={"precision": "fp32"},
+        )
+        models["tiny"] = (tiny.path, PROMPTS)
+        if not args.no_smollm:
+            from edgeinfer.zoo import smollm
+
+            built = smollm.build(repo / "smollm2-int4" / "1", "int4")
+            models["smollm2-int4"] = (built.path, SMOLLM_PROMPTS)
+        proc, port = start_server(repo, list(models), work / "server.log")
+        try:
+            results = {
+                name: bench_model(port, name, path, prompts, args)
+                for name, (path, prompts) in models.items()
+            }
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        payload = {
+            "server": "edgeinfer serve --threads 1 (8 generations at once), REST SSE, greedy",
+            "rounds": args.rounds,
+            "streams_per_client_per_round": args.per_client,
+            "models": results,
+        }
+        print("wrote", write("generate_serve", payload))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
