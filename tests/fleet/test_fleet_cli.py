@@ -111,3 +111,23 @@ def test_serve_refuses_a_bad_database_or_no_admin_token(
     with pytest.raises(SystemExit):
         main(["fleet", "serve", "--admin-token-file", str(token_file)])
     assert "no token in it" in capsys.readouterr().err
+    for option, value, message in (
+        ("--header-timeout", "0", "header_timeout_s 0.0 must be > 0"),
+        ("--max-connections", "-1", "max_connections -1 must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(
+                [
+                    "fleet",
+                    "serve",
+                    "--db",
+                    str(tmp_path / "f.db"),
+                    "--admin-token",
+                    "t",
+                    option,
+                    value,
+                ]
+            )
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

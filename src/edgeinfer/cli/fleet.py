@@ -66,12 +66,11 @@ def register(app: typer.Typer) -> None:
         ),
         header_timeout: float = typer.Option(
             30.0,
-            min=0.1,
             help="Seconds a client may take to send a request's line and headers, from "
             "connecting (or, on a kept-alive connection, from its first byte); then 408.",
         ),
         max_connections: int = typer.Option(
-            1000, min=0, help="Connections served at once; more are answered 503 (0: no cap)."
+            1000, help="Connections served at once; more are answered 503 (0: no cap)."
         ),
         rollout_key: Path | None = typer.Option(
             None,
