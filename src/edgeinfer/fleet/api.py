@@ -125,7 +125,7 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
     async def report(request: Request) -> JSONResponse:
         body = await _body(request, config.max_report_bytes, config.body_timeout_s)
         accepted = await _db(ingest.accept_report, store, body, config.limits, sandbox)
-        if not accepted.duplicate:
+        if not accepted.duplicate and accepted.in_rollout:  # no rollout: nothing to count
             await after_report(store, accepted.device_id, accepted.counter)
         return JSONResponse(
             {

@@ -6,12 +6,14 @@ by the Alembic migrations under ``migrations/``, which :func:`open_store` runs o
 The service keeps no state of its own, so replicas share one PostgreSQL database; the rows
 that decide something (a device's counter, a sketch being merged) are locked while a
 transaction changes them (``SELECT ... FOR UPDATE``; SQLite takes its one write lock at
-``BEGIN IMMEDIATE``). One session per request: :meth:`Store.session`.
+``BEGIN IMMEDIATE``). One session per request: :meth:`Store.session`, or
+:meth:`Store.read` for one that only reads (on SQLite it takes no write lock).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -253,8 +255,13 @@ def _sqlite_pragmas(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
         # take the write lock up front: two deferred transactions that both read and then
-        # write would deadlock (SQLITE_BUSY at once, busy timeout ignored)
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # write would deadlock (SQLITE_BUSY at once, busy timeout ignored); a read-only
+        # session (Store.read) takes none, WAL readers run beside the writer
+        read_only = conn.get_execution_options().get(_READ_ONLY, False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+_READ_ONLY = "edgeinfer_read_only"
 
 
 class Store:
@@ -263,6 +270,13 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reads = sessionmaker(
+            engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False
+        )
+        # SQLite has one writer at a time. This process's writers queue on a lock instead
+        # of in SQLite's busy handler, which sleeps up to 100 ms between its tries (under a
+        # burst of reports most of a request's time went there).
+        self._writer = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -271,7 +285,17 @@ class Store:
     @contextmanager
     def session(self) -> Iterator[Session]:
         """A session whose transaction commits when the block ends, or rolls back."""
-        with self._sessions() as session, session.begin():
+        if self._writer is None:
+            with self._sessions() as session, session.begin():
+                yield session
+            return
+        with self._writer, self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session that only reads: on SQLite it runs beside the writer (no write lock)."""
+        with self._reads() as session, session.begin():
             yield session
 
     def close(self) -> None:
