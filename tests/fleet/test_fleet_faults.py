@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -90,9 +91,9 @@ class Burst:
         for t in self.threads:
             t.join(60)
 
-    def wait(self, until: object, what: str, timeout_s: float = 60) -> None:
+    def wait(self, until: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
         deadline = time.monotonic() + timeout_s  # a bound on a busy machine, not a measurement
-        while not until():  # type: ignore[operator]
+        while not until():
             assert not self.wrong, self.wrong[:3]
             assert time.monotonic() < deadline, f"waited in vain for {what}"
             time.sleep(0.02)
