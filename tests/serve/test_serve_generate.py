@@ -156,7 +156,8 @@ def test_input_ids_continue_a_generation_token_for_token(
 ) -> None:
     prompt = tiny.prompt_ids(PROMPT)
     whole = tiny.generate(PROMPT, max_tokens=20).token_ids
-    body = {"input_ids": prompt + list(whole[:7]), "parameters": {"max_tokens": 13}}
+    params = {"max_tokens": 13, "top_k": None, "stop": None}  # null: the default
+    body = {"input_ids": prompt + list(whole[:7]), "parameters": params}
     r = client.post("/v2/models/tiny-llm/versions/1/generate", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["token_ids"] == list(whole[7:])
@@ -229,7 +230,7 @@ def test_openai_chat_goes_through_the_chat_template(
 
 
 def test_openai_streams_end_with_done(client: httpx.Client) -> None:
-    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 4, "stream": True, "seed": 1}
+    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 4, "stream": True, "top_p": None}
     with client.stream("POST", "/v1/completions", json=body) as r:
         got = list(events(r))
     assert got[-1] == "[DONE]" and got[-2]["choices"][0]["finish_reason"] == "length"

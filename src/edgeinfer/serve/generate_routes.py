@@ -74,7 +74,7 @@ def check_parameters(params: Any, where: str = "parameters") -> dict[str, Any]:
     stop = params.get("stop")
     if stop is not None and not isinstance(stop, (str, list)):
         raise BadRequest(f"{where}: stop must be a string or a list of strings")
-    return {k: v for k, v in params.items() if not (k in ("stop", "seed") and v is None)}
+    return {k: v for k, v in params.items() if v is not None}  # null: the default
 
 
 def _prompt(doc: Mapping[str, Any]) -> Any:

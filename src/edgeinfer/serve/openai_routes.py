@@ -96,11 +96,8 @@ def _options(doc: Mapping[str, Any], known: set[str], what: str) -> dict[str, An
         raise BadRequest(f"{what}: stream must be true or false")
     _include_usage(doc)  # checked now, before the generation starts
     params = {k: doc[k] for k in ("temperature", "top_p", "top_k", "stop", "seed") if k in doc}
-    params.setdefault("temperature", 1.0)
-    if params["temperature"] is None:
-        params["temperature"] = 1.0
-    if params.get("top_p", 1.0) is None:
-        params.pop("top_p")
+    if params.get("temperature") is None:
+        params["temperature"] = 1.0  # OpenAI's default: sampling
     return check_parameters(params, what)
 
 
