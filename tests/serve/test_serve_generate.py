@@ -230,7 +230,8 @@ def test_openai_chat_goes_through_the_chat_template(
 
 
 def test_openai_streams_end_with_done(client: httpx.Client) -> None:
-    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 4, "stream": True, "top_p": None}
+    body = {"model": "tiny-llm", "prompt": PROMPT, "max_tokens": 4, "stream": True}
+    body |= {"temperature": 0, "top_p": None}  # greedy: no end-of-sequence in 4 tokens
     with client.stream("POST", "/v1/completions", json=body) as r:
         got = list(events(r))
     assert got[-1] == "[DONE]" and got[-2]["choices"][0]["finish_reason"] == "length"
