@@ -362,9 +362,9 @@ def _cancelled(client: httpx.Client) -> float:
 
 def test_concurrent_streams_share_the_model(server: Any, long_model: GenerativeModel) -> None:
     prompts = ["the quick brown", "edge devices run", "a small model"]
-    want = {p: long_model.generate(p, max_tokens=500).token_ids for p in prompts}
+    want = {p: long_model.generate(p, max_tokens=900).token_ids for p in prompts}
     out: dict[str, Any] = {}
-    body = {"parameters": {"max_tokens": 500}}
+    body = {"parameters": {"max_tokens": 900}}
     threads = [_stream_in_thread(server.url, {**body, "text_input": p}, out, p) for p in prompts]
     for t in threads:
         t.join()
