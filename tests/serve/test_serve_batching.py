@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 from pathlib import Path
 
 import grpc
@@ -175,4 +176,60 @@ def test_batcher_refuses_when_full_and_not_batchable(tmp_path: Path) -> None:
         assert any(isinstance(r, tuple) for r in results)
 
     asyncio.run(main())
+    model.close()
+
+
+def _threads_of_runs(
+    model: edgeinfer.Model, config: BatchConfig, feeds: list[dict[str, np.ndarray]]
+) -> list[str]:
+    """The names of the threads each model run of ``feeds`` (one request at a time) ran on."""
+    seen: list[str] = []
+    predict = model.predict
+
+    def recording(*args: object, **kwargs: object) -> dict[str, np.ndarray]:
+        seen.append(threading.current_thread().name)
+        return predict(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.predict = recording  # type: ignore[method-assign]
+
+    async def main() -> None:
+        batcher = Batcher(model, "m", config, Metrics())
+        for f in feeds:
+            out, _ = await batcher.infer(f)
+            np.testing.assert_array_equal(
+                out[model.outputs[0].name], predict(f)[model.outputs[0].name]
+            )
+        await batcher.close()
+
+    asyncio.run(main())
+    return seen
+
+
+def test_fast_model_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """A model that runs in less than inline_compute_us skips the hand-off to its thread after
+    its first run; with 0 it always runs on the thread."""
+    model = edgeinfer.load(h.mlp(tmp_path / "m.onnx"), threads=1)
+    feeds = [{"x": np.full((1, 4), i, np.float32)} for i in range(6)]
+    # 10 ms: far above what this model takes even on a busy machine (~20 us alone)
+    on = _threads_of_runs(model, BatchConfig(inline_compute_us=10_000), feeds)
+    assert on[0].startswith("infer-m") and on[1:] == ["MainThread"] * 5, on
+    off = _threads_of_runs(model, BatchConfig(inline_compute_us=0), feeds)
+    assert all(t.startswith("infer-m") for t in off), off
+    model.close()
+
+
+def test_model_with_unbounded_inputs_never_runs_on_the_event_loop(tmp_path: Path) -> None:
+    """A dynamic dimension besides the batch: a client could make a run as long as it likes."""
+    model = edgeinfer.load(_seq_model(tmp_path / "seq.onnx"), threads=1)
+    feeds = [{"ids": np.arange(3, dtype=np.int64).reshape(1, 3)} for _ in range(4)]
+    threads = _threads_of_runs(model, BatchConfig(inline_compute_us=1_000_000), feeds)
+    assert all(t.startswith("infer-m") for t in threads), threads
+    model.close()
+
+
+def test_slow_model_stays_on_its_thread(tmp_path: Path) -> None:
+    model = edgeinfer.load(h.slow(tmp_path / "s.onnx", layers=20, width=256), threads=1)
+    feeds = [{"x": np.ones((1, 4), np.float32)} for _ in range(3)]
+    threads = _threads_of_runs(model, BatchConfig(inline_compute_us=1), feeds)
+    assert all(t.startswith("infer-m") for t in threads), threads
     model.close()

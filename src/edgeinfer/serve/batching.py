@@ -4,7 +4,16 @@ Requests wait in a bounded queue. ``instances`` workers (asyncio tasks) each tak
 request and every queued request compatible with it (same trailing shapes, dtypes and
 requested outputs) up to ``max_batch_size`` rows, optionally waiting ``max_queue_delay_us``
 for more; they concatenate along the first axis, run the model on a thread of the model's
-own pool (never on the event loop) and split the outputs back by rows.
+own pool and split the outputs back by rows.
+
+A model that runs a batch in microseconds (a small MLP, a tree ensemble) pays more for the
+hand-off to its thread and back -- two thread switches, the GIL changing hands twice, a
+wake-up of the event loop -- than for the run itself. Such a batch runs on the event loop
+instead, when all of these hold: ``inline_compute_us`` is not 0; the model's inputs have
+fixed shapes besides the batch dimension (so a run's cost is bounded by ``max_batch_size``
+rows and cannot grow with what a client sends); and the model's recent runs (a moving
+average, over runs on the loop and on the thread alike) took less than ``inline_compute_us``.
+A model's first runs, and every run of a model that is slower than that, stay on its thread.
 
 Backpressure: a request that finds the queue full, or that could not start within its queue
 timeout at the rate the queue drains now, is refused at once (:class:`QueueFull`, see
@@ -66,6 +75,14 @@ class _Item:
     timer: asyncio.TimerHandle | None = None
 
 
+def _bounded_inputs(model: Model) -> bool:
+    """Every input has a fixed shape besides its first dimension, and holds no strings."""
+    return all(
+        s.shape is not None and s.dtype != "bytes" and all(isinstance(d, int) for d in s.shape[1:])
+        for s in model.inputs
+    )
+
+
 def batchable(model: Model) -> bool:
     """True when every input and output has a dynamic first dimension."""
     specs = (*model.inputs, *model.outputs)
@@ -109,6 +126,9 @@ class Batcher:
         }
         self._expired = metrics.rejections.labels(label, "queue_timeout")
         self._drain_rate = metrics.drain_rate.labels(label)
+        # see the module docstring: runs on the event loop while recent runs are this short
+        self._inline_s = config.inline_compute_us / 1e6 if _bounded_inputs(model) else 0.0
+        self._recent_s = float("inf")  # moving average of a batch's compute seconds
 
     @property
     def queue_depth(self) -> int:
@@ -247,7 +267,10 @@ class Batcher:
             started = time.perf_counter()
             self._busy += 1
             try:
-                results = await loop.run_in_executor(self._pool, self._run, batch)
+                if self._recent_s < self._inline_s:
+                    results, ran = self._timed_run(batch)  # cheaper than a thread's hand-off
+                else:
+                    results, ran = await loop.run_in_executor(self._pool, self._timed_run, batch)
             except BaseException as exc:  # the model failed: every request in the batch hears
                 for item in batch:
                     if not item.future.done():
@@ -258,6 +281,8 @@ class Batcher:
             finally:
                 self._busy -= 1
             compute = time.perf_counter() - started
+            recent = self._recent_s
+            self._recent_s = ran if recent == float("inf") else 0.5 * (recent + ran)
             self._compute_s.observe(compute)
             self._batch.observe(rows)
             for item, outs in zip(batch, results, strict=True):
@@ -265,6 +290,12 @@ class Batcher:
                 self._queue_s.observe(queued)
                 if not item.future.done():
                     item.future.set_result((outs, Timing(queued, compute, rows)))
+
+    def _timed_run(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
+        """:meth:`_run`, and the seconds it took (without any hand-off to a thread)."""
+        start = time.perf_counter()
+        results = self._run(batch)
+        return results, time.perf_counter() - start
 
     def _run(self, batch: list[_Item]) -> list[dict[str, np.ndarray]]:
         """On a pool thread: run the batch; split outputs back per request."""

@@ -31,12 +31,18 @@ class BatchConfig:
     max_queue_size: int = 64  # requests waiting per model; one more is refused with 503
     queue_timeout_s: float = 5.0  # seconds a request may wait in the queue, then 503
     instances: int = 1  # model runs in flight at once, each on its own thread
+    # A batch the model has lately run in less than this (microseconds) runs on the event
+    # loop instead of the model's thread: handing a run to a thread and back costs more than
+    # that in thread switches (serve/batching.py). 0: always on the thread.
+    inline_compute_us: int = 100
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
             raise ValueError("max_batch_size, max_queue_size and instances must be >= 1")
         if self.max_queue_delay_us < 0 or self.queue_timeout_s <= 0:
             raise ValueError("max_queue_delay_us must be >= 0 and queue_timeout_s > 0")
+        if self.inline_compute_us < 0:
+            raise ValueError("inline_compute_us must be >= 0 (0: never run on the event loop)")
 
 
 @dataclass(frozen=True)
