@@ -190,6 +190,16 @@ def test_refusal_names_the_replica(repo: Path) -> None:
         assert r.status_code == 503, r.text
         assert r.headers[REPLICA_HEADER] == "r7"
         assert r.headers.get_list(REPLICA_HEADER) == ["r7"]  # once, not once per layer
+        # inference answers skip Starlette's layers too (front._DirectInfer): still named,
+        # once, whether they succeed or fail
+        answered = httpx.post(srv.url + "/v2/models/m/infer", json=h.infer_body(X), timeout=30)
+        assert answered.status_code == 200, answered.text
+        bad = httpx.post(srv.url + "/v2/models/m/infer", content=b"{", timeout=30)
+        assert bad.status_code == 400 and "error" in bad.json(), bad.text
+        unknown = httpx.post(srv.url + "/v2/models/nope/infer", json=h.infer_body(X), timeout=30)
+        assert unknown.status_code == 404 and "error" in unknown.json(), unknown.text
+        for resp in (answered, bad, unknown):
+            assert resp.headers.get_list(REPLICA_HEADER) == ["r7"], resp.headers
 
 
 def test_deadline_aware_admission(repo: Path) -> None:

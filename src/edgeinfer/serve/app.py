@@ -61,6 +61,7 @@ from edgeinfer.serve.front import (
     REPLICA_HEADER,
     RETRY_AFTER_MS_HEADER,
     _App,
+    _DirectInfer,
     _RefuseOverload,
     _ReplicaHeader,
     retry_headers,
@@ -139,7 +140,8 @@ class _Routes:
         self.decoder = BodyDecoder()
 
     def _check(self, request: Request, admin: bool = False) -> None:
-        self.auth.check(request.headers.get("authorization"), admin=admin)
+        if admin or not self.auth.open:  # open inference: no header to look at
+            self.auth.check(request.headers.get("authorization"), admin=admin)
 
     @staticmethod
     def _model(request: Request) -> tuple[str, str | None]:
@@ -331,4 +333,5 @@ def create_app(config: ServeConfig, dataplane: DataPlane | None = None) -> Starl
         app.add_middleware(_ReplicaHeader, replica_id=config.replica_id)
         replica = ((REPLICA_HEADER.encode(), config.replica_id.encode()),)
     app.refuse = _RefuseOverload(dp, routes.auth, replica)
+    app.infer = _DirectInfer(routes.infer, _on_error, replica)
     return app

@@ -1,4 +1,5 @@
-"""What runs in front of the REST app: the overload refusal and the replica header.
+"""What runs in front of the REST app: the overload refusal, the inference routes' direct
+call, and the replica header.
 
 An overloaded server gives many refusals, so a refusal must cost next to nothing:
 :class:`_RefuseOverload` answers an inference request for an overloaded model with a 503 from
@@ -6,6 +7,10 @@ the request line and headers alone -- no body read, no routing, no ``Request`` o
 :class:`_App` puts it in front of Starlette's own middleware. Every 503 carries
 ``Retry-After`` (whole seconds, at least 1, as RFC 9110 has it) and ``Retry-After-Ms`` (the
 server's estimate of when the queue has drained), from :func:`retry_headers`.
+An inference request the refusal lets through goes straight to its route too
+(:class:`_DirectInfer`): the route and its error handler as Starlette would call them, without
+the router's matching and Starlette's middleware layers, which cost more than the rest of an
+answer for a small model.
 :class:`_ReplicaHeader` names the replica that answered (scale-out). The routes themselves
 are :mod:`edgeinfer.serve.app`.
 """
@@ -15,10 +20,15 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from edgeinfer.errors import EdgeInferError
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.dataplane import DataPlane
 from edgeinfer.serve.errors import QueueFull
@@ -112,19 +122,72 @@ class _RefuseOverload:
         await send({"type": "http.response.body", "body": body})
 
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+ErrorHandler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+class _DirectInfer:
+    """Calls the inference route for ``POST /v2/models/M[/versions/V]/infer`` directly.
+
+    What Starlette does for that route, without its layers: the path parameters ``name``
+    (and ``version``) in the scope, a ``Request``, the route, and on an exception the app's
+    error handler; an exception that is not an ``EdgeInferError`` or ``HTTPException`` is
+    raised again after its answer, as Starlette's ``ServerErrorMiddleware`` does, so the
+    server logs it. ``headers``: added to every answer (the replica header, which the
+    middleware this skips would add).
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        on_error: ErrorHandler,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        self.endpoint = endpoint
+        self.on_error = on_error
+        self.headers = list(headers)
+
+    async def __call__(
+        self, scope: Scope, receive: Receive, send: Send, name: str, version: str | None
+    ) -> None:
+        params = {"name": name} if version is None else {"name": name, "version": version}
+        scope["path_params"] = params
+        request = Request(scope, receive, send)
+        unexpected: Exception | None = None
+        try:
+            response = await self.endpoint(request)
+        except Exception as exc:
+            response = await self.on_error(request, exc)
+            if not isinstance(exc, (EdgeInferError, HTTPException)):
+                unexpected = exc
+        if self.headers:
+            response.raw_headers.extend(self.headers)
+        await response(scope, receive, send)
+        if unexpected is not None:
+            raise unexpected
+
+
 class _App(Starlette):
-    """Starlette with the overload refusal (:class:`_RefuseOverload`) in front of it all.
+    """Starlette with the overload refusal (:class:`_RefuseOverload`) and the inference
+    routes (:class:`_DirectInfer`) in front of it all.
 
     A refusal is the one answer that must cost next to nothing, since an overloaded server
     gives many; in front of Starlette's own middleware it skips their layers (about a
-    quarter of its cost in the app).
+    quarter of its cost in the app). An inference answer for a small model costs little
+    more than a refusal, so it skips them too.
     """
 
     refuse: _RefuseOverload | None = None
+    infer: _DirectInfer | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.refuse is not None and await self.refuse.answered(scope, send):
             return
+        if self.infer is not None and scope["type"] == "http" and scope["method"] == "POST":
+            target = _infer_target(scope["path"])
+            if target is not None:
+                await self.infer(scope, receive, send, *target)
+                return
         await super().__call__(scope, receive, send)
 
 
