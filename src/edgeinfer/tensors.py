@@ -97,15 +97,22 @@ def _unknown(kind: str, value: object, known: Sequence[object]) -> InputError:
     return InputError(f"unknown {kind} {value!r}; expected one of {', '.join(map(str, known))}")
 
 
+_FROM_NUMPY: dict[np.dtype[Any], DType] = {}  # numeric dtypes seen: dt.name is slow
+
+
 def dtype_from_numpy(dtype: Any) -> DType:
     """The :class:`DType` of a numpy dtype (strings and objects map to ``bytes``)."""
     dt = np.dtype(dtype)
+    known = _FROM_NUMPY.get(dt)
+    if known is not None:
+        return known
     if dt.kind in "OSU":
         return DTYPES["bytes"]
     try:
-        return DTYPES[dt.name]
+        known = _FROM_NUMPY[dt] = DTYPES[dt.name]
     except KeyError:
         raise _unknown("numpy dtype", dt.name, list(DTYPES)) from None
+    return known
 
 
 def dtype_from_onnx(elem_type: int | str) -> DType:

@@ -117,6 +117,9 @@ class DataPlane:
         self._started: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._settle_due = False  # a settle_heap() is scheduled
+        # request_limits per loaded version (by id, with the version to tell a reused id);
+        # emptied at every repository change, so it holds no version that is gone
+        self._limits: dict[int, tuple[LoadedVersion, RequestLimits]] = {}
 
     def _make_batcher(self, model: Model, name: str, batching: BatchConfig) -> Batcher:
         if is_generative(model):  # a language model: generations, not batches
@@ -124,6 +127,7 @@ class DataPlane:
         return Batcher(model, name, batching, self.metrics)
 
     def _on_change(self, name: str, version: int, ready: bool) -> None:
+        self._limits.clear()
         self.metrics.model_ready.labels(name, str(version)).set(1 if ready else 0)
         if self.config.freeze_heap and not self._settle_due:
             self._settle_due = True  # once, after the rest of this change has run
@@ -215,16 +219,22 @@ class DataPlane:
         """The limits to read a request for this model under: the server's, with the body
         limit lowered to what the model's inputs can need at :func:`max_rows` rows."""
         loaded = self.resolve(name, version)
+        cached = self._limits.get(id(loaded))
+        if cached is not None and cached[0] is loaded:
+            return cached[1]
         limits = self.config.limits
         rows = max_rows(loaded)
         bound = body_bound(_input_values(loaded.model, rows), limits)
         if bound >= limits.max_body_bytes:
-            return RequestLimits(limits, "the server's limit")
-        at = f"at max_batch_size {rows}" if rows is not None else "at their fixed shapes"
-        return RequestLimits(
-            dataclasses.replace(limits, max_body_bytes=bound),
-            f"the most a request for model {loaded.name!r} can need, its inputs {at}",
-        )
+            found = RequestLimits(limits, "the server's limit")
+        else:
+            at = f"at max_batch_size {rows}" if rows is not None else "at their fixed shapes"
+            found = RequestLimits(
+                dataclasses.replace(limits, max_body_bytes=bound),
+                f"the most a request for model {loaded.name!r} can need, its inputs {at}",
+            )
+        self._limits[id(loaded)] = (loaded, found)
+        return found
 
     def metrics_label(self, name: str) -> str:
         """The model label for metrics: the name if the repository knows it."""
