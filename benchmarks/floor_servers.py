@@ -9,6 +9,14 @@
   UNAVAILABLE and the same trailing metadata -- the floor for a gRPC refusal;
 - ``grpc-ok``: the same server answering every call with an empty message -- the floor
   for any gRPC call;
+- ``uvicorn-infer``: a bare ASGI app on uvicorn answering ``POST .../infer`` for the one
+  ONNX model in REPOSITORY/tiny/1/model.onnx with the least any JSON server does: ``json.loads``
+  of the body, numpy arrays of its inputs, one ONNX Runtime run (one thread, spinning off, as
+  every server in the benchmark), ``json.dumps`` of the outputs -- no validation, no limits,
+  no queue, no metrics: the floor for a REST JSON answer in Python (used by server_peers.py);
+- ``grpc-infer``: the same on bare grpc.aio: ``ModelInferRequest`` parsed, raw input contents
+  as numpy arrays, one run, ``ModelInferResponse`` with raw output contents -- the floor for a
+  gRPC answer;
 - ``edgeinfer-refuse``: ``edgeinfer serve REPOSITORY`` (REST on PORT, gRPC on PORT + 1)
   with its admission told to refuse every request, so every request takes edgeinfer's whole
   refusal path (token, model lookup, admission, metrics, answer) -- the same answer as
@@ -78,6 +86,107 @@ def grpc_server(port: int, refuse: bool) -> None:
     asyncio.run(main())
 
 
+def _session(repository: str) -> tuple[object, list[str], dict[str, str]]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    path = f"{repository}/tiny/1/model.onnx"
+    session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    outputs = [o.name for o in session.get_outputs()]
+    return session, outputs, {"FP32": "float32", "INT64": "int64", "INT32": "int32"}
+
+
+def uvicorn_infer(port: int, repository: str) -> None:
+    import json
+
+    import numpy as np
+    import uvicorn
+
+    session, outputs, dtypes = _session(repository)
+    run = session.run  # type: ignore[attr-defined]
+    ready = b'{"ready":true}'
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "GET":  # readiness, for the benchmark's start-up check
+            body = ready
+        else:
+            chunks = []
+            while True:
+                message = await receive()  # type: ignore[operator]
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    break
+            doc = json.loads(b"".join(chunks))
+            feeds = {
+                t["name"]: np.asarray(t["data"], dtypes[t["datatype"]]).reshape(t["shape"])
+                for t in doc["inputs"]
+            }
+            results = run(outputs, feeds)
+            body = json.dumps(
+                {
+                    "model_name": "tiny",
+                    "outputs": [
+                        {
+                            "name": n,
+                            "datatype": "FP32",
+                            "shape": list(a.shape),
+                            "data": a.ravel().tolist(),
+                        }
+                        for n, a in zip(outputs, results, strict=True)
+                    ],
+                }
+            ).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": body})  # type: ignore[operator]
+
+    _settle()
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def grpc_infer(port: int, repository: str) -> None:
+    import grpc
+    import numpy as np
+    import uvloop
+
+    from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
+
+    session, outputs, dtypes = _session(repository)
+    run = session.run  # type: ignore[attr-defined]
+
+    async def handle(raw: bytes, context: object) -> bytes:
+        request = pb.ModelInferRequest.FromString(raw)
+        feeds = {
+            t.name: np.frombuffer(data, dtypes[t.datatype]).reshape(tuple(t.shape))
+            for t, data in zip(request.inputs, request.raw_input_contents, strict=True)
+        }
+        results = run(outputs, feeds)
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
+        for n, a in zip(outputs, results, strict=True):
+            response.outputs.add(name=n, datatype="FP32", shape=a.shape)
+            response.raw_output_contents.append(a.tobytes())
+        return response.SerializeToString()  # type: ignore[no-any-return]
+
+    async def main() -> None:
+        handler = grpc.unary_unary_rpc_method_handler(handle)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        _settle()
+        await server.wait_for_termination()
+
+    uvloop.install()
+    asyncio.run(main())
+
+
 def edgeinfer_refuse(port: int, repository: str) -> None:
     from edgeinfer.cli.main import main
     from edgeinfer.serve import admission
@@ -102,7 +211,12 @@ if __name__ == "__main__":
         grpc_server(port, refuse=mode == "grpc-abort")
     elif mode == "edgeinfer-refuse":
         edgeinfer_refuse(port, sys.argv[3])
+    elif mode == "uvicorn-infer":
+        uvicorn_infer(port, sys.argv[3])
+    elif mode == "grpc-infer":
+        grpc_infer(port, sys.argv[3])
     else:
         sys.exit(
-            f"unknown mode {mode!r}; expected uvicorn-503, grpc-abort, grpc-ok or edgeinfer-refuse"
+            f"unknown mode {mode!r}; expected uvicorn-503, grpc-abort, grpc-ok, edgeinfer-refuse, "
+            "uvicorn-infer or grpc-infer"
         )

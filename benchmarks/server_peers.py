@@ -50,6 +50,13 @@ from _common import write  # noqa: E402
 KINDS = ("rest_json", "grpc")
 PEER_CONCURRENCY = (1, 32)
 MLSERVER_PYTHON = Path("/tmp/mlserver-venv/bin/python")
+# the floor (floor_servers.py): bare uvicorn / bare grpc.aio doing the least work an answer
+# needs (parse, one ONNX Runtime run, encode): what any Python server on those stacks pays
+FLOORS = {"rest_json": "uvicorn-infer", "grpc": "grpc-infer"}
+FLOOR_LABELS = {
+    "uvicorn-infer": "floor: bare uvicorn, json.loads, one run, json.dumps (REST only)",
+    "grpc-infer": "floor: bare grpc.aio, parse, one run, serialize (gRPC only)",
+}
 TRITON_PYTHON = Path("/tmp/triton-venv/bin/python")
 
 
@@ -155,8 +162,10 @@ def peers_suite(
     mlserver_python: Path = MLSERVER_PYTHON,
     triton: bool = True,
     edgeinfer_src: Path | None = None,
+    with_floor: bool = True,
 ) -> dict[str, Any]:
-    """Tiny MLP, REST JSON and gRPC, concurrency 1 and 32: every server per round."""
+    """Tiny MLP, REST JSON and gRPC, concurrency 1 and 32: every server per round, and the
+    floor of each protocol (:data:`FLOORS`)."""
     import edgeinfer
     from bench_server import check_answers, payloads, start_edgeinfer, tiny_model
 
@@ -170,6 +179,7 @@ def peers_suite(
     p = payloads("tiny", feeds)
     out: dict[str, Any] = {"servers": {}, "errors": {}}
     servers: list[Any] = []
+    floors: dict[str, Any] = {}  # kind -> the bare server for that protocol
     try:
         servers.append(start_edgeinfer(repo, ["tiny"], work / "edgeinfer.log", src=edgeinfer_src))
         out["servers"]["edgeinfer"] = "defaults (max_batch_size 8, no queue delay)"
@@ -203,6 +213,14 @@ def peers_suite(
                     out["servers"][server.name] = label
                 except triton_peer.TritonUnavailable as exc:
                     out["errors"][setting] = str(exc)
+        if with_floor:
+            from bench_server import _start_floor
+
+            for kind, mode in FLOORS.items():
+                floors[kind] = _start_floor(mode, repo, work / f"{mode}.log")
+                floors[kind].name = mode
+                check_answers(floors[kind], "tiny", p, [kind], want)
+            out["servers"].update(FLOOR_LABELS)
         for server in servers:
             check_answers(server, "tiny", p, list(KINDS), want)
         cases = [(k, c) for k in KINDS for c in PEER_CONCURRENCY]
@@ -211,11 +229,16 @@ def peers_suite(
             load = round(os.getloadavg()[0], 2)
             row: dict[str, Any] = {"round": r, "load_average_1m": load, "cases": {}}
             for kind, c in cases:
-                order = servers[r % len(servers) :] + servers[: r % len(servers)]
+                here = servers + ([floors[kind]] if kind in floors else [])
+                order = here[r % len(here) :] + here[: r % len(here)]
                 case: dict[str, Any] = {}
                 for server in order:
                     case[server.name] = measure_window(server, p, kind, c, seconds)
-                peers = {n: v["rps"] for n, v in case.items() if n != "edgeinfer"}
+                peers = {
+                    n: v["rps"]
+                    for n, v in case.items()
+                    if n != "edgeinfer" and n not in FLOOR_LABELS
+                }
                 best = max(peers, key=peers.__getitem__) if peers else None
                 summary = {
                     n: {
@@ -228,6 +251,12 @@ def peers_suite(
                     summary["edgeinfer_over_best_peer"] = round(
                         case["edgeinfer"]["rps"] / max(peers[best], 1e-9), 3
                     )
+                    floor = FLOORS.get(kind)
+                    if floor in case:
+                        summary["edgeinfer_over_floor"] = round(
+                            case["edgeinfer"]["rps"] / max(case[floor]["rps"], 1e-9), 3
+                        )
+                        summary["floor_over_best_mlserver"] = None
                     mls = {n: v for n, v in peers.items() if n.startswith("mlserver")}
                     if mls:
                         bm = max(mls, key=mls.__getitem__)
@@ -235,13 +264,17 @@ def peers_suite(
                         summary["edgeinfer_over_best_mlserver"] = round(
                             case["edgeinfer"]["rps"] / max(mls[bm], 1e-9), 3
                         )
+                        if floor in case:
+                            summary["floor_over_best_mlserver"] = round(
+                                case[floor]["rps"] / max(mls[bm], 1e-9), 3
+                            )
                 row["cases"][f"{kind}_c{c}"] = summary
                 print(f"round {r} {kind} c{c}", json.dumps(summary), flush=True)
             per_round.append(row)
         out["rounds"] = per_round
         out["summary"] = summarize(per_round, [s.name for s in servers])
     finally:
-        for server in servers:
+        for server in [*servers, *floors.values()]:
             server.stop()
     return out
 
@@ -253,8 +286,10 @@ def summarize(per_round: list[dict[str, Any]], names: list[str]) -> dict[str, An
     for case in per_round[0]["cases"]:
         rows = [r["cases"][case] for r in per_round]
         entry: dict[str, Any] = {}
-        for n in names:
+        for n in [*names, *FLOOR_LABELS]:
             rps = [row[n]["rps"] for row in rows if n in row]
+            if not rps:
+                continue
             cpu = [row[n]["server_cpu_ms_per_answer"] for row in rows if n in row]
             cpu = [c for c in cpu if c is not None]
             entry[n] = {
@@ -265,8 +300,13 @@ def summarize(per_round: list[dict[str, Any]], names: list[str]) -> dict[str, An
                     round(statistics.median(cpu), 4) if cpu else None
                 ),
             }
-        for key in ("edgeinfer_over_best_peer", "edgeinfer_over_best_mlserver"):
-            ratios = [row[key] for row in rows if key in row]
+        for key in (
+            "edgeinfer_over_best_peer",
+            "edgeinfer_over_best_mlserver",
+            "edgeinfer_over_floor",
+            "floor_over_best_mlserver",
+        ):
+            ratios = [row[key] for row in rows if row.get(key) is not None]
             if ratios:
                 entry[f"{key}_per_round"] = ratios
                 entry[f"{key}_min"] = min(ratios)
