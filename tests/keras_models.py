@@ -22,8 +22,9 @@ class Trained:
 
 
 @functools.lru_cache(maxsize=2)  # trained once per test process; never modify the model
-def digits_cnn(epochs: int = 12) -> Trained:
-    """A small CNN on 8x8 digits, NHWC [N, 8, 8, 1] in, softmax over 10 classes out."""
+def digits_cnn(epochs: int = 12, width: int = 16, dense: int = 32) -> Trained:
+    """A small CNN on 8x8 digits, NHWC [N, 8, 8, 1] in, softmax over 10 classes out
+    (``width`` filters per convolution, ``dense`` units in the hidden layer)."""
     import keras
     from sklearn.datasets import load_digits
 
@@ -34,11 +35,11 @@ def digits_cnn(epochs: int = 12) -> Trained:
     model = keras.Sequential(
         [
             keras.Input((8, 8, 1), name="pixels"),
-            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
-            keras.layers.Conv2D(16, 3, activation="relu"),
+            keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(width, 3, activation="relu"),
             keras.layers.MaxPooling2D(),
             keras.layers.Flatten(),
-            keras.layers.Dense(32, activation="relu"),
+            keras.layers.Dense(dense, activation="relu"),
             keras.layers.Dense(10, activation="softmax"),
         ],
         name="digits_cnn",

@@ -31,6 +31,7 @@ from edgeinfer.convert import (
 )
 from edgeinfer.convert._tf import check_parity
 from edgeinfer.convert.tflite import run_tflite
+from edgeinfer.errors import InputError
 
 pytestmark = pytest.mark.slow  # TensorFlow's import and a short training
 
@@ -183,6 +184,37 @@ def test_openwakeword_melspectrogram_tflite_to_onnx(tmp_path: Path) -> None:
     audio = np.random.default_rng(0).normal(scale=1000, size=(1, 1280)).astype(np.float32)
     report = tflite_to_onnx(model, tmp_path / "mel.onnx", inputs=[audio])
     assert report.cosine is not None and report.cosine > 0.9999
+
+
+def test_flex_operators_only_when_asked(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from edgeinfer.convert.keras import FlexOpsWarning
+
+    class Det(tf.Module):  # MatrixDeterminant has no TFLite builtin
+        @tf.function(input_signature=[tf.TensorSpec([None, 3, 3], tf.float32, name="m")])
+        def serve(self, m: Any) -> Any:
+            return {"det": tf.linalg.det(m)}
+
+    module = Det()
+    tf.saved_model.save(module, str(tmp_path / "det"), signatures={"serving_default": module.serve})
+    with pytest.raises(ConversionError, match="no builtin operator for MatrixDeterminant"):
+        keras_to_tflite(tmp_path / "det", tmp_path / "det.tflite")
+    with pytest.warns(FlexOpsWarning, match="Flex delegate"):
+        report = keras_to_tflite(tmp_path / "det", tmp_path / "det.tflite", flex=True)
+    assert report.path.stat().st_size > 0
+    assert any("Flex delegate" in n for n in report.notes)
+
+
+def test_dynamic_tflite_input_needs_real_samples(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("wyoming_openwakeword")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("wyoming-openwakeword (model corpus) is not installed")
+    model = Path(next(iter(spec.submodule_search_locations))) / "models" / "melspectrogram.tflite"
+    with pytest.raises(InputError, match="give real sample inputs"):
+        tflite_to_onnx(model, tmp_path / "mel.onnx")  # audio of length 1: nothing to window
 
 
 def test_parity_failure_names_the_worst_output() -> None:

@@ -217,7 +217,9 @@ def convert(
             f"{src}: unknown model file {suffix or '(no suffix)'!r}; expected .keras, .h5, "
             "a SavedModel directory, .tflite, .pt2, .pt, .pth, .joblib, .pkl or .pickle"
         )
-    if report.cosine is not None:
+    if report.cosine is not None and report.cosine != report.cosine:  # NaN: not run
+        checked = "not checked against the source (see below)"
+    elif report.cosine is not None:
         on = "the given inputs" if samples is not None else "random inputs made from its shapes"
         checked = (
             f"max abs error {report.max_abs_error:.2g}, cosine {report.cosine:.6f} against "

@@ -189,7 +189,14 @@ def tflite_to_onnx(
     out_details = {str(d["name"]): d for d in interp.get_output_details()}
     floats = sample_feeds(info.inputs, inputs, batch=1)
     feeds = {k: to_model_dtype(v, in_details[k]) for k, v in floats.items()}  # int I/O: quantized
-    want = run_tflite(path, feeds, interpreter=interp)
+    try:
+        want = run_tflite(path, feeds, interpreter=interp)
+    except RuntimeError as exc:
+        shapes = {k: list(v.shape) for k, v in feeds.items()}
+        raise InputError(
+            f"{path}: LiteRT cannot run the model on sample inputs of shapes {shapes} "
+            f"({str(exc).splitlines()[0][:120]}); give real sample inputs (--inputs FILE)"
+        ) from exc
     try:
         with quiet():
             proto, _ = tf2onnx.convert.from_tflite(os.fspath(path), opset=opset)

@@ -37,8 +37,8 @@ from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate, SearchResult
 from edgeinfer.optimize.data import Dataset, DataSource, load_dataset
-from edgeinfer.optimize.evaluate import Evaluation
-from edgeinfer.optimize.metrics import parse_metric, standard_metrics
+from edgeinfer.optimize.litert_eval import evaluate_tflite, side_by_side
+from edgeinfer.optimize.metrics import parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult
 from edgeinfer.optimize.recipe import Recipe, Step
 from edgeinfer.optimize.report import report_dir_for, write_report
@@ -49,7 +49,6 @@ __all__ = ["TFLITE_CANDIDATES", "TFLiteConversion", "is_tensorflow_source", "opt
 
 TFLITE_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")
 _MODE = {"float16": "float16", "dynamic-int8": "dynamic", "int8": "int8", "int8-io": "int8-io"}
-_PROVIDERS = ("LiteRT CPU (XNNPACK)",)
 _QUANT_TOL = 1e-2  # golden tolerance of integer models: kernels differ by CPU
 _GOLDEN = 4
 
@@ -69,99 +68,6 @@ def is_tensorflow_source(path: str | os.PathLike[str]) -> bool:
     return p.suffix.lower() in (".keras", ".h5", ".hdf5", ".tflite") or (
         p.is_dir() and (p / "saved_model.pb").is_file()
     )
-
-
-class _Runner:
-    """One LiteRT interpreter, fed by signature names with float data (quantized on the way
-    in for integer inputs, dequantized on the way out)."""
-
-    def __init__(self, path: Path, threads: int | None, signature: bool) -> None:
-        from edgeinfer.convert.tflite import open_interpreter
-
-        self.path, self.signature = path, signature
-        self.interp = open_interpreter(path, threads)
-        if not signature:
-            self.interp.allocate_tensors()
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from edgeinfer.convert.tflite import run_tflite
-
-        return run_tflite(self.path, feeds, signature=self.signature, interpreter=self.interp)
-
-    def timer(self, feeds: Mapping[str, np.ndarray]) -> Any:
-        """A no-argument call that runs one prepared sample (inputs already in the model's
-        dtypes): what a device pays per inference."""
-        from edgeinfer.convert.tflite import to_model_dtype
-
-        if self.signature:
-            runner = self.interp.get_signature_runner()
-            details = runner.get_input_details()
-            args = {k: to_model_dtype(np.asarray(v), details[k]) for k, v in feeds.items()}
-            runner(**args)
-            return lambda: runner(**args)
-        interp = self.interp
-        ins = {str(d["name"]): d for d in interp.get_input_details()}
-        ready = [(ins[k]["index"], to_model_dtype(np.asarray(v), ins[k])) for k, v in feeds.items()]
-        outs = [d["index"] for d in interp.get_output_details()]
-
-        def call() -> None:
-            for index, value in ready:
-                interp.set_tensor(index, value)
-            interp.invoke()
-            for index in outs:
-                interp.get_tensor(index)
-
-        call()
-        return call
-
-
-def _time(call: Any, n: int) -> list[float]:
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1000.0)
-    return times
-
-
-def _evaluate(
-    path: Path,
-    data: Dataset,
-    config: SearchConfig,
-    output: str,
-    signature: bool,
-    reference: np.ndarray | None,
-) -> tuple[Evaluation, np.ndarray, Any]:
-    started = time.perf_counter()
-    metric = parse_metric(config.metric)
-    runner = _Runner(path, config.threads, signature)
-    parts = []
-    batch = config.batch_size if signature else 1  # tensor-name models keep their batch
-    for feeds in data.batches(batch):
-        parts.append(runner.run(feeds)[output])
-    outputs = np.concatenate(parts)
-    ref = outputs if reference is None else reference
-    metrics = standard_metrics(metric, outputs, labels=data.labels, reference=ref)
-    timer = runner.timer(data.sample(0))
-    times = _time(timer, config.repeats)
-    ev = Evaluation(
-        metrics=metrics,
-        latency_ms=float(np.median(times)),
-        latency_p90_ms=float(np.percentile(times, 90)),
-        size_bytes=path.stat().st_size,
-        providers=_PROVIDERS,
-        eval_seconds=time.perf_counter() - started,
-    )
-    return ev, outputs, timer
-
-
-def _side_by_side(timers: list[Any], rounds: int) -> list[float]:
-    samples: list[list[float]] = [[] for _ in timers]
-    order = list(range(len(timers)))
-    for r in range(rounds):
-        for i in order if r % 2 == 0 else order[::-1]:  # A B C, then C B A
-            samples[i].extend(_time(timers[i], 1))
-    return [float(np.median(s)) for s in samples]
 
 
 def _arrays(source: DataSource | None, names: list[str]) -> Any:
@@ -274,7 +180,7 @@ def optimize_tflite(
         baseline = Candidate("original", recipe=base_recipe, status="pending", path=base_path)
         total = len(planned) + 1
         report_fn("start", baseline, 0, total)
-        base_eval, reference, base_timer = _evaluate(
+        base_eval, reference, base_timer = evaluate_tflite(
             base_path, data, config, output, signature, None
         )
         baseline.evaluation, baseline.status = base_eval, "ok"
@@ -315,7 +221,7 @@ def optimize_tflite(
                 cand.infos = ({"pass": "tflite_convert", "quantize": mode, "note": ""},)
                 cand.note = "; ".join(n for n in conv.notes if "calibrated on" in n)
                 report_fn("evaluate", cand, index, total)
-                ev, _, timer = _evaluate(path, data, config, output, signature, reference)
+                ev, _, timer = evaluate_tflite(path, data, config, output, signature, reference)
             except Exception as exc:  # one broken candidate must not end the whole search
                 cand.status, cand.reason = "failed", failure(exc, work)
                 report_fn("failed", cand, index, total)
@@ -328,7 +234,7 @@ def optimize_tflite(
             timed.append(cand)
             report_fn("done", cand, index, total)
         if config.final_rounds > 0 and len(timers) > 1:
-            for cand, ms in zip(timed, _side_by_side(timers, config.final_rounds), strict=True):
+            for cand, ms in zip(timed, side_by_side(timers, config.final_rounds), strict=True):
                 cand.side_by_side_ms = ms
             notes.append(
                 f"latencies re-timed side by side: {config.final_rounds} round-robin "
