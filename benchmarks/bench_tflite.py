@@ -1,0 +1,277 @@
+"""TensorFlow routes: the LiteRT search against TFLiteConverter's plain full INT8, ONNX Runtime
+beside LiteRT, and conversion parity and time for every TF model converted.
+
+1. ``digits_cnn``: a Keras CNN trained on scikit-learn's digits (8x8x1, NHWC), optimized for
+   LiteRT with ``optimize_tflite`` (accuracy, ``--max-drop 0.5%``, ``--objective size``)
+   against the anchor: TFLiteConverter's plain full-INT8 conversion (``Optimize.DEFAULT``,
+   the same 200 calibration images, builtin INT8 ops, float I/O). Accuracy on the 397
+   held-out digits, file size, and LiteRT latency (single-sample ``edgeinfer`` calls,
+   interleaved).
+2. The same Keras model converted to ONNX and optimized for ONNX Runtime (a few INT8
+   candidates, same calibration), its chosen bundle timed beside the LiteRT one.
+3. Conversion parity (max abs error, cosine against the source framework) and time: the
+   digits CNN and a wine MLP, Keras -> ONNX and -> TFLite; the corpus's ``.tflite`` models
+   (openWakeWord, pymicro-wakeword) -> ONNX, or the operators tf2onnx lacks.
+
+Run: .venv/bin/python benchmarks/bench_tflite.py   (writes results/tflite.json)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import edgeinfer
+from _common import interleaved, median, write
+from edgeinfer.bundle import Bundle
+from edgeinfer.convert import ConversionError, keras_to_onnx, keras_to_tflite, tflite_to_onnx
+from edgeinfer.convert.tflite import run_tflite
+from edgeinfer.optimize import SearchConfig, optimize, optimize_tflite
+from keras_models import digits_cnn, wine_mlp
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _save(model: Any, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model.save(path)
+    return path
+
+
+def _golden_call(bundle_dir: Path) -> Any:
+    """One single-sample ``edgeinfer`` call of a bundle, on its first golden input."""
+    bundle = Bundle.open(bundle_dir)
+    golden = bundle.golden()
+    assert golden is not None
+    model = edgeinfer.load(bundle_dir, providers=["cpu"], threads=1)
+    feeds = {k: np.asarray(v)[:1] for k, v in golden.inputs.items()}
+    model.predict(feeds)
+    return lambda: model.predict(feeds)
+
+
+def _accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    probs = run_tflite(path, {"pixels": x}, signature=True)["output_0"]
+    return float(np.mean(probs.argmax(1) == y))
+
+
+def _litert_vs_anchor(root: Path, trained: Any) -> dict[str, Any]:
+    keras_file = _save(trained.model, root / "digits.keras")
+    calib = trained.x_train[:200]
+    started = time.perf_counter()
+    outcome = optimize_tflite(
+        keras_file,
+        {"pixels": trained.x_test, "labels": trained.y_test},
+        root / "digits-litert",
+        calibration={"pixels": calib},
+        config=SearchConfig(metric="accuracy", max_drop="0.5%", objective="size", memory=False),
+        report=False,
+    )
+    search_s = time.perf_counter() - started
+    result = outcome.result
+    chosen = result.chosen
+    assert chosen.evaluation is not None and result.baseline.evaluation is not None
+    anchor = keras_to_tflite(
+        keras_file, root / "anchor.tflite", quantize="int8", calibration=[calib]
+    )
+    anchor_bundle = Bundle.create(
+        anchor.path,
+        root / "anchor",
+        name="anchor",
+        golden_inputs={"serving_default_pixels:0": trained.x_test[:4]},
+        atol=1e-2,
+        rtol=1e-2,
+    )
+    float_size = result.baseline.evaluation.size_bytes
+    lat = interleaved(
+        {
+            "chosen": _golden_call(outcome.bundle.path),
+            "anchor": _golden_call(anchor_bundle.path),
+            "float32": _golden_call(_float_bundle(root, keras_file)),
+        },
+        calls=200,
+        repeats=15,
+    )
+    chosen_acc = chosen.evaluation.metrics["accuracy"]
+    anchor_acc = _accuracy(anchor.path, trained.x_test, trained.y_test)
+    chosen_size = chosen.evaluation.size_bytes
+    anchor_size = anchor.path.stat().st_size
+    ms = {k: round(median(v) * 1000, 4) for k, v in lat.items()}
+    return {
+        "search_seconds": round(search_s, 1),
+        "message": result.message,
+        "candidates": [
+            {
+                "name": c.name,
+                "status": c.status,
+                "accuracy": c.evaluation.metrics["accuracy"] if c.evaluation else None,
+                "size_bytes": c.evaluation.size_bytes if c.evaluation else None,
+                "litert_ms": round(c.latency_ms, 4) if c.evaluation else None,
+            }
+            for c in [result.baseline, *result.candidates]
+        ],
+        "chosen": {"name": chosen.name, "accuracy": chosen_acc, "size_bytes": chosen_size},
+        "anchor": {
+            "name": "TFLiteConverter full INT8",
+            "accuracy": anchor_acc,
+            "size_bytes": anchor_size,
+        },
+        "float32": {
+            "accuracy": result.baseline.evaluation.metrics["accuracy"],
+            "size_bytes": float_size,
+        },
+        "latency_ms_edgeinfer_call": ms,
+        "targets": {
+            "accuracy_ge_anchor": chosen_acc >= anchor_acc,
+            "size_le_anchor": chosen_size <= anchor_size,
+            "size_le_0.30x_float32": chosen_size <= 0.30 * float_size,
+            "size_ratio_vs_float32": round(chosen_size / float_size, 4),
+            "latency_le_anchor": ms["chosen"] <= ms["anchor"],
+        },
+    }
+
+
+def _float_bundle(root: Path, keras_file: Path) -> Path:
+    """The float32 TFLite model (the search's baseline, whose file went with its work dir)."""
+    flt = keras_to_tflite(keras_file, root / "float32.tflite")
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    golden = {"serving_default_pixels:0": x}
+    Bundle.create(flt.path, root / "float32", name="float32", golden_inputs=golden)
+    return root / "float32"
+
+
+def _onnx_beside_litert(root: Path, trained: Any) -> dict[str, Any]:
+    onnx_file = root / "digits.onnx"
+    keras_to_onnx(root / "digits.keras", onnx_file)
+    started = time.perf_counter()
+    outcome = optimize(
+        onnx_file,
+        {"pixels": trained.x_test, "labels": trained.y_test},
+        root / "digits-onnx",
+        calibration={"pixels": trained.x_train[:200]},
+        config=SearchConfig(
+            metric="accuracy",
+            max_drop="0.5%",
+            objective="size",
+            memory=False,
+            candidates=("dynamic-int8", "static-int8-minmax", "static-int8-entropy"),
+        ),
+        report=False,
+    )
+    search_s = time.perf_counter() - started
+    ev = outcome.result.chosen.evaluation
+    assert ev is not None
+    lat = interleaved(
+        {
+            "onnxruntime": _golden_call(outcome.bundle.path),
+            "litert": _golden_call(root / "digits-litert"),
+        },
+        calls=200,
+        repeats=15,
+    )
+    litert = Bundle.open(root / "digits-litert")
+    return {
+        "onnx_chosen": outcome.result.chosen.name,
+        "onnx_search_seconds": round(search_s, 1),
+        "onnx_accuracy": ev.metrics["accuracy"],
+        "onnx_size_bytes": ev.size_bytes,
+        "litert_chosen": (litert.manifest.provenance.get("recipe") or {}).get("candidate"),
+        "litert_size_bytes": litert.model_path.stat().st_size,
+        "latency_ms_edgeinfer_call": {k: round(median(v) * 1000, 4) for k, v in lat.items()},
+    }
+
+
+def _parity(root: Path, cnn: Any, mlp: Any) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    models = {
+        "digits_cnn": (_save(cnn.model, root / "p_digits.keras"), cnn.x_test[:64]),
+        "wine_mlp": (_save(mlp.model, root / "p_wine.h5"), mlp.x_test),
+    }
+    for name, (path, x) in models.items():
+        for route, fn, suffix in (
+            ("keras->onnx", keras_to_onnx, ".onnx"),
+            ("keras->tflite", keras_to_tflite, ".tflite"),
+        ):
+            t0 = time.perf_counter()
+            rep = fn(path, root / f"{name}{suffix}", inputs=[x])
+            rows.append(
+                {
+                    "model": name,
+                    "source": path.suffix,
+                    "route": route,
+                    "max_abs_error": rep.max_abs_error,
+                    "cosine": rep.cosine,
+                    "layout": rep.layout,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
+    for name, package, rel in (
+        ("oww_melspectrogram", "wyoming_openwakeword", "models/melspectrogram.tflite"),
+        ("oww_embedding", "wyoming_openwakeword", "models/embedding_model.tflite"),
+        ("oww_hey_jarvis", "wyoming_openwakeword", "models/hey_jarvis_v0.1.tflite"),
+        ("pmw_okay_nabu", "pymicro_wakeword", "models/okay_nabu.tflite"),
+    ):
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            rows.append(
+                {"model": name, "route": "tflite->onnx", "error": f"{package} not installed"}
+            )
+            continue
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        t0 = time.perf_counter()
+        # the melspectrogram takes audio of any length: 1280 samples (80 ms at 16 kHz)
+        audio = [np.random.default_rng(0).normal(scale=1000, size=(1, 1280)).astype(np.float32)]
+        try:
+            rep = tflite_to_onnx(
+                path, root / f"{name}.onnx", inputs=audio if "melspec" in name else None
+            )
+        except ConversionError as exc:
+            rows.append(
+                {"model": name, "route": "tflite->onnx", "error": str(exc).split(": ", 1)[1]}
+            )
+            continue
+        rows.append(
+            {
+                "model": name,
+                "source": ".tflite",
+                "route": "tflite->onnx",
+                "max_abs_error": rep.max_abs_error,
+                "cosine": rep.cosine,
+                "layout": rep.layout,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    # Wider than the tests' CNN (43k weights, not 7k): a flatbuffer's fixed overhead of a few
+    # kB would otherwise decide the size ratio.
+    cnn, mlp = digits_cnn(width=32, dense=128), wine_mlp()
+    with tempfile.TemporaryDirectory(prefix="bench-tflite-") as tmp:
+        root = Path(tmp)
+        litert = _litert_vs_anchor(root, cnn)
+        print("litert vs anchor:", litert["targets"], litert["latency_ms_edgeinfer_call"])
+        both = _onnx_beside_litert(root, cnn)
+        print("onnx beside litert:", both)
+        parity = _parity(root, cnn, mlp)
+        for row in parity:
+            print(row)
+    path = write(
+        "tflite", {"litert_vs_anchor": litert, "onnx_beside_litert": both, "conversions": parity}
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
