@@ -245,6 +245,17 @@ def test_an_error_event_is_finished_locally(
     assert "the stream broke off: the model was unloaded" in (r.fallback_reason or "")
 
 
+def test_an_error_before_the_stream_began_is_run_locally(
+    tiny: GenerativeModel, server: str, want: tuple[int, ...]
+) -> None:
+    url = f"http://{server}"
+    with GenerativeOffloader(tiny, url, "remote", model="no-such-model", config=CONFIG) as off:
+        r = off.generate(PROMPT, max_tokens=TOKENS)
+    assert r.token_ids == want and r.switched_at == 0
+    assert [p.placement for p in r.parts] == ["local"]
+    assert "request rejected, HTTP 404" in (r.fallback_reason or "")
+
+
 # ---------------------------------------------------------------- deciding
 def _measured(off: GenerativeOffloader, local_s: float, remote_s: float) -> None:
     """Teach both sides' estimates: ``local_s``/``remote_s`` seconds per token."""

@@ -72,8 +72,7 @@ def run(ctx: DemoContext) -> None:
     repo = ctx.workdir / "generate-repository"
     shutil.rmtree(repo, ignore_errors=True)
     shutil.copytree(bundle, repo / "predictive-text" / "1")
-    tokens = 24 if ctx.fast else 48
-    rounds = 1 if ctx.fast else 2
+    tokens = 24 if ctx.fast else 32
     config = GenerativeOffloaderConfig(
         gap_s=1.0,  # a busy device's decoding can pause; a reset is noticed at once anyway
         probe_timeout_s=0.3,
@@ -114,13 +113,13 @@ def run(ctx: DemoContext) -> None:
         link.outage(None, mode="refuse")
         for _ in range(config.breaker.failures):
             off.probe()  # the server is found unreachable (its breaker opens)
-        for prompt in prompts * rounds:
+        for prompt in prompts:
             complete("link down", prompt)
         link.restore()
         _reconnect(off, prompts[0])
-        for prompt in prompts * rounds:
+        for prompt in prompts:
             complete("link good", prompt)
-        for prompt in prompts * rounds:
+        for prompt in prompts:
             complete("link drops", prompt, cut=rng.randrange(1, tokens // 2))
             _reconnect(off, prompt)  # the link is back for the next completion
         stats = off.stats

@@ -163,9 +163,9 @@ class RemoteGenerator:
             raise self._mapped(exc, first_s) from exc
         try:
             if response.status_code != 200:
-                raise status_error(
-                    response.status_code, _error_message(self._error_body(response)), self.url
-                )
+                with _until(deadline):
+                    answer = self._error_body(response)
+                raise status_error(response.status_code, _error_message(answer), self.url)
             yield from self._events(response, deadline, first_s, gap_s)
         finally:
             response.close()
@@ -210,7 +210,7 @@ class RemoteGenerator:
                 if len(body) > _MAX_ERROR_BODY:
                     break
         except httpx.HTTPError:
-            pass  # the status says enough
+            pass  # the status says enough (a body cut short, or too slow to wait for)
         return body[:_MAX_ERROR_BODY]
 
     def _mapped(self, exc: httpx.HTTPError, waited: float) -> RemoteError:
