@@ -148,3 +148,19 @@ def test_static_float_model_converts_what_the_runtime_would_misread() -> None:
             np.testing.assert_array_equal(got, want)
         with pytest.raises(InputError, match="dimension 2 is 95, expected 96"):
             model.predict(x[:, :, :95].copy())
+
+
+def test_shared_interpreter_gives_each_thread_its_own_answer() -> None:
+    """Eight threads on one stateless model's shared interpreter, each with its own inputs:
+    the lock keeps one call's set/invoke/get from interleaving with another's."""
+    oww = pytest.importorskip("wyoming_openwakeword", reason="wyoming-openwakeword (--no-deps)")
+    path = Path(oww.__file__).parent / "models" / "ok_nabu_v0.1.tflite"
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((1, 16, 96)).astype(np.float32) for _ in range(1000)]
+    with edgeinfer.load(path, threads=1) as model:
+        alone = [next(iter(model.predict(x).values())) for x in xs]
+        assert len({float(a[0, 0]) for a in alone}) > 500  # the answers differ by input
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda x: next(iter(model.predict(x).values())), xs))
+    for a, t in zip(alone, together, strict=True):
+        np.testing.assert_array_equal(a, t)
