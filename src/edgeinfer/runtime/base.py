@@ -3,6 +3,11 @@
 A backend owns one loaded model in one runtime (ONNX Runtime, LiteRT) and does exactly
 one thing: run already-validated arrays. Validation, naming and the public ``Model`` API
 live in :mod:`edgeinfer.runtime.model`, so a new backend stays small.
+
+A backend may also offer ``run_one(array) -> dict | None`` for a one-input model, which
+``Model.predict`` calls instead of ``run`` (LiteRT's, where a call costs microseconds); with
+``run_one_checks_shape = True`` it is given arrays of the input's exact dtype unchecked and
+returns ``None`` for one whose shape the runtime refuses, so that ``Model`` says why.
 """
 
 from __future__ import annotations
