@@ -2,8 +2,8 @@
 OpenAI-compatible routes, on the tiny language model served for real on 127.0.0.1.
 
 Two models: ``tiny-llm`` (the session's tiny bundle) and ``long``, the same weights with
-their rotary tables stretched to a context of 2048 tokens, so that a generation lasts long
-enough (about a second) to be watched running, interrupted and shared.
+their rotary tables stretched to a context of 4096 tokens, so that a generation lasts long
+enough (a second or more) to be watched running, interrupted and shared.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from edgeinfer.serve import BatchConfig
 TOKEN = "gen-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PROMPT = "the quick brown"
-LONG_CONTEXT = 2048
+LONG_CONTEXT = 4096
 
 
 def stretch_context(src: Path, out: Path, context: int) -> Path:
