@@ -176,15 +176,19 @@ def test_a_link_cut_at_a_random_token_is_finished_locally(
     assert off.stats.fallbacks == 1
 
 
+ERROR_EVENT = b'data: {"error": "the model was unloaded"}\n\n'
+
+
 class _Relay(socketserver.ThreadingTCPServer):
-    """Passes the real server's first ``events`` events on, then an error event."""
+    """Passes the real server's first ``events`` events on, then ``ending`` (an error
+    event by default) and closes the connection."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, target: str, events: int) -> None:
+    def __init__(self, target: str, events: int, ending: bytes) -> None:
         super().__init__(("127.0.0.1", 0), _RelayHandler)
-        self.target, self.events = target, events
+        self.target, self.events, self.ending = target, events, ending
 
 
 class _RelayHandler(socketserver.StreamRequestHandler):
@@ -215,13 +219,13 @@ class _RelayHandler(socketserver.StreamRequestHandler):
                 if event.startswith("data:"):
                     self.wfile.write(f"{event}\n\n".encode())
                     sent += 1
-        self.wfile.write(b'data: {"error": "the model was unloaded"}\n\n')
+        self.wfile.write(self.server.ending)
 
 
 @contextlib.contextmanager
-def _relay(target: str, events: int) -> Iterator[str]:
-    relay = _Relay(target, events)
-    thread = threading.Thread(target=relay.serve_forever, daemon=True)
+def _relay(target: str, events: int, ending: bytes = ERROR_EVENT) -> Iterator[str]:
+    relay = _Relay(target, events, ending)
+    thread = threading.Thread(target=relay.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{relay.server_address[1]}"
@@ -243,6 +247,26 @@ def test_an_error_event_is_finished_locally(
     assert text == r.text == tiny.decode(want)
     assert at <= r.switched_at < TOKENS  # type: ignore[operator]
     assert "the stream broke off: the model was unloaded" in (r.fallback_reason or "")
+
+
+@pytest.mark.parametrize(
+    ("ending", "why"),
+    [
+        (b"", "the stream ended before its last event"),
+        (b"data: {not json\n\n", "a stream event is not JSON"),
+        (b'data: {"text_output": 5, "token_ids": []}\n\n', "a stream event is not {text_output"),
+        (b'data: {"text_output": "", "token_ids": [-1]}\n\n', "a stream event is not {text_output"),
+        (b"data: " + b"x" * (1 << 21), "a stream event is longer than 1048576 bytes"),
+    ],
+)
+def test_a_broken_stream_is_finished_locally(
+    tiny: GenerativeModel, server: str, want: tuple[int, ...], ending: bytes, why: str
+) -> None:
+    with _relay(server, 4, ending) as url, _offloader(tiny, url) as off:
+        r = off.generate(PROMPT, max_tokens=TOKENS)
+    assert r.token_ids == want and r.text == tiny.decode(want)
+    assert r.switched_at is not None and 4 <= r.switched_at < TOKENS
+    assert why in (r.fallback_reason or ""), r.fallback_reason
 
 
 def test_an_error_before_the_stream_began_is_run_locally(
