@@ -5,7 +5,9 @@ A candidate name says everything it does::
     int4-<method>-b<block>-acc<level>-head-<head>     int8-b<block>-acc<level>-head-<head>
 
 ``method`` is how the 4-bit weights are found: ``rtn`` (ONNX Runtime's blockwise
-round-to-nearest, symmetric, as onnxruntime-genai's model builder does), ``hqq``
+round-to-nearest, symmetric, as onnxruntime-genai's model builder does), ``rtn-asym`` (the
+same with a zero point per block: weights that came from an asymmetric format such as
+GGUF Q4_1 lose far less), ``hqq``
 (half-quadratic quantization, asymmetric; needs torch) or ``kquant`` (k-quant search of each
 block's scale and zero point, asymmetric); ``block`` is the number of weights sharing one
 scale (32, 64, 128); ``level`` is MatMulNBits' ``accuracy_level`` (0: float activations;
@@ -44,11 +46,11 @@ __all__ = [
     "quantize",
 ]
 
-METHODS = ("rtn", "hqq", "kquant")
+METHODS = ("rtn", "rtn-asym", "hqq", "kquant")
 BLOCKS = (32, 64, 128)
 HEADS = ("int4", "int8", "fp32")
 _NAME = re.compile(
-    r"^(?:int4-(?P<method>rtn|hqq|kquant)|(?P<int8>int8))-b(?P<block>\d+)"
+    r"^(?:int4-(?P<method>rtn-asym|rtn|hqq|kquant)|(?P<int8>int8))-b(?P<block>\d+)"
     r"-acc(?P<level>\d)-head-(?P<head>int4|int8|fp32)$"
 )
 # RTN at each block size with the fast kernels and an INT8 head; HQQ and k-quant at one
@@ -57,6 +59,7 @@ _NAME = re.compile(
 # (int4-rtn-b32-acc4-head-int4), then all-INT8. "all" names every combination.
 DEFAULT_CANDIDATES = (
     *(f"int4-rtn-b{b}-acc4-head-int8" for b in BLOCKS),
+    "int4-rtn-asym-b32-acc4-head-int8",
     "int4-hqq-b64-acc4-head-int8",
     "int4-kquant-b32-acc4-head-int8",
     "int4-rtn-b32-acc4-head-int4",
@@ -82,7 +85,7 @@ class WeightOnly:
     """One candidate's settings (see the module docs); ``name`` round-trips :func:`parse`."""
 
     bits: int  # 4 or 8, every MatMul but the head
-    method: str  # rtn | hqq | kquant (8 bits: rtn)
+    method: str  # rtn | rtn-asym | hqq | kquant (8 bits: rtn)
     block_size: int
     accuracy_level: int  # 0 or 4
     head: str  # int4 | int8 | fp32
@@ -93,7 +96,9 @@ class WeightOnly:
         return f"{what}-b{self.block_size}-acc{self.accuracy_level}-head-{self.head}"
 
     def describe(self) -> str:
-        method = {"rtn": "RTN", "hqq": "HQQ", "kquant": "k-quant"}[self.method]
+        method = {"rtn": "RTN", "rtn-asym": "RTN asymmetric", "hqq": "HQQ", "kquant": "k-quant"}[
+            self.method
+        ]
         head = "float" if self.head == "fp32" else self.head.upper()
         return (
             f"weight-only INT{self.bits} ({method}, blocks of {self.block_size}, "
@@ -119,7 +124,7 @@ def parse(name: str) -> WeightOnly:
     if m is None:
         raise InputError(
             f"unknown generative candidate {name!r}; expected "
-            "int4-{rtn,hqq,kquant}-b{32,64,128}-acc{0,4}-head-{int4,int8,fp32} or "
+            "int4-{rtn,rtn-asym,hqq,kquant}-b{32,64,128}-acc{0,4}-head-{int4,int8,fp32} or "
             "int8-b{32,64,128}-acc{0,4}-head-{int8,fp32}, e.g. int4-rtn-b32-acc4-head-int8"
         )
     block, level, head = int(m["block"]), int(m["level"]), m["head"]
@@ -196,10 +201,10 @@ def _quantize_proto(model: Any, spec: WeightOnly, logits: str) -> Any:
                 f"k-quant needs each weight's input size to be a multiple of the block size "
                 f"{spec.block_size}; this model has {', '.join(map(str, odd))}"
             )
-    if spec.bits == 8 or spec.method == "rtn":
+    if spec.bits == 8 or spec.method.startswith("rtn"):
         cfg: Any = mq.DefaultWeightOnlyQuantConfig(
             block_size=spec.block_size,
-            is_symmetric=True,
+            is_symmetric=spec.method != "rtn-asym",
             accuracy_level=spec.accuracy_level,
             bits=spec.bits,
         )
