@@ -246,6 +246,11 @@ def test_openai_streams_end_with_done(client: httpx.Client) -> None:
         ("generate", {"text_input": PROMPT, "parameters": {"max_tokens": "8"}}, "max_tokens '8'"),
         ("generate", {"text_input": PROMPT, "parameters": {"stop": 3}}, "stop must be"),
         ("generate", {"text_input": PROMPT, "parameters": {"beams": 2}}, "unknown"),
+        ("generate", {"text_input": PROMPT, "parameters": {"stop": ["a", 1]}}, "stop"),
+        ("generate", {"text_input": PROMPT, "parameters": {"seed": -1}}, "seed -1"),
+        ("generate", {"text_input": PROMPT, "parameters": {"top_k": 1.5}}, "top_k 1.5"),
+        ("generate", {"text_input": PROMPT, "parameters": [8]}, "parameters must be an object"),
+        ("generate", [PROMPT], "must be a JSON object"),
         ("generate", {"text_input": 5}, "text_input must be a string"),
         ("generate", {"input_ids": [1, "2"]}, "input_ids must be"),
         ("generate", {"input_ids": [1, 100000]}, r"in \[0, 300\)"),
@@ -297,6 +302,10 @@ def test_bad_openai_requests_are_openai_errors(oai: openai.OpenAI) -> None:
             model="tiny-llm",
             messages=[{"role": "robot", "content": "hi"}],  # type: ignore[misc,list-item]
         )
+    with pytest.raises(openai.BadRequestError, match="one prompt per request"):
+        oai.completions.create(model="tiny-llm", prompt=[PROMPT, PROMPT])
+    with pytest.raises(openai.BadRequestError, match="messages must be a non-empty list"):
+        oai.chat.completions.create(model="tiny-llm", messages=[])
     with pytest.raises(openai.NotFoundError, match="unknown model 'nope'"):
         oai.completions.create(model="nope", prompt=PROMPT)
     with pytest.raises(openai.BadRequestError, match="not a generative model"):

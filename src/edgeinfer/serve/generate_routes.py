@@ -173,13 +173,11 @@ class Generations:
         batcher = loaded.batcher
         assert isinstance(batcher, GenerationBatcher)
         model: Any = loaded.model
-        try:
-            if _text_chars(prompt) <= IN_PLACE_CHARS:  # checked and tokenized in microseconds
-                stream = model.stream(prompt, **params)
-            else:
-                stream = await asyncio.to_thread(model.stream, prompt, **params)
-        except TypeError:  # a parameter the model's stream does not take
-            raise BadRequest(f"parameters must be among {list(PARAMETERS)}") from None
+        # parameters and prompt checked here (InputError: 400), before any wait
+        if _text_chars(prompt) <= IN_PLACE_CHARS:  # tokenized in microseconds
+            stream = model.stream(prompt, **params)
+        else:
+            stream = await asyncio.to_thread(model.stream, prompt, **params)
         job = await batcher.start(stream)
         try:
             first = await job.next()
