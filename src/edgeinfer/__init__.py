@@ -24,6 +24,7 @@ from edgeinfer.tensors import TensorSpec
 # Names from optional parts, imported on first use so that `import edgeinfer` needs only
 # the core install (the offloading client needs the `serve` extra's httpx and grpcio).
 _LAZY = {
+    "GenerativeOffloader": "edgeinfer.offload",
     "Offloader": "edgeinfer.offload",
     "Prediction": "edgeinfer.offload",
     "RemoteError": "edgeinfer.offload",
@@ -47,6 +48,7 @@ __all__ = [
     "Bundle",
     "BundleError",
     "EdgeInferError",
+    "GenerativeOffloader",
     "Golden",
     "InputError",
     "Manifest",
