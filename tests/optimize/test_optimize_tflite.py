@@ -80,7 +80,8 @@ def test_keras_model_searched_on_litert(litert_bundle: Any) -> None:
     assert opt["size_ratio"] <= 0.5  # an INT8 variant: about a quarter of float32's weights
     assert opt["baseline"] - opt["value"] <= 0.005 * opt["baseline"] + 1e-9
     report = json.loads((out.parent / f"{out.name}-report" / "report.json").read_text())
-    assert report["target"] == "tflite" and len(report["candidates"]) == 5
+    names = {c["name"] for c in report["candidates"]}
+    assert report["target"] == "tflite" and {"int8-io", "aeq-static-wi8-ai8"} <= names
     # the golden samples replay on the bundled model (int8 inputs where the model takes them)
     model = bundle.model_path
     import edgeinfer
@@ -115,6 +116,34 @@ def test_quantized_tflite_is_recognised_and_measured_as_it_is(
     assert {c.status for c in result.candidates} == {"skipped"}
     assert result.baseline.evaluation is not None
     assert result.baseline.evaluation.metrics["accuracy"] > 0.85
+
+
+def test_float_tflite_gets_ai_edge_quantizer_candidates(
+    keras_digits: dict[str, Path], tmp_path: Path
+) -> None:
+    from edgeinfer.convert import inspect_tflite, keras_to_tflite
+
+    flat = keras_to_tflite(keras_digits["digits"], tmp_path / "f32.tflite").path
+    name = inspect_tflite(flat).inputs[0].name  # a bare .tflite is fed by tensor names
+    with np.load(keras_digits["eval"]) as z:
+        data = {name: z["pixels"], "labels": z["labels"]}
+    calibration = {name: np.load(keras_digits["calib"])}
+    result = optimize_tflite(
+        flat,
+        data,
+        tmp_path / "aeq",
+        calibration=calibration,
+        candidates=("int8", "aeq-weight-only-int8", "aeq-static-wi8-ai8"),
+        config=SearchConfig(metric="accuracy", max_drop="1%", objective="size", memory=False),
+        report=False,
+    ).result
+    status = {c.name: (c.status, c.reason) for c in result.candidates}
+    assert status["int8"] == ("skipped", "needs the Keras/SavedModel source")
+    assert status["aeq-weight-only-int8"][0] == status["aeq-static-wi8-ai8"][0] == "ok", status
+    static = next(c for c in result.candidates if c.name == "aeq-static-wi8-ai8")
+    assert static.path is not None and static.evaluation is not None
+    assert static.evaluation.metrics["agreement"] > 0.95
+    assert not result.kept_original and result.chosen.name.startswith("aeq-")
 
 
 def test_target_onnx_converts_then_searches_onnx_runtime(

@@ -8,7 +8,11 @@ builds the float32 TFLite model (the baseline) and the post-training variants
 * ``float16``: FP16 weights (half the size; dequantized to float on the CPU);
 * ``dynamic-int8``: INT8 weights, float activations;
 * ``int8``: full integer, calibrated on the calibration data, float inputs and outputs;
-* ``int8-io``: the same with int8 inputs and outputs (what a microcontroller feeds).
+* ``int8-io``: the same with int8 inputs and outputs (what a microcontroller feeds);
+
+and, where ai-edge-quantizer is installed, its recipes on the float ``.tflite``
+(:mod:`.litert_quantizer`): ``aeq-weight-only-int8``, ``aeq-weight-only-int4``,
+``aeq-dynamic-int8``, ``aeq-static-wi8-ai8`` and ``aeq-static-wi8-ai16`` (calibrated).
 
 Each is run on LiteRT (XNNPACK, the threads given) over the eval data: the same metrics
 (:mod:`.metrics`), the same budget and the same choice (:func:`.search.choose`) as the ONNX
@@ -16,8 +20,8 @@ search; integer-I/O models are fed quantized inputs and their outputs dequantize
 candidate is judged on the same float data. Latencies are single-sample ``invoke`` calls,
 re-timed side by side round-robin. The winner is bundled (golden samples in the model's own
 dtypes, the recipe and the source's layout in the manifest) and the report written beside
-it. A ``.tflite`` source is measured as it is (an already quantized one is said to be);
-re-quantizing it needs its Keras or SavedModel source.
+it. A float ``.tflite`` source gets the ai-edge-quantizer candidates (TFLiteConverter's need
+the Keras or SavedModel source); an already quantized one is said to be and kept as it is.
 """
 
 from __future__ import annotations
@@ -32,12 +36,19 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.bundle import Bundle
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate, SearchResult
-from edgeinfer.optimize.data import Dataset, DataSource, load_dataset
+from edgeinfer.optimize.data import DataSource, load_dataset
+from edgeinfer.optimize.errors import NotApplicable
+from edgeinfer.optimize.litert_bundle import bundle_tflite
 from edgeinfer.optimize.litert_eval import evaluate_tflite, side_by_side
+from edgeinfer.optimize.litert_quantizer import (
+    AEQ_RECIPES,
+    AEQRecipe,
+    aeq_available,
+    quantize_tflite,
+)
 from edgeinfer.optimize.metrics import parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult
 from edgeinfer.optimize.recipe import Recipe, Step
@@ -45,12 +56,17 @@ from edgeinfer.optimize.report import report_dir_for, write_report
 from edgeinfer.optimize.search import Progress, SearchConfig, choose, failure
 from edgeinfer.tensors import TensorSpec
 
-__all__ = ["TFLITE_CANDIDATES", "TFLiteConversion", "is_tensorflow_source", "optimize_tflite"]
+__all__ = [
+    "CONVERTER_CANDIDATES",
+    "TFLITE_CANDIDATES",
+    "TFLiteConversion",
+    "is_tensorflow_source",
+    "optimize_tflite",
+]
 
-TFLITE_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")
+CONVERTER_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")  # TFLiteConverter's
+TFLITE_CANDIDATES = (*CONVERTER_CANDIDATES, *AEQ_RECIPES)  # and ai-edge-quantizer's
 _MODE = {"float16": "float16", "dynamic-int8": "dynamic", "int8": "int8", "int8-io": "int8-io"}
-_QUANT_TOL = 1e-2  # golden tolerance of integer models: kernels differ by CPU
-_GOLDEN = 4
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,10 @@ def is_tensorflow_source(path: str | os.PathLike[str]) -> bool:
     return p.suffix.lower() in (".keras", ".h5", ".hdf5", ".tflite") or (
         p.is_dir() and (p / "saved_model.pb").is_file()
     )
+
+
+def _rows(arrays: Mapping[str, np.ndarray]) -> int:
+    return min(len(a) for a in arrays.values())
 
 
 def _arrays(source: DataSource | None, names: list[str]) -> Any:
@@ -120,7 +140,8 @@ def optimize_tflite(
             f"{src}: a LiteRT search takes a Keras model (.keras/.h5), a SavedModel "
             "directory or a .tflite file"
         )
-    wanted = candidates if candidates is not None else TFLITE_CANDIDATES
+    default = TFLITE_CANDIDATES if aeq_available() else CONVERTER_CANDIDATES
+    wanted = candidates if candidates is not None else default
     unknown = [c for c in wanted if c not in TFLITE_CANDIDATES]
     if unknown:
         raise InputError(
@@ -149,13 +170,12 @@ def optimize_tflite(
                 "already quantized (int8 or float16 tensors inside)" if info.quantized else "float"
             )
             notes.append(
-                f"the source is a {what} .tflite: measured as it is; re-quantizing it needs "
-                "its Keras or SavedModel source"
+                f"the source is a {what} .tflite: measured as it is; TFLiteConverter's "
+                "candidates need its Keras or SavedModel source"
             )
             for cname in wanted:
-                planned.append(
-                    Candidate(cname, status="skipped", reason="needs the Keras/SavedModel source")
-                )
+                why = "" if cname in AEQ_RECIPES else "needs the Keras/SavedModel source"
+                planned.append(Candidate(cname, status="skipped" if why else "pending", reason=why))
             source_obj = None
         else:
             source_obj = load_source(src, work)
@@ -193,35 +213,45 @@ def optimize_tflite(
             if cand.status == "skipped":
                 report_fn("skipped", cand, index, total)
                 continue
-            mode = _MODE[cand.name]
-            n_cal = 0
-            if mode.startswith("int8"):
-                if calib is None:
+            if cand.name in AEQ_RECIPES:
+                n_cal = 0 if calib is None else min(_rows(calib), config.calibration_samples)
+                aeq = AEQRecipe(AEQ_RECIPES[cand.name], n_cal if "static" in cand.name else 0)
+                cand.recipe = Recipe(cand.name, (Step("ai_edge_quantizer", aeq),), aeq.recipe)
+            else:
+                mode = _MODE[cand.name]
+                if mode.startswith("int8") and calib is None:
                     cand.status = "skipped"
                     cand.reason = "full INT8 needs calibration data (--calibration)"
                     report_fn("skipped", cand, index, total)
                     continue
-                n_cal = min(len(next(iter(calib.values()))), config.calibration_samples)
-            step = TFLiteConversion(mode, n_cal, layout)
-            cand.recipe = Recipe(cand.name, (Step("tflite_convert", step),), f"TFLite {mode}")
+                n_cal = min(_rows(calib), config.calibration_samples) if calib else 0
+                step = TFLiteConversion(mode, n_cal if mode.startswith("int8") else 0, layout)
+                cand.recipe = Recipe(cand.name, (Step("tflite_convert", step),), f"TFLite {mode}")
             report_fn("build", cand, index, total)
             path = work / f"{cand.name}.tflite"
             t0 = time.perf_counter()
             try:
-                assert source_obj is not None
-                conv = keras_to_tflite(
-                    source_obj.saved_model,
-                    path,
-                    quantize=mode,
-                    calibration=calib,
-                    atol=float("inf"),  # the gate below judges accuracy, on real data
-                    min_cosine=-1.0,
-                )
+                if cand.name in AEQ_RECIPES:
+                    quantize_tflite(base_path, cand.name, path, calib, config.calibration_samples)
+                else:
+                    assert source_obj is not None
+                    conv = keras_to_tflite(
+                        source_obj.saved_model,
+                        path,
+                        quantize=_MODE[cand.name],
+                        calibration=calib,
+                        atol=float("inf"),  # the gate below judges accuracy, on real data
+                        min_cosine=-1.0,
+                    )
+                    cand.note = "; ".join(n for n in conv.notes if "calibrated on" in n)
                 cand.path, cand.build_seconds = path, time.perf_counter() - t0
-                cand.infos = ({"pass": "tflite_convert", "quantize": mode, "note": ""},)
-                cand.note = "; ".join(n for n in conv.notes if "calibrated on" in n)
+                cand.infos = (cand.recipe.steps[0].to_dict(),)
                 report_fn("evaluate", cand, index, total)
                 ev, _, timer = evaluate_tflite(path, data, config, output, signature, reference)
+            except NotApplicable as exc:
+                cand.status, cand.reason = "skipped", failure(exc, work)
+                report_fn("skipped", cand, index, total)
+                continue
             except Exception as exc:  # one broken candidate must not end the whole search
                 cand.status, cand.reason = "failed", failure(exc, work)
                 report_fn("failed", cand, index, total)
@@ -255,7 +285,7 @@ def optimize_tflite(
             time.perf_counter() - started,
             notes,
         )
-        bundle = _bundle_tflite(
+        bundle = bundle_tflite(
             src, chosen, result, data, out, layout, signature, name, version, overwrite
         )
     report_dir = None
@@ -267,77 +297,3 @@ def optimize_tflite(
             extra={"bundle": str(out), "source": str(src), "target": "tflite"},
         )
     return OptimizeResult(bundle, report_dir, result)
-
-
-def _golden(path: Path, data: Dataset, signature: bool) -> dict[str, np.ndarray]:
-    """Golden inputs by tensor name, in the model's own dtypes (int8 I/O quantized)."""
-    from edgeinfer.convert.tflite import open_interpreter, to_model_dtype
-
-    interp = open_interpreter(path)
-    feeds = data.head(min(_GOLDEN, len(data))).feeds()
-    ins = {int(d["index"]): d for d in interp.get_input_details()}
-    if signature:
-        details = interp.get_signature_runner().get_input_details()
-        by_name = {k: ins[int(d["index"])] for k, d in details.items()}
-    else:
-        by_name = {str(d["name"]): d for d in ins.values()}
-    return {
-        str(by_name[k]["name"]): to_model_dtype(np.asarray(v), by_name[k]) for k, v in feeds.items()
-    }
-
-
-def _bundle_tflite(
-    src: Path,
-    chosen: Candidate,
-    result: SearchResult,
-    data: Dataset,
-    out: Path,
-    layout: str,
-    signature: bool,
-    name: str | None,
-    version: int | None,
-    overwrite: bool,
-) -> Bundle:
-    from edgeinfer.convert.tflite import inspect_tflite
-
-    ev, base = chosen.evaluation, result.baseline.evaluation
-    assert ev is not None and base is not None and chosen.path is not None
-    metric = result.metric.name
-    metrics: dict[str, Any] = {k: round(v, 6) for k, v in ev.metrics.items()}
-    metrics.update(
-        latency_ms=round(chosen.latency_ms, 4),
-        size_bytes=ev.size_bytes,
-        optimize={
-            "target": "tflite",
-            "metric": metric,
-            "baseline": round(base.metrics[metric], 6),
-            "value": round(ev.metrics[metric], 6),
-            "objective": result.objective,
-            "baseline_latency_ms": round(result.baseline.latency_ms, 4),
-            "baseline_size_bytes": base.size_bytes,
-            "speedup": round(result.baseline.latency_ms / chosen.latency_ms, 3),
-            "size_ratio": round(ev.size_bytes / base.size_bytes, 4),
-            "eval_samples": len(data),
-            "kept_original": result.kept_original,
-        },
-    )
-    recipe = {
-        "candidate": chosen.name,
-        **(chosen.recipe.to_dict() if chosen.recipe else {"steps": []}),
-        "layout": layout,
-        "search": {"metric": metric, "objective": result.objective, "target": "tflite"},
-    }
-    quantized = inspect_tflite(chosen.path).quantized
-    tol = {"atol": _QUANT_TOL, "rtol": _QUANT_TOL} if quantized else {}
-    return Bundle.create(
-        chosen.path,
-        out,
-        name=name or src.stem.replace("_", "-").lower(),
-        version=version if version is not None else 1,
-        golden_inputs=_golden(chosen.path, data, signature),
-        metrics=metrics,
-        recipe=recipe,
-        source=str(src),
-        overwrite=overwrite,
-        **tol,  # type: ignore[arg-type]
-    )

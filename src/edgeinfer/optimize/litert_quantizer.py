@@ -1,0 +1,113 @@
+"""ai-edge-quantizer recipes on a float ``.tflite``: the LiteRT search's ``aeq-*`` candidates.
+
+Google's ai-edge-quantizer rewrites a float TFLite model without its Keras source, so these
+candidates apply to a bare float ``.tflite`` as well as to the float32 model converted from
+Keras. The static recipes calibrate through the model's serving signature (their inputs and
+outputs become int8/int16, fed and read through the quantization parameters like any
+integer-I/O candidate). A model already quantized cannot be quantized again:
+:class:`~edgeinfer.optimize.errors.NotApplicable` says so, and the search skips it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeinfer.errors import MissingDependencyError
+from edgeinfer.optimize.errors import NotApplicable
+
+__all__ = ["AEQ_RECIPES", "AEQRecipe", "aeq_available", "quantize_tflite"]
+
+# candidate name -> ai_edge_quantizer.recipe function
+AEQ_RECIPES = {
+    "aeq-weight-only-int8": "weight_only_wi8_afp32",
+    "aeq-weight-only-int4": "weight_only_wi4_afp32",
+    "aeq-dynamic-int8": "dynamic_wi8_afp32",
+    "aeq-static-wi8-ai8": "static_wi8_ai8",
+    "aeq-static-wi8-ai16": "static_wi8_ai16",
+}
+
+
+@dataclass(frozen=True)
+class AEQRecipe:
+    """The recipe step of an ``aeq-*`` candidate."""
+
+    recipe: str  # the ai_edge_quantizer.recipe function, e.g. static_wi8_ai8
+    calibration_samples: int = 0
+
+
+def aeq_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_quantizer") is not None
+
+
+def _signature_rows(
+    model: Path, calibration: Mapping[str, np.ndarray], samples: int
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Calibration rows keyed by the serving signature's input names (the data may be keyed
+    by tensor names, as a bare ``.tflite``'s eval data is)."""
+    from edgeinfer.convert.tflite import open_interpreter
+
+    interp = open_interpreter(model)
+    signatures = interp.get_signature_list()
+    if not signatures:
+        raise NotApplicable("the model has no serving signature to calibrate through")
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    details = interp.get_signature_runner(key).get_input_details()
+    by_index = {int(d["index"]): str(d["name"]) for d in interp.get_input_details()}
+    names = {}
+    for sig_name, detail in details.items():
+        tensor = by_index.get(int(detail["index"]), sig_name)
+        names[sig_name] = sig_name if sig_name in calibration else tensor
+    missing = [n for n in names.values() if n not in calibration]
+    if missing:
+        raise NotApplicable(f"calibration data has no input {', '.join(missing)}")
+    n = min(min(len(calibration[t]) for t in names.values()), samples)
+    rows = [
+        {s: np.asarray(calibration[t][i : i + 1], dtype=np.float32) for s, t in names.items()}
+        for i in range(n)
+    ]
+    return {key: rows}
+
+
+def quantize_tflite(
+    model: Path,
+    candidate: str,
+    out: Path,
+    calibration: Mapping[str, np.ndarray] | None,
+    samples: int = 128,
+) -> Path:
+    """Apply the ai-edge-quantizer recipe of ``candidate`` to the float ``model``."""
+    from edgeinfer.convert._tf import quiet
+    from edgeinfer.convert.tflite import inspect_tflite
+
+    try:
+        from ai_edge_quantizer import quantizer, recipe
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "ai-edge-quantizer", "tensorflow", "The aeq-* LiteRT candidates"
+        ) from exc
+    if inspect_tflite(model).quantized:
+        raise NotApplicable("the model is already quantized; ai-edge-quantizer needs a float one")
+    make = getattr(recipe, AEQ_RECIPES[candidate])
+    sink = io.StringIO()  # its progress bars and size summary
+    with quiet(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        qt = quantizer.Quantizer(os.fspath(model), make())
+        result: Any
+        if qt.need_calibration:
+            if calibration is None:
+                raise NotApplicable("static recipes need calibration data (--calibration)")
+            rows = _signature_rows(model, calibration, samples)
+            result = qt.quantize(qt.calibrate(rows, num_threads=1))
+        else:
+            result = qt.quantize()
+        result.export_model(os.fspath(out), overwrite=True)
+    return out
