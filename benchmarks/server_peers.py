@@ -22,7 +22,9 @@ figure is edgeinfer's throughput over the best peer's *in the same round*, for e
 CPU time per answer (psutil, the process and its children) is recorded with every window:
 it depends less on what else runs on the machine than requests per second do.
 
-Run: .venv/bin/python benchmarks/bench_server.py --peers-only [--peer-rounds N] (or this file).
+Run: .venv/bin/python benchmarks/bench_server.py --peers-only [--peer-rounds N], or this file
+(``--baseline-src DIR``: an earlier checkout's ``src`` served beside, for before/after in the
+same rounds).
 Writes benchmarks/results/server_peers.json.
 """
 
@@ -53,6 +55,7 @@ MLSERVER_PYTHON = Path("/tmp/mlserver-venv/bin/python")
 # the floor (floor_servers.py): bare uvicorn / bare grpc.aio doing the least work an answer
 # needs (parse, one ONNX Runtime run, encode): what any Python server on those stacks pays
 FLOORS = {"rest_json": "uvicorn-infer", "grpc": "grpc-infer"}
+BASELINE = "edgeinfer_baseline"  # --baseline-src: an earlier edgeinfer, in the same rounds
 FLOOR_LABELS = {
     "uvicorn-infer": "floor: bare uvicorn, json.loads, one run, json.dumps (REST only)",
     "grpc-infer": "floor: bare grpc.aio, parse, one run, serialize (gRPC only)",
@@ -163,6 +166,7 @@ def peers_suite(
     triton: bool = True,
     edgeinfer_src: Path | None = None,
     with_floor: bool = True,
+    baseline_src: Path | None = None,
 ) -> dict[str, Any]:
     """Tiny MLP, REST JSON and gRPC, concurrency 1 and 32: every server per round, and the
     floor of each protocol (:data:`FLOORS`)."""
@@ -183,6 +187,13 @@ def peers_suite(
     try:
         servers.append(start_edgeinfer(repo, ["tiny"], work / "edgeinfer.log", src=edgeinfer_src))
         out["servers"]["edgeinfer"] = "defaults (max_batch_size 8, no queue delay)"
+        if baseline_src is not None:  # another checkout, for before/after in the same rounds
+            servers.append(
+                start_edgeinfer(
+                    repo, ["tiny"], work / "baseline.log", src=baseline_src, name=BASELINE
+                )
+            )
+            out["servers"][BASELINE] = f"edgeinfer from {baseline_src} (not a peer)"
         if mlserver_python.is_file():
             for setting in MLSERVER_SETTINGS:
                 try:
@@ -237,7 +248,7 @@ def peers_suite(
                 peers = {
                     n: v["rps"]
                     for n, v in case.items()
-                    if n != "edgeinfer" and n not in FLOOR_LABELS
+                    if n not in ("edgeinfer", BASELINE) and n not in FLOOR_LABELS
                 }
                 best = max(peers, key=peers.__getitem__) if peers else None
                 summary = {
@@ -251,6 +262,10 @@ def peers_suite(
                     summary["edgeinfer_over_best_peer"] = round(
                         case["edgeinfer"]["rps"] / max(peers[best], 1e-9), 3
                     )
+                    if BASELINE in case:
+                        summary["edgeinfer_over_baseline"] = round(
+                            case["edgeinfer"]["rps"] / max(case[BASELINE]["rps"], 1e-9), 3
+                        )
                     floor = FLOORS.get(kind)
                     if floor in case:
                         summary["edgeinfer_over_floor"] = round(
@@ -305,6 +320,7 @@ def summarize(per_round: list[dict[str, Any]], names: list[str]) -> dict[str, An
             "edgeinfer_over_best_mlserver",
             "edgeinfer_over_floor",
             "floor_over_best_mlserver",
+            "edgeinfer_over_baseline",
         ):
             ratios = [row[key] for row in rows if row.get(key) is not None]
             if ratios:
@@ -325,6 +341,7 @@ def run(
     mlserver_python: Path = MLSERVER_PYTHON,
     triton: bool = True,
     edgeinfer_src: Path | None = None,
+    baseline_src: Path | None = None,
 ) -> Path:
     """The whole suite; writes results/server_peers.json and returns its path."""
     import gc
@@ -334,7 +351,9 @@ def run(
     gc.collect()
     gc.freeze()  # the load generator's heap: no full collections read as server latency
     try:
-        res = peers_suite(work, seconds, rounds, mlserver_python, triton, edgeinfer_src)
+        res = peers_suite(
+            work, seconds, rounds, mlserver_python, triton, edgeinfer_src, baseline_src=baseline_src
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     res["conditions"] = {
@@ -349,6 +368,7 @@ def run(
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "edgeinfer_src": None if edgeinfer_src is None else str(edgeinfer_src),
+        "baseline_src": None if baseline_src is None else str(baseline_src),
     }
     return write("server_peers", res)
 
@@ -362,6 +382,11 @@ if __name__ == "__main__":
     ap.add_argument("--no-triton", action="store_true")
     ap.add_argument("--mlserver-python", type=Path, default=MLSERVER_PYTHON)
     ap.add_argument("--edgeinfer-src", type=Path, help="another checkout's src folder")
+    ap.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="an earlier checkout's src folder, served beside and compared in every round",
+    )
     args = ap.parse_args()
     try:
         import uvloop
@@ -372,6 +397,11 @@ if __name__ == "__main__":
     print(
         "wrote",
         run(
-            args.seconds, args.rounds, args.mlserver_python, not args.no_triton, args.edgeinfer_src
+            args.seconds,
+            args.rounds,
+            args.mlserver_python,
+            not args.no_triton,
+            args.edgeinfer_src,
+            args.baseline_src,
         ),
     )
