@@ -233,3 +233,29 @@ def test_slow_model_stays_on_its_thread(tmp_path: Path) -> None:
     threads = _threads_of_runs(model, BatchConfig(inline_compute_us=1), feeds)
     assert all(t.startswith("infer-m") for t in threads), threads
     model.close()
+
+
+def test_lone_request_of_a_fast_model_runs_at_once(tmp_path: Path) -> None:
+    """Nothing queued, nothing running: a fast model's request runs in its own task, without
+    the queue, and is measured like any other (a batch of its own, no time queued)."""
+    model = edgeinfer.load(h.mlp(tmp_path / "m.onnx"), threads=1)
+    metrics = Metrics()
+    xs = [np.full((1, 4), i, np.float32) for i in range(5)]
+
+    async def main() -> list[object]:
+        batcher = Batcher(model, "m", BatchConfig(inline_compute_us=10_000), metrics)
+        timings = []
+        for x in xs:
+            out, timing = await batcher.infer({"x": x})
+            np.testing.assert_allclose(out["logits"], x @ h.mlp_weights(0), rtol=1e-5)
+            timings.append(timing)
+        assert batcher.queue_depth == 0
+        await batcher.close()
+        return timings
+
+    timings = asyncio.run(main())
+    assert all(t.queue_s == 0.0 and t.batch_rows == 1 for t in timings[1:]), timings  # type: ignore[attr-defined]
+    text = metrics.render()[0].decode()
+    assert _metric(text, "edgeinfer_batch_size_count", model="m") == 5, text
+    assert _metric(text, "edgeinfer_queue_duration_seconds_count", model="m") == 5, text
+    model.close()

@@ -14,6 +14,9 @@ fixed shapes besides the batch dimension (so a run's cost is bounded by ``max_ba
 rows and cannot grow with what a client sends); and the model's recent runs (a moving
 average, over runs on the loop and on the thread alike) took less than ``inline_compute_us``.
 A model's first runs, and every run of a model that is slower than that, stay on its thread.
+Such a model's request that finds nothing queued and nothing running (and no
+``max_queue_delay_us`` to wait for company) runs at once in its own task, without the queue
+and the worker's turn of the loop: it would have been a batch of one anyway.
 
 Backpressure: a request that finds the queue full, or that could not start within its queue
 timeout at the rate the queue drains now, is refused at once (:class:`QueueFull`, see
@@ -175,8 +178,15 @@ class Batcher:
         if timeout_s is not None:  # a request may ask to wait less, never more
             timeout = min(timeout, timeout_s)
         self.admit(timeout)
-        loop = asyncio.get_running_loop()
         out_key = None if outputs is None else tuple(outputs)
+        if (
+            not self._queue
+            and not self._busy
+            and self._recent_s < self._inline_s
+            and not self.config.max_queue_delay_us
+        ):
+            return self._run_now(feeds, out_key)
+        loop = asyncio.get_running_loop()
         rows, key = 1, None
         if self.batching:
             first = next(iter(feeds.values()))
@@ -290,6 +300,27 @@ class Batcher:
                 self._queue_s.observe(queued)
                 if not item.future.done():
                     item.future.set_result((outs, Timing(queued, compute, rows)))
+
+    def _run_now(
+        self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] | None
+    ) -> tuple[dict[str, np.ndarray], Timing]:
+        """Run one request at once, on the loop, in the caller's task: nothing waits or runs,
+        so it would be a batch of its own anyway, and the model is fast (see the module
+        docstring); skips the queue and the worker's turn of the loop."""
+        first = next(iter(feeds.values()), None)
+        rows = int(first.shape[0]) if self.batching and first is not None and first.ndim else 1
+        self._busy += 1
+        started = time.perf_counter()
+        try:
+            result = self.model.predict(feeds, outputs)
+        finally:
+            self._busy -= 1
+        ran = time.perf_counter() - started
+        self._recent_s = 0.5 * (self._recent_s + ran)
+        self._queue_s.observe(0.0)
+        self._compute_s.observe(ran)
+        self._batch.observe(rows)
+        return result, Timing(0.0, ran, rows)
 
     def _timed_run(self, batch: list[_Item]) -> tuple[list[dict[str, np.ndarray]], float]:
         """:meth:`_run`, and the seconds it took (without any hand-off to a thread)."""
