@@ -7,9 +7,11 @@ the network emulator (``NetemProxy``, RTT ``--rtt``); the device runs the same b
 ``--generations`` greedy generations of ``--tokens`` tokens has the link cut at a random
 piece among the first half: ``refuse`` resets the connection (the default; what a dropped
 Wi-Fi looks like to the socket) or ``blackhole`` stalls it (the gap threshold notices).
-After each, the link comes back and the server's breaker is let close again. Both ways
-of resuming run (``--resume exact,fast``): the received tokens fed one at a time (the
-default, identical text) or in one pass with the prompt.
+After each, the link comes back and the server's breaker is let close again. Three ways
+of resuming run (``--resume exact,fast,follow``): the received tokens fed one at a time
+at the switch (the default, identical text), in one pass with the prompt (``fast``), or
+fed to the device's model as they arrive, on a thread (``follow``: the device decodes
+along with the server, and the switch has nothing to replay).
 
 Reported:
 - failed generations: an exception, or a stream that ended without finishing [target 0];
@@ -75,7 +77,7 @@ def _ttft_s(model: Any, prompt: str, opts: Any) -> float:
 
 
 def _run_mode(
-    args: argparse.Namespace, exact: bool, served: str, model: Any, prompts: list[str]
+    args: argparse.Namespace, mode: str, served: str, model: Any, prompts: list[str]
 ) -> list[dict[str, Any]]:
     """``args.generations`` generations, each cut at a random piece; one record each."""
     from edgeinfer.generate import GenerateOptions
@@ -84,9 +86,11 @@ def _run_mode(
     from edgeinfer.offload.generation import GenerativeOffloader, GenerativeOffloaderConfig
 
     rng = random.Random(args.seed)
+    exact = mode != "fast"
     config = GenerativeOffloaderConfig(
         gap_s=args.gap,
         exact_resume=exact,
+        follow=mode == "follow",
         breaker=BreakerConfig(failures=3, open_s=0.1, max_open_s=0.2),
     )
     opts = GenerateOptions(max_tokens=args.tokens)
@@ -146,7 +150,7 @@ def _run_mode(
                     stall_s=stall,
                     median_wait_s=wait,
                     extra_s=stall - wait,
-                    resume_s=_resume_s(model, ids, done, opts, exact),
+                    resume_s=None if mode == "follow" else _resume_s(model, ids, done, opts, exact),
                     within_target=stall - wait <= ttft[prompt] + 0.1,
                 )
             runs.append(run)
@@ -160,6 +164,7 @@ def _run_mode(
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     switched = [r for r in runs if "extra_s" in r]
     extra = [r["extra_s"] for r in switched]
+    resumes = [r["resume_s"] for r in switched if r["resume_s"] is not None]
     return {
         "generations": len(runs),
         "failed": sum(r["failed"] for r in runs),
@@ -171,7 +176,7 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "extra_latency_median_s": statistics.median(extra) if extra else None,
         "extra_latency_max_s": max(extra) if extra else None,
         "local_ttft_median_s": statistics.median(r["local_ttft_s"] for r in runs),
-        "resume_median_s": statistics.median(r["resume_s"] for r in switched) if switched else None,
+        "resume_median_s": statistics.median(resumes) if resumes else None,
         "within_target": sum(r["within_target"] for r in switched),
     }
 
@@ -184,7 +189,9 @@ def main() -> None:
     ap.add_argument("--rtt", default="10ms")
     ap.add_argument("--gap", type=float, default=1.0, help="stall threshold, seconds")
     ap.add_argument("--model", choices=("tiny", "smollm2"), default="smollm2")
-    ap.add_argument("--resume", default="exact,fast", help="exact, fast or both (comma)")
+    ap.add_argument(
+        "--resume", default="exact,fast,follow", help="exact, fast, follow (comma-separated)"
+    )
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads, each side")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="generate_outage", help="results/<out>.json")
@@ -209,9 +216,7 @@ def main() -> None:
             load(bundle.path, threads=args.threads) as model,
         ):
             for mode in args.resume.split(","):
-                runs = _run_mode(
-                    args, mode == "exact", server.url.split("//", 1)[1], model, prompts
-                )
+                runs = _run_mode(args, mode, server.url.split("//", 1)[1], model, prompts)
                 modes[mode] = {"summary": _summary(runs), "runs": runs}
                 print(mode, json.dumps(modes[mode]["summary"], indent=1))
     finally:

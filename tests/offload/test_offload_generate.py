@@ -10,6 +10,7 @@ events on, then the error), as the hostile servers of test_offload_hostile.py ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import re
 import shutil
@@ -17,6 +18,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -64,8 +66,9 @@ def want(tiny: GenerativeModel) -> tuple[int, ...]:
     return tiny.generate(PROMPT, max_tokens=TOKENS).token_ids
 
 
-def _offloader(tiny: GenerativeModel, url: str) -> GenerativeOffloader:
-    return GenerativeOffloader(tiny, url, "remote", model="tiny-llm", config=CONFIG)
+def _offloader(tiny: GenerativeModel, url: str, **config: Any) -> GenerativeOffloader:
+    cfg = dataclasses.replace(CONFIG, **config)
+    return GenerativeOffloader(tiny, url, "remote", model="tiny-llm", config=cfg)
 
 
 def _free_port() -> int:
@@ -93,6 +96,22 @@ def test_resume_continues_token_for_token(
         assert rest.result.token_ids == whole.token_ids
         assert rest.result.text == whole.text
         assert rest.result.stop_reason == whole.stop_reason
+
+
+def test_a_follower_goes_on_from_the_tokens_fed_to_it(tiny: GenerativeModel) -> None:
+    whole = tiny.generate(PROMPT, max_tokens=40)
+    ids = tiny.prompt_ids(PROMPT)
+    for fed, k in ((0, 0), (3, 10), (10, 10), (40, 40)):
+        follower = tiny.follow(ids, GenerateOptions(max_tokens=40))
+        for token in whole.token_ids[:fed]:
+            follower.feed(token)
+        rest = follower.resume(whole.token_ids[:k])
+        assert "".join(rest) == whole.text, (fed, k)
+        assert rest.result is not None and rest.result.token_ids == whole.token_ids
+    follower = tiny.follow(ids, GenerateOptions(max_tokens=40))
+    follower.feed(whole.token_ids[0])
+    with pytest.raises(InputError, match="must begin with the tokens fed to the follower"):
+        follower.resume([whole.token_ids[0] + 1])
 
 
 def test_resume_refuses_ids_outside_the_vocabulary(tiny: GenerativeModel) -> None:
@@ -137,10 +156,10 @@ def test_a_good_link_offloads(tiny: GenerativeModel, server: str, want: tuple[in
 
 
 def _cut_once(
-    tiny: GenerativeModel, server: str, at: int, mode: OutageMode
+    tiny: GenerativeModel, server: str, at: int, mode: OutageMode, follow: bool
 ) -> tuple[str, GenerativeOffloader, OffloadedGeneration]:
     """Stream PROMPT through a fresh link; cut it (``mode``) once piece ``at`` arrived."""
-    with NetemProxy(server) as proxy, _offloader(tiny, proxy.url) as off:
+    with NetemProxy(server) as proxy, _offloader(tiny, proxy.url, follow=follow) as off:
         pieces = off.stream(PROMPT, max_tokens=TOKENS)
         text = []
         for i, piece in enumerate(pieces):
@@ -151,15 +170,18 @@ def _cut_once(
         return "".join(text), off, pieces.result
 
 
-@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+@pytest.mark.parametrize(
+    ("mode", "follow"), [("refuse", False), ("blackhole", False), ("refuse", True)]
+)
 def test_a_link_cut_at_a_random_token_is_finished_locally(
-    tiny: GenerativeModel, server: str, want: tuple[int, ...], mode: OutageMode
+    tiny: GenerativeModel, server: str, want: tuple[int, ...], mode: OutageMode, follow: bool
 ) -> None:
-    """``refuse`` resets the connection; ``blackhole`` stalls it past the gap threshold."""
+    """``refuse`` resets the connection; ``blackhole`` stalls it past the gap threshold;
+    ``follow``: the device fed the server's tokens to its model as they came."""
     rng = random.Random()
     for _ in range(3):  # a cut after the server's last event has nothing left to cut
         at = rng.randrange(1, 30)
-        text, off, r = _cut_once(tiny, server, at, mode)
+        text, off, r = _cut_once(tiny, server, at, mode, follow)
         assert r.token_ids == want, f"cut after piece {at}"
         assert text == r.text == tiny.decode(want)
         if r.fallback:

@@ -32,7 +32,14 @@ from edgeinfer.generate.options import GenerateOptions, Generation, check_messag
 from edgeinfer.runtime.bundle import Bundle
 from edgeinfer.tensors import TensorSpec
 
-__all__ = ["BackendInfo", "GenerativeModel", "TextStream", "load", "open_generative"]
+__all__ = [
+    "BackendInfo",
+    "Follower",
+    "GenerativeModel",
+    "TextStream",
+    "load",
+    "open_generative",
+]
 
 # The token-level signature of a generative model (what its golden sample feeds).
 TOKEN_INPUTS = (TensorSpec("input_ids", "int64", ("prompt",)),)
@@ -391,6 +398,16 @@ class GenerativeModel:
             del gen
         return np.asarray(out, dtype=np.int64)
 
+    def follow(self, prompt_ids: Sequence[int], opts: GenerateOptions) -> Follower:
+        """A generation kept in step with tokens another copy of this model generates
+        (an edge server's stream): :meth:`Follower.feed` them as they arrive, and
+        :meth:`Follower.resume` continues here at once, the same tokens as an
+        uninterrupted run, without the replay :meth:`resume` does. It costs this device
+        one decoding step per token fed."""
+        if self._closed:
+            raise BackendError(f"model {self.name!r} is closed")
+        return Follower(self, self._checked_ids(prompt_ids), opts)
+
     def _checked_ids(self, ids: Sequence[int]) -> list[int]:
         prompt = [int(t) for t in ids]
         if not prompt or not all(0 <= t < self.vocab_size for t in prompt):
@@ -409,6 +426,49 @@ class GenerativeModel:
         self._closed = True
 
 
+class Follower:
+    """A generator fed, one at a time, the tokens generated elsewhere (see
+    :meth:`GenerativeModel.follow`). One thread feeds it; :meth:`resume` hands it on."""
+
+    def __init__(self, model: GenerativeModel, ids: list[int], opts: GenerateOptions) -> None:
+        self.model, self.ids, self.opts = model, ids, opts
+        self.fed: list[int] = []
+        self._gen: Any = None
+        # feeding stops one token short of where the generation would end
+        self._room = min(len(ids) + opts.max_tokens, model.context_length) - len(ids) - 1
+
+    def feed(self, token: int) -> None:
+        """Run the model over one more token (the prompt pass comes with the first)."""
+        if len(self.fed) >= self._room or (self.fed and self.fed[-1] in self.model.eos_token_ids):
+            return  # the generation ends here: resume needs no generator
+        if self._gen is None:
+            self._gen = self.model._generator(self.ids, self.opts)
+        try:
+            self._gen.append_tokens(np.asarray([int(token)], dtype=np.int32))
+        except RuntimeError as exc:
+            raise BackendError(f"model {self.model.name!r}: generation failed: {exc}") from exc
+        self.fed.append(int(token))
+
+    def resume(self, generated: Sequence[int], *, shown: str = "") -> TextStream:
+        """Go on after ``generated`` (the tokens fed so far and any not fed yet)."""
+        done = [int(t) for t in generated]
+        if done[: len(self.fed)] != self.fed:
+            raise InputError("generated tokens must begin with the tokens fed to the follower")
+        for token in done[len(self.fed) :]:
+            self.feed(token)
+        return TextStream(
+            self.model, self.ids, self.opts, time.perf_counter(), done=done, shown=shown,
+            follower=self,
+        )  # fmt: skip
+
+    def _take(self) -> Any:
+        gen, self._gen = self._gen, None
+        return gen if gen is not None else self.model._generator(self.ids, self.opts, self.fed)
+
+    def close(self) -> None:
+        self._gen = None
+
+
 class TextStream(Iterator[str]):
     """Text pieces of one generation as they come; ``.result`` once it ended."""
 
@@ -422,6 +482,7 @@ class TextStream(Iterator[str]):
         done: Sequence[int] = (),
         shown: str = "",
         exact: bool = True,
+        follower: Follower | None = None,
     ) -> None:
         self.model = model
         self.prompt_tokens = len(ids)
@@ -431,6 +492,7 @@ class TextStream(Iterator[str]):
         self.token_ids: list[int] = []
         self._created = time.perf_counter()
         self._exact = exact  # how done tokens are fed (see GenerativeModel.resume)
+        self._follower = follower  # a generator already fed the done tokens, to go on with
         self._it = self._run(ids, opts, start, list(done), len(shown))
 
     def __iter__(self) -> TextStream:
@@ -489,7 +551,11 @@ class TextStream(Iterator[str]):
             ):
                 reason = _ended(tokens, model.eos_token_ids, opts, len(ids))
             else:
-                gen = model._generator(ids, opts, done, self._exact)
+                follower, self._follower = self._follower, None
+                if follower is not None:  # already fed the done tokens: no replay
+                    gen = follower._take()
+                else:
+                    gen = model._generator(ids, opts, done, self._exact)
             while gen is not None:
                 if gen.is_done():
                     reason = _ended(tokens, model.eos_token_ids, opts, len(ids))

@@ -27,12 +27,13 @@ generation, token for token.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
-from edgeinfer.errors import InputError
+from edgeinfer.errors import EdgeInferError, InputError
 from edgeinfer.generate.options import GenerateOptions
 from edgeinfer.offload.breaker import CircuitBreaker
 from edgeinfer.offload.energy import Battery, DeviceProfile
@@ -64,6 +65,46 @@ __all__ = [
 Prompt = str | Sequence[Mapping[str, str]]  # a text, or a chat of {"role", "content"}
 _UP_BYTES_PER_TOKEN = 8  # bytes: a prompt token as JSON ("12345, ")
 _DOWN_BYTES_PER_TOKEN = 120  # bytes: one server-sent event per token
+
+
+class _Feeder:
+    """Feeds a :class:`~edgeinfer.generate.model.Follower` the tokens of a server's
+    stream on a thread of its own, so reading the stream never waits on the model."""
+
+    def __init__(self, follower: Any) -> None:
+        self.follower = follower
+        self._queue: queue.SimpleQueue[tuple[int, ...] | None] = queue.SimpleQueue()
+        self._failed = False
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="generate-follow", daemon=True)
+        self._thread.start()
+
+    def put(self, token_ids: tuple[int, ...]) -> None:
+        self._queue.put(token_ids)
+
+    def _run(self) -> None:
+        while (ids := self._queue.get()) is not None:
+            try:
+                for token in ids:
+                    if self._cancelled:
+                        return
+                    self.follower.feed(token)
+            except EdgeInferError:  # resume replays what was not fed; the stream goes on
+                self._failed = True
+                return
+
+    def stop(self, *, wait: bool) -> Any:
+        """With ``wait``, let what was queued be fed and return the follower (``None`` if
+        feeding failed); else drop the rest (the server finished: nothing to go on with)."""
+        self._cancelled = not wait
+        self._queue.put(None)
+        if not wait:
+            return None
+        self._thread.join()
+        if self._failed:
+            self.follower.close()
+            return None
+        return self.follower
 
 
 class GenerativeOffloader:
@@ -233,6 +274,7 @@ class GenerativeOffloader:
         why: str | None = None
         stop_reason = "cancelled"
         first: float | None = None
+        follower = None  # with config.follow: the device's model, fed the server's tokens
         with self._lock:
             setattr(self.stats, side, getattr(self.stats, side) + 1)
         try:
@@ -240,6 +282,7 @@ class GenerativeOffloader:
                 i = where.remote
                 remote, slot, cfg = self.remotes[i], self.pool.slots[i], self.config
                 url, last = remote.url, start
+                feeder = _Feeder(self.local.follow(ids, opts)) if cfg.follow else None
                 events = remote.stream(ids, opts, first_s=cfg.first_token_s, gap_s=cfg.gap_s)
                 try:
                     for event in events:
@@ -247,6 +290,8 @@ class GenerativeOffloader:
                             first = event.at if first is None else first
                             last = event.at
                             tokens.extend(event.token_ids)
+                            if feeder is not None:
+                                feeder.put(event.token_ids)
                         if event.text:
                             shown.append(event.text)
                             yield event.text
@@ -267,11 +312,16 @@ class GenerativeOffloader:
                             )
                 finally:
                     events.close()
+                    if feeder is not None:
+                        follower = feeder.stop(wait=switched is not None)
             if side == "local" or switched is not None:
                 local_start = time.perf_counter()
-                pieces = self.local.resume(
-                    ids, tokens, opts, shown="".join(shown), exact=self.config.exact_resume
-                )
+                text = "".join(shown)
+                if side == "remote" and follower is not None:
+                    pieces = follower.resume(tokens, shown=text)  # fed already: no replay
+                else:
+                    exact = self.config.exact_resume
+                    pieces = self.local.resume(ids, tokens, opts, shown=text, exact=exact)
                 with pieces:
                     yield from pieces
                 result = pieces.result

@@ -38,6 +38,10 @@ class GenerativeOffloaderConfig:
     # did (the same tokens as an uninterrupted run; one decoding step per token received);
     # False: in one pass with the prompt (faster; a quantized model may drift at a near tie)
     exact_resume: bool = True
+    # True: while the server streams, the device feeds each token it receives to its own
+    # model (on a thread), so a switch goes on at once instead of replaying them; it costs
+    # the device one decoding step per token, as if it generated (off by default)
+    follow: bool = False
     breaker: BreakerConfig = field(default_factory=BreakerConfig)
     window: int = 7  # samples in each estimate's median
     alpha: float = 0.5  # EWMA weight of a new median
