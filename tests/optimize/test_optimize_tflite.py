@@ -60,6 +60,8 @@ def litert_bundle(keras_digits: dict[str, Path], tmp_path_factory: pytest.TempPa
         "size",
         "--repeats",
         "5",
+        "--candidates",
+        "float16,dynamic-int8,int8-io,aeq-weight-only-int4,aeq-static-wi8-ai8",
         "--out",
         str(out),
     )
@@ -69,7 +71,7 @@ def litert_bundle(keras_digits: dict[str, Path], tmp_path_factory: pytest.TempPa
 def test_keras_model_searched_on_litert(litert_bundle: Any) -> None:
     out, result = litert_bundle
     assert result.exit_code == 0, result.output
-    for name in ("float16", "dynamic-int8", "int8-io", "chose"):
+    for name in ("float16", "dynamic-int8", "int8-io", "aeq-static-wi8-ai8", "chose"):
         assert name in result.output
     bundle = Bundle.open(out)
     manifest = json.loads((out / "manifest.json").read_text())

@@ -190,7 +190,9 @@ def optimize(
         "auto",
         help="onnx, tflite or auto (the source's own world): MODEL may also be a Keras model "
         "(.keras/.h5), a SavedModel directory or a .tflite file; tflite searches float16, "
-        "dynamic-int8, int8 and int8-io on LiteRT.",
+        "dynamic-int8, int8, int8-io (TFLiteConverter), aeq-weight-only-int8, "
+        "aeq-dynamic-int8, aeq-static-wi8-ai8 (ai-edge-quantizer; aeq-weight-only-int4 and "
+        "aeq-static-wi8-ai16 when named in --candidates) on LiteRT.",
     ),
 ) -> None:
     """Find the fastest or smallest model within an accuracy budget; bundle it."""

@@ -11,8 +11,9 @@ builds the float32 TFLite model (the baseline) and the post-training variants
 * ``int8-io``: the same with int8 inputs and outputs (what a microcontroller feeds);
 
 and, where ai-edge-quantizer is installed, its recipes on the float ``.tflite``
-(:mod:`.litert_quantizer`): ``aeq-weight-only-int8``, ``aeq-weight-only-int4``,
-``aeq-dynamic-int8``, ``aeq-static-wi8-ai8`` and ``aeq-static-wi8-ai16`` (calibrated).
+(:mod:`.litert_quantizer`): ``aeq-weight-only-int8``, ``aeq-dynamic-int8`` and
+``aeq-static-wi8-ai8`` (calibrated); ``aeq-weight-only-int4`` and ``aeq-static-wi8-ai16``
+only when named (``candidates=``, ``--candidates``): XNNPACK runs them slower than float.
 
 Each is run on LiteRT (XNNPACK, the threads given) over the eval data: the same metrics
 (:mod:`.metrics`), the same budget and the same choice (:func:`.search.choose`) as the ONNX
@@ -66,6 +67,9 @@ __all__ = [
 
 CONVERTER_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")  # TFLiteConverter's
 TFLITE_CANDIDATES = (*CONVERTER_CANDIDATES, *AEQ_RECIPES)  # and ai-edge-quantizer's
+# INT4 weights and INT16 activations have no fast XNNPACK kernels on a CPU: 2-30x slower
+# than float32 on the digits CNN (bench_tflite.py), so they are measured only when asked.
+_OPT_IN = ("aeq-weight-only-int4", "aeq-static-wi8-ai16")
 _MODE = {"float16": "float16", "dynamic-int8": "dynamic", "int8": "int8", "int8-io": "int8-io"}
 
 
@@ -140,7 +144,9 @@ def optimize_tflite(
             f"{src}: a LiteRT search takes a Keras model (.keras/.h5), a SavedModel "
             "directory or a .tflite file"
         )
-    default = TFLITE_CANDIDATES if aeq_available() else CONVERTER_CANDIDATES
+    default = tuple(c for c in TFLITE_CANDIDATES if c not in _OPT_IN)
+    if not aeq_available():
+        default = CONVERTER_CANDIDATES
     wanted = candidates if candidates is not None else default
     unknown = [c for c in wanted if c not in TFLITE_CANDIDATES]
     if unknown:
