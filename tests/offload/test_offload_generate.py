@@ -372,6 +372,12 @@ def test_the_cli_says_where_it_ran_and_where_it_switched(
     assert re.match(r"ran: remote -> local at token (\d+); tokens 0-\1 remote \(http://", ran), ran
     assert "switched because: the stream broke off: the model was unloaded (http://" in ran
 
+    with _relay(server, 5) as url:
+        code, out, err = _cli([*args, "--offload", url, "--follow"], capsys)
+    assert code == 0, err
+    assert out == tiny.decode(want) + "\n"
+    assert re.match(r"ran: remote -> local at token \d+;", err.splitlines()[-1]), err
+
     code, out, err = _cli([*args, "--offload", f"http://{server}"], capsys)
     assert code == 0, err
     assert out == tiny.decode(want) + "\n"

@@ -46,6 +46,11 @@ def generate(
         None, "--remote-model", help="With --offload: the model's name on the server."
     ),
     private: bool = typer.Option(False, help="With --offload: the prompt stays here."),
+    follow: bool = typer.Option(
+        False,
+        help="With --offload: the device decodes along with the server, so a switch goes on "
+        "at once (costs the device the decoding).",
+    ),
 ) -> None:
     """Generate text with a generative bundle (a small language model) on this device."""
     from edgeinfer.generate import load
@@ -54,7 +59,7 @@ def generate(
         what: str | list[dict[str, str]] = [{"role": "user", "content": prompt}] if chat else prompt
         args = (what, max_tokens, temperature, top_p, top_k, stop or None, seed)
         if offload is not None:
-            _offloaded(model, offload, policy, remote_model, private, args, stream)
+            _offloaded(model, offload, policy, remote_model, (private, follow), args, stream)
             return
         pieces = model.stream(*args)
         with pieces:
@@ -85,13 +90,15 @@ def _offloaded(
     url: str,
     policy: str,
     remote_model: str | None,
-    private: bool,
+    flags: tuple[bool, bool],
     args: tuple[Any, ...],
     stream: bool,
 ) -> None:
-    from edgeinfer.offload.generation import GenerativeOffloader
+    from edgeinfer.offload.generation import GenerativeOffloader, GenerativeOffloaderConfig
 
-    with GenerativeOffloader(model, url, policy, model=remote_model) as off:
+    private, follow = flags
+    config = GenerativeOffloaderConfig(follow=follow)
+    with GenerativeOffloader(model, url, policy, model=remote_model, config=config) as off:
         pieces = off.stream(*args, private=private)
         with pieces:
             _print(pieces, stream)
