@@ -24,6 +24,8 @@ import onnx
 import openai
 import pytest
 import serve_helpers as h
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from onnx import numpy_helper
 
 from edgeinfer.bundle import Bundle
@@ -248,6 +250,7 @@ def test_openai_streams_end_with_done(client: httpx.Client) -> None:
         ("generate", {"text_input": PROMPT, "parameters": {"beams": 2}}, "unknown"),
         ("generate", {"text_input": PROMPT, "parameters": {"stop": ["a", 1]}}, "stop"),
         ("generate", {"text_input": PROMPT, "parameters": {"seed": -1}}, "seed -1"),
+        ("generate", {"text_input": PROMPT, "parameters": {"seed": 2**40}}, "from 0 to"),
         ("generate", {"text_input": PROMPT, "parameters": {"top_k": 1.5}}, "top_k 1.5"),
         ("generate", {"text_input": PROMPT, "parameters": [8]}, "parameters must be an object"),
         ("generate", [PROMPT], "must be a JSON object"),
@@ -270,6 +273,86 @@ def test_bad_generate_requests_are_one_line_400s(
     message = r.json()["error"]
     assert "\n" not in message
     assert re.search(match, message), message
+
+
+_JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
+    max_leaves=5,
+)
+_PARAMS = st.dictionaries(
+    st.sampled_from(["max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n"]),
+    _JSON | st.integers(0, 300) | st.floats(0, 2),
+    max_size=4,
+)
+_GENERATE = st.fixed_dictionaries(
+    {},
+    optional={
+        "text_input": _JSON | st.text(max_size=40),
+        "input_ids": st.lists(st.integers(-2, 320), max_size=6) | _JSON,
+        "parameters": _PARAMS | _JSON,
+        "extra": _JSON,
+    },
+)
+_OPENAI = st.fixed_dictionaries(
+    {"model": st.sampled_from(["tiny-llm", "mlp", "nope"]) | _JSON},
+    optional={
+        "prompt": st.text(max_size=30) | st.lists(st.integers(-2, 320), max_size=4) | _JSON,
+        "messages": st.lists(
+            st.fixed_dictionaries(
+                {"role": st.sampled_from(["user", "system", "robot"]) | _JSON},
+                optional={"content": st.text(max_size=20) | _JSON},
+            ),
+            max_size=3,
+        )
+        | _JSON,
+        "max_tokens": st.integers(-2, 200) | _JSON,
+        "temperature": st.floats(-1, 3) | _JSON,
+        "stream": st.booleans() | _JSON,
+        "stream_options": _JSON,
+        "n": _JSON,
+    },
+)
+_FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
+
+
+def _no_server_error(r: httpx.Response) -> None:
+    assert r.status_code in (200, 400, 404), r.text
+    if r.status_code != 200:
+        error = r.json()["error"]
+        message = error["message"] if isinstance(error, dict) else error
+        assert message and "\n" not in message
+
+
+@_FUZZ
+@given(body=_GENERATE, stream=st.booleans())
+def test_generate_fuzzed_bodies_get_200_or_one_line_400(
+    server: Any, body: dict[str, Any], stream: bool
+) -> None:
+    path = "/v2/models/tiny-llm/" + ("generate_stream" if stream else "generate")
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        r = c.post(path, json=body)
+        _no_server_error(r)
+
+
+@_FUZZ
+@given(body=_OPENAI, chat=st.booleans())
+def test_openai_fuzzed_bodies_get_200_or_one_line_4xx(
+    server: Any, body: dict[str, Any], chat: bool
+) -> None:
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
+        r = c.post(path, json=body)
+        _no_server_error(r)
 
 
 def test_grpc_inference_on_a_generative_model_points_at_generate(server: Any) -> None:

@@ -308,7 +308,7 @@ class GenerativeModel:
                 do_sample=True,
                 temperature=float(opts.temperature),
                 top_p=float(opts.top_p),
-                top_k=opts.top_k or self.vocab_size,
+                top_k=min(opts.top_k, self.vocab_size) or self.vocab_size,  # k > V: no limit
             )
             if opts.seed is not None:
                 search["random_seed"] = opts.seed

@@ -19,6 +19,7 @@ __all__ = ["ROLES", "STOP_REASONS", "GenerateOptions", "Generation", "check_mess
 STOP_REASONS = ("eos", "stop", "max_tokens", "context", "cancelled")
 ROLES = ("system", "user", "assistant", "tool")
 _MAX_STOPS = 16
+_MAX_SEED = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class GenerateOptions:
         s = self.seed
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or s < 0):
             raise bad("seed", s, "an integer >= 0 or None")
+        if s is not None and s > _MAX_SEED:  # onnxruntime-genai takes a 32-bit seed
+            raise bad("seed", s, f"an integer from 0 to {_MAX_SEED} or None")
 
     @classmethod
     def of(
