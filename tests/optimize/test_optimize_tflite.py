@@ -174,6 +174,37 @@ def test_target_onnx_converts_then_searches_onnx_runtime(
     assert Bundle.open(out).manifest.format == "onnx"
 
 
+def test_target_both_keeps_the_better_world(keras_digits: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "digits-best"
+    result = _invoke(
+        "optimize",
+        str(keras_digits["digits"]),
+        "--target",
+        "both",
+        "--eval",
+        str(keras_digits["eval"]),
+        "--calibration",
+        str(keras_digits["calib"]),
+        "--metric",
+        "accuracy",
+        "--objective",
+        "size",
+        "--candidates",
+        "int8-io,dynamic-int8",  # int8-io for LiteRT; dynamic-int8 for both
+        "--repeats",
+        "5",
+        "--out",
+        str(out),
+    )
+    assert result.exit_code == 0, result.output
+    assert "--target both:" in result.output and "wins for size" in result.output
+    bundle = Bundle.open(out)
+    assert bundle.manifest.format in ("tflite", "onnx")
+    assert (out.parent / f"{out.name}-report" / "report.md").is_file()
+    left = sorted(p.name for p in tmp_path.iterdir())  # no scratch folder left behind
+    assert left == sorted([out.name, f"{out.name}-report"])
+
+
 def _main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     try:
         main(list(args))
@@ -194,7 +225,7 @@ def test_bad_target_requests(
     keras = str(keras_digits["digits"])
     for model, extra, message in [
         (str(onnx_file), ["--target", "tflite"], "ONNX -> TFLite is not supported"),
-        (keras, ["--target", "coreml"], "expected onnx, tflite or auto"),
+        (keras, ["--target", "coreml"], "expected onnx, tflite, both or auto"),
         (keras, ["--candidates", "int4"], "unknown TFLite candidate"),
     ]:
         code, text = _main(capsys, "optimize", model, *extra, *args)

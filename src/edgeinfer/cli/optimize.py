@@ -188,7 +188,8 @@ def optimize(
     overwrite: bool = typer.Option(False, help="Replace an existing bundle at --out."),
     target: str = typer.Option(
         "auto",
-        help="onnx, tflite or auto (the source's own world): MODEL may also be a Keras model "
+        help="onnx, tflite, both (search both, keep the better) or auto (the source's own "
+        "world): MODEL may also be a Keras model "
         "(.keras/.h5), a SavedModel directory or a .tflite file; tflite searches float16, "
         "dynamic-int8, int8, int8-io (TFLiteConverter), aeq-weight-only-int8, "
         "aeq-dynamic-int8, aeq-static-wi8-ai8 (ai-edge-quantizer; aeq-weight-only-int4 and "
@@ -310,13 +311,13 @@ def _tensorflow_world(model: Path, target: str) -> bool:
     """Whether the LiteRT search (or a TF source converted to ONNX first) handles ``model``."""
     from edgeinfer.optimize.tflite import is_tensorflow_source
 
-    if target not in ("auto", "onnx", "tflite"):
-        raise InputError(f"--target {target!r}: expected onnx, tflite or auto")
+    if target not in ("auto", "onnx", "tflite", "both"):
+        raise InputError(f"--target {target!r}: expected onnx, tflite, both or auto")
     tensorflow = is_tensorflow_source(model)
-    if target == "tflite" and not tensorflow:
+    if target in ("tflite", "both") and not tensorflow:
         raise InputError(
-            f"{model}: --target tflite takes a Keras model (.keras/.h5), a SavedModel directory "
-            "or a .tflite file (ONNX -> TFLite is not supported)"
+            f"{model}: --target {target} takes a Keras model (.keras/.h5), a SavedModel "
+            "directory or a .tflite file (ONNX -> TFLite is not supported)"
         )
     return tensorflow
 
@@ -347,6 +348,23 @@ def _optimize_tensorflow(
 
     has_labels = labels is not None or _npz_has_labels(eval_data)
     console = Console()
+    names = None
+    if candidates:
+        names = tuple(c.strip() for c in candidates.split(",") if c.strip())
+    if target == "both":
+        from edgeinfer.optimize.targets import optimize_both
+
+        config = _search_config(
+            metric, max_drop, objective, None, output, threads, repeats, False, has_labels
+        )
+        with _Bars(console) as bars:
+            outcome = optimize_both(
+                model, eval_data, out, labels=labels, calibration=calibration, config=config,
+                candidates=names, name=name, version=version, overwrite=overwrite,
+                progress=bars,
+            )  # fmt: skip
+        _finish(console, outcome)
+        return
     if target == "onnx":
         from edgeinfer.convert.keras import keras_to_onnx
         from edgeinfer.convert.tflite import tflite_to_onnx
@@ -375,9 +393,6 @@ def _optimize_tensorflow(
     config = _search_config(
         metric, max_drop, objective, None, output, threads, repeats, False, has_labels
     )
-    names = None
-    if candidates:
-        names = tuple(c.strip() for c in candidates.split(",") if c.strip())
     with _Bars(console) as bars:
         outcome = optimize_tflite(
             model, eval_data, out, labels=labels, calibration=calibration,
