@@ -12,6 +12,8 @@ client starting its next stream as soon as one ends, for ``--rounds`` rounds of
   event per token, but for a piece held back for a stop string or an incomplete character);
 - ``ttft_ms`` p50 and p99: request sent to first event (queueing for a slot included);
   ``server_ttft_ms_p50``: the same inside the server (``Server-Timing``: queue + ttft);
+- ``health_ms`` p50 and p99: another client's health check, every 50 ms meanwhile (what
+  the event loop's waits for the tokens being computed cost everyone else);
 - ``local_tokens_per_s``: the same model in this process (``GenerativeModel.stream``, one
   stream, same threads), the served rate's ceiling at one stream.
 
@@ -148,13 +150,29 @@ async def one_round(
                 for i in range(per_client)
             ]
 
+        probes: list[float] = []
+        running = True
+
+        async def probe() -> None:
+            """What another client meets meanwhile: a health check every 50 ms."""
+            async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60) as other:
+                await other.get("/v2/health/live")
+                while running:
+                    sent = time.perf_counter()
+                    await other.get("/v2/health/live")
+                    probes.append(time.perf_counter() - sent)
+                    await asyncio.sleep(0.05)
+
         # the connections open before the clock starts
         await asyncio.gather(*(client.get("/v2/health/live") for _ in range(streams)))
+        prober = asyncio.ensure_future(probe())
         start = time.perf_counter()
         results = await asyncio.gather(*(worker(k) for k in range(streams)))
         wall = time.perf_counter() - start
+        running = False
+        await prober
     flat = [s for per in results for s in per]
-    return {"wall": wall, "streams": flat}
+    return {"wall": wall, "streams": flat, "probes": probes}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -191,6 +209,7 @@ def bench_model(
         ]
         every = [s for r in rounds for s in r["streams"]]
         gaps = [g for s in every for g in s["gaps"]]
+        probes = [p for r in rounds for p in r["probes"]]
         ttft = [s["ttft"] for s in every]
         rates = [sum(s["tokens"] for s in r["streams"]) / r["wall"] for r in rounds]
         row = {
@@ -202,6 +221,8 @@ def bench_model(
             "ttft_ms_p50": round(pct(ttft, 0.50) * 1e3, 2),
             "ttft_ms_p99": round(pct(ttft, 0.99) * 1e3, 2),
             "server_ttft_ms_p50": round(pct([s["server_ttft"] for s in every], 0.5) * 1e3, 2),
+            "health_ms_p50": round(pct(probes, 0.50) * 1e3, 2),
+            "health_ms_p99": round(pct(probes, 0.99) * 1e3, 2),
             "streams_measured": len(every),
             "load_average": os.getloadavg()[0],
         }
