@@ -249,6 +249,7 @@ def test_lone_request_of_a_fast_model_runs_at_once(tmp_path: Path) -> None:
             out, timing = await batcher.infer({"x": x})
             np.testing.assert_allclose(out["logits"], x @ h.mlp_weights(0), rtol=1e-5)
             timings.append(timing)
+            await asyncio.sleep(0)  # the next request comes in a later turn of the loop
         assert batcher.queue_depth == 0
         await batcher.close()
         return timings
@@ -258,4 +259,25 @@ def test_lone_request_of_a_fast_model_runs_at_once(tmp_path: Path) -> None:
     text = metrics.render()[0].decode()
     assert _metric(text, "edgeinfer_batch_size_count", model="m") == 5, text
     assert _metric(text, "edgeinfer_queue_duration_seconds_count", model="m") == 5, text
+    model.close()
+
+
+def test_requests_in_one_turn_of_the_loop_still_batch(tmp_path: Path) -> None:
+    """Only one request a turn runs at once: those arriving with it queue and batch."""
+    model = edgeinfer.load(h.mlp(tmp_path / "m.onnx"), threads=1)
+    xs = [np.full((1, 4), i, np.float32) for i in range(3)]
+
+    async def main() -> list[object]:
+        batcher = Batcher(model, "m", BatchConfig(inline_compute_us=10_000), Metrics())
+        for _ in range(3):  # warm: the model is known to be fast
+            await batcher.infer({"x": xs[0]})
+            await asyncio.sleep(0)
+        results = await asyncio.gather(*(batcher.infer({"x": x}) for x in xs))
+        await batcher.close()
+        for x, (out, _) in zip(xs, results, strict=True):
+            np.testing.assert_allclose(out["logits"], x @ h.mlp_weights(0), rtol=1e-5)
+        return [t for _, t in results]
+
+    timings = asyncio.run(main())
+    assert sorted(t.batch_rows for t in timings) == [1, 2, 2], timings  # type: ignore[attr-defined]
     model.close()

@@ -16,7 +16,9 @@ average, over runs on the loop and on the thread alike) took less than ``inline_
 A model's first runs, and every run of a model that is slower than that, stay on its thread.
 Such a model's request that finds nothing queued and nothing running (and no
 ``max_queue_delay_us`` to wait for company) runs at once in its own task, without the queue
-and the worker's turn of the loop: it would have been a batch of one anyway.
+and the worker's turn of the loop: it would have been a batch of one anyway. One such request
+per turn of the event loop: the requests that arrive in the same turn queue and batch, as
+under load many do.
 
 Backpressure: a request that finds the queue full, or that could not start within its queue
 timeout at the rate the queue drains now, is refused at once (:class:`QueueFull`, see
@@ -132,6 +134,7 @@ class Batcher:
         # see the module docstring: runs on the event loop while recent runs are this short
         self._inline_s = config.inline_compute_us / 1e6 if _bounded_inputs(model) else 0.0
         self._recent_s = float("inf")  # moving average of a batch's compute seconds
+        self._ran_now = False  # a request ran at once in this turn of the loop
 
     @property
     def queue_depth(self) -> int:
@@ -179,14 +182,18 @@ class Batcher:
             timeout = min(timeout, timeout_s)
         self.admit(timeout)
         out_key = None if outputs is None else tuple(outputs)
+        loop = asyncio.get_running_loop()
         if (
             not self._queue
             and not self._busy
+            and not self._ran_now
             and self._recent_s < self._inline_s
             and not self.config.max_queue_delay_us
         ):
+            # one per turn of the loop: requests that arrive with it queue up and batch
+            self._ran_now = True
+            loop.call_soon(self._next_turn)
             return self._run_now(feeds, out_key)
-        loop = asyncio.get_running_loop()
         rows, key = 1, None
         if self.batching:
             first = next(iter(feeds.values()))
@@ -300,6 +307,9 @@ class Batcher:
                 self._queue_s.observe(queued)
                 if not item.future.done():
                     item.future.set_result((outs, Timing(queued, compute, rows)))
+
+    def _next_turn(self) -> None:
+        self._ran_now = False
 
     def _run_now(
         self, feeds: dict[str, np.ndarray], outputs: tuple[str, ...] | None
