@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 AHEAD = 16  # pieces a stream may be decoded ahead of its reader; then it waits its turn
 CLIENT_GONE = "the client closed the connection"
+YIELD_AFTER_S = 0.005  # a step at least this long (a real model's token) is followed by ...
+YIELD_S = 0.001  # ... this long without the GIL, for the event loop
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,12 @@ class Stepper:
                 self._woken = False
             progressed = False
             for job in list(active):
+                began = time.perf_counter()
                 stepped = job._step()
+                if time.perf_counter() - began > YIELD_AFTER_S:
+                    # The step held the GIL all along; leave the event loop a moment to run
+                    # what waited meanwhile before the next step takes the GIL again.
+                    time.sleep(YIELD_S)
                 if stepped is None:
                     active.remove(job)
                     with self._wake:
