@@ -231,7 +231,12 @@ def test_bad_requests_are_one_line_errors(
 ) -> None:
     _, root = cnn
     src = str(root / "digits.keras")
+    np.save(tmp_path / "flat.npy", np.zeros((4, 8, 8), np.float32))  # no channel axis
     cases = [
+        (
+            ("--inputs", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "m.onnx")),
+            "sample input 'pixels': expected shape ['N', 8, 8, 1], got [4, 8, 8]",
+        ),
         (("--to", "coreml", "--out", str(tmp_path / "m.onnx")), "expected 'onnx' or 'tflite'"),
         (("--to", "tflite", "--out", str(tmp_path / "m.onnx")), "ending in .tflite"),
         (("--quantize", "int8", "--out", str(tmp_path / "m.onnx")), "apply to --to tflite"),

@@ -109,7 +109,7 @@ class TFSource:
     inputs: tuple[InputSpec, ...]
     outputs: tuple[str, ...]
     layout: str  # NHWC, NCHW, or "" when no input is an image
-    _serve: Any = field(repr=False, default=None)
+    serve_fn: Any = field(repr=False, default=None)
     _keep: Any = field(repr=False, default=None)  # the signature needs its object graph alive
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,7 +117,7 @@ class TFSource:
         tf = import_tf()
         with quiet():
             args = {k: tf.constant(v) for k, v in feeds.items()}
-            out = self._serve(**args)
+            out = self.serve_fn(**args)
         return {k: np.asarray(out[k]) for k in self.outputs}
 
 
@@ -148,6 +148,8 @@ def load_source(src: Any, workdir: Path) -> TFSource:
                     model = keras.models.load_model(os.fspath(path), compile=False)
             except Exception as exc:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                if first.startswith("File not found"):  # Keras's word for "not a zip"
+                    first = "not a Keras model file (a .keras zip or an HDF5 .h5)"
                 raise ConversionError(f"{path}: Keras cannot load the model: {first}") from exc
             kind, saved = "keras", workdir / "saved_model"
         else:
@@ -202,8 +204,10 @@ def sample_feeds(
         feeds = {}
         for spec, arr in zip(inputs, given, strict=True):
             arr = np.asarray(arr)
-            want = [d if d is not None else arr.shape[i] for i, d in enumerate(spec.shape)]
-            if arr.ndim != len(spec.shape) or list(arr.shape) != want:
+            fits = arr.ndim == len(spec.shape) and all(
+                d is None or d == n for d, n in zip(spec.shape, arr.shape, strict=False)
+            )
+            if not fits:
                 raise InputError(
                     f"sample input {spec.name!r}: expected shape "
                     f"{['N' if d is None else d for d in spec.shape]}, got {list(arr.shape)}"

@@ -110,7 +110,7 @@ def keras_to_onnx(
         specs = [
             tf.TensorSpec(list(s.shape), tf.as_dtype(s.dtype), name=s.name) for s in source.inputs
         ]
-        serve, outputs = source._serve, source.outputs
+        serve, outputs = source.serve_fn, source.outputs
 
         def call(*args: Any) -> list[Any]:
             out = serve(**dict(zip(names, args, strict=True)))
