@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -115,7 +116,13 @@ def test_pickled_sklearn_pipeline(tmp_path: Path, capsys: pytest.CaptureFixture[
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
-        ("model.keras", b"x", "Keras cannot load the model"),
+        (
+            "model.keras",
+            b"x",
+            "Keras cannot load the model: not a Keras model file"
+            if importlib.util.find_spec("tensorflow")
+            else "pip install 'edgeinfer[tensorflow]'",
+        ),
         ("data.npy", b"x", "unknown model file '.npy'"),
         ("broken.pt2", b"not a zip", "not a program saved with torch.export.save"),
     ],
