@@ -37,6 +37,7 @@ import dataclasses
 import datetime as dt
 import glob
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -74,6 +75,8 @@ SHA = {1: "c1" * 32, 2: "c2" * 32}
 LENGTH = 1_048_576
 CLASSES = ("linux-aarch64-4cpu", "linux-armv7l-4cpu", "linux-x86_64-8cpu", "linux-riscv64-4cpu")
 BAD_CLASS = CLASSES[3]  # the bad release fails its health gate here
+CLIENT_PROCESSES = 4  # processes of async httpx clients sending the bulk requests
+DROPPED: dict[str, int] = {}  # connections the service dropped mid-request, by route (retried)
 WARM_DEVICES = 20  # devices whose reports warm the service up before the ingest is timed
 
 
@@ -328,11 +331,12 @@ def quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-async def _post_all(
+async def _post_chunk(
     url: str, route: str, bodies: list[bytes], concurrency: int
-) -> tuple[list[float], list[int], float]:
-    """POST every body (``concurrency`` at a time); latencies, statuses, elapsed seconds."""
+) -> tuple[list[float], list[int], list[str]]:
+    """POST every body (``concurrency`` at a time); latencies, statuses, dropped connections."""
     latencies: list[float] = [0.0] * len(bodies)
+    dropped: list[str] = []
     statuses: list[int] = [0] * len(bodies)
     queue = iter(range(len(bodies)))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -342,21 +346,81 @@ async def _post_all(
         async def worker() -> None:
             for i in queue:
                 t0 = time.perf_counter()
-                answer = await client.post(route, content=bodies[i], headers=headers)
+                for attempt in range(5):  # as a device would: a dropped connection, again
+                    try:
+                        answer = await client.post(route, content=bodies[i], headers=headers)
+                        break
+                    except httpx.TransportError as exc:
+                        dropped.append(f"{type(exc).__name__}: {exc}"[:200])
+                        if attempt == 4:
+                            raise
+                        await asyncio.sleep(0.2 * (attempt + 1))
                 latencies[i] = time.perf_counter() - t0
                 statuses[i] = answer.status_code
 
-        start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, statuses, elapsed
+    return latencies, statuses, dropped
+
+
+def _client_process(
+    url: str, route: str, bodies: list[bytes], concurrency: int, k: int, go: Any, out: Any
+) -> None:
+    out.put(("ready", k))
+    go.wait()
+    try:
+        latencies, statuses, dropped = asyncio.run(_post_chunk(url, route, bodies, concurrency))
+        out.put((k, latencies, statuses, dropped, time.monotonic()))
+    except Exception as exc:  # the parent says what went wrong
+        out.put((k, None, None, [f"{type(exc).__name__}: {exc}"], time.monotonic()))
+
+
+def post_all(
+    url: str, route: str, bodies: list[bytes], concurrency: int
+) -> tuple[list[float], list[int], float]:
+    """POST every body from CLIENT_PROCESSES processes of async httpx clients (``concurrency``
+    requests in flight in all); latencies and statuses in ``bodies``' order, and seconds from
+    the start to the last answer. One Python client process could not keep a fast service
+    busy on a small machine: the load generator would be what was measured."""
+    procs = max(1, min(CLIENT_PROCESSES, len(bodies) // 50))
+    ctx = multiprocessing.get_context("fork")
+    go, out = ctx.Event(), ctx.Queue()
+    chunks = [bodies[k::procs] for k in range(procs)]
+    each = max(1, concurrency // procs)
+    workers = [
+        ctx.Process(target=_client_process, args=(url, route, chunk, each, k, go, out))
+        for k, chunk in enumerate(chunks)
+    ]
+    for w in workers:
+        w.start()
+    for _ in workers:
+        out.get(timeout=120)
+    start = time.monotonic()
+    go.set()
+    latencies: list[float] = [0.0] * len(bodies)
+    statuses: list[int] = [0] * len(bodies)
+    dropped: list[str] = []
+    end = start
+    for _ in workers:
+        k, lat, stat, drops, finished = out.get(timeout=3600)
+        dropped += drops
+        if lat is None:
+            raise SystemExit(f"{route}: a client process failed: {drops[-1]}")
+        for j, (latency, status) in enumerate(zip(lat, stat, strict=True)):
+            latencies[j * procs + k], statuses[j * procs + k] = latency, status
+        end = max(end, finished)
+    for w in workers:
+        w.join(30)
+    if dropped:
+        print(f"  {route}: {len(dropped)} connections dropped, e.g. {dropped[0]}", file=sys.stderr)
+    DROPPED[route] = DROPPED.get(route, 0) + len(dropped)
+    return latencies, statuses, end - start
 
 
 def enroll_all(service: Service, devices: list[Device], concurrency: int) -> float:
     """Enroll ``devices`` through ``POST /v1/enroll`` with one reusable token; seconds."""
     token = admin(service, "POST", "/v1/tokens", json={"uses": len(devices)})["token"]
     bodies = [d.enrollment(token) for d in devices]
-    _, statuses, elapsed = asyncio.run(_post_all(service.url, "/v1/enroll", bodies, concurrency))
+    _, statuses, elapsed = post_all(service.url, "/v1/enroll", bodies, concurrency)
     bad = [s for s in statuses if s != 200]
     if bad:
         raise SystemExit(f"enrollment: {len(bad)} refused (status {bad[0]})")
@@ -465,13 +529,13 @@ def bench_ingest(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dict
         enroll_s = enroll_all(service, devices + warm, sizes.concurrency)
         # not timed: the first reports start the service's sketch sandbox (two processes)
         warming = [d.report(2, "updated", sketches[0]) for d in warm]
-        asyncio.run(_post_all(service.url, "/v1/reports", warming, sizes.concurrency))
+        post_all(service.url, "/v1/reports", warming, sizes.concurrency)
         bodies = [
             d.report(2, "updated", sketches[i % len(sketches)]) for i, d in enumerate(devices)
         ]
         cpu0 = service.cpu_s()
-        latencies, statuses, elapsed = asyncio.run(
-            _post_all(service.url, "/v1/reports", bodies, sizes.concurrency)
+        latencies, statuses, elapsed = post_all(
+            service.url, "/v1/reports", bodies, sizes.concurrency
         )
         cpu = service.cpu_s() - cpu0
     finally:
@@ -589,7 +653,10 @@ def bench_pages(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dict[
     pages = {
         "overview": ["/"],
         "devices_page": ["/devices", f"/devices?offset={n // 2}", f"/devices?model={MODEL}"],
-        "cli_devices_page": [f"/v1/devices?limit=10000&offset={o}" for o in range(0, n, 10_000)],
+        # the pages `edgeinfer fleet devices` walks, 10,000 devices each: five of them
+        "cli_devices_page": [
+            f"/v1/devices?limit=10000&offset={o}" for o in range(0, n, max(10_000, n // 5))
+        ],
     }
     out: dict[str, Any] = {"devices": n, "bulk_load_s": round(load_s, 2)}
     try:
@@ -629,6 +696,20 @@ def bench_pages(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dict[
 
 
 # 3. a bad release -----------------------------------------------------------------------
+async def retried(call: Any, *args: Any, **kw: Any) -> httpx.Response:
+    """``call(*args, **kw)``, again after a dropped connection (a kept-alive one the service
+    closed as it was reused), as a device tries again; counted in DROPPED."""
+    for attempt in range(5):
+        try:
+            return await call(*args, **kw)  # type: ignore[no-any-return]
+        except httpx.TransportError:
+            DROPPED["rollout"] = DROPPED.get("rollout", 0) + 1
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class Sent:
     device: int
@@ -649,7 +730,11 @@ async def _rollout_run(
     halted_seen: list[float] = []
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     headers = {"authorization": f"Bearer {ADMIN}"}
-    async with httpx.AsyncClient(base_url=service.url, limits=limits, timeout=60) as client:
+    async with (
+        httpx.AsyncClient(base_url=service.url, limits=limits, timeout=60) as client,
+        httpx.AsyncClient(base_url=service.url, timeout=60) as operator,
+        httpx.AsyncClient(base_url=service.url, limits=limits, timeout=60) as reporter,
+    ):
         started = await client.post(
             "/v1/rollouts",
             headers=headers,
@@ -674,8 +759,8 @@ async def _rollout_run(
             followed = 0
             await asyncio.sleep(rng.uniform(0, sizes.poll_s))
             while not stop.is_set():
-                answer = await client.get(f"/v1/rollouts/{MODEL}/document")
                 try:
+                    answer = await retried(client.get, f"/v1/rollouts/{MODEL}/document")
                     doc = gate.verify(answer.content, MODEL, min_doc_version=followed)
                 except BadRolloutDocument:
                     doc = None
@@ -693,8 +778,11 @@ async def _rollout_run(
                         gate_ok=not failed,
                     )  # fmt: skip
                     t0 = time.time()
-                    answer = await client.post(
-                        "/v1/reports", content=body, headers={"content-type": "application/json"}
+                    answer = await retried(
+                        reporter.post,
+                        "/v1/reports",
+                        content=body,
+                        headers={"content-type": "application/json"},
                     )
                     if answer.status_code != 200:
                         raise SystemExit(f"report: {answer.status_code} {answer.text[:200]}")
@@ -706,7 +794,10 @@ async def _rollout_run(
         async def watch() -> None:
             deadline = time.time() + max(120.0, sizes.soak_s * len(sizes.stages) * 3)
             while time.time() < deadline:
-                state = (await client.get(f"/v1/rollouts/{MODEL}", headers=headers)).json()
+                # the operator's own connection, not queued behind the devices' requests
+                state = (
+                    await retried(operator.get, f"/v1/rollouts/{MODEL}", headers=headers)
+                ).json()
                 if state["state"] in ("halted", "done", "aborted"):
                     halted_seen.append(time.time())
                     # a poll interval more: devices that saw the old document act on it
@@ -718,7 +809,7 @@ async def _rollout_run(
         tasks = [asyncio.create_task(device(i)) for i in range(len(devices))]
         await watch()
         await asyncio.gather(*tasks)
-        final = (await client.get(f"/v1/rollouts/{MODEL}", headers=headers)).json()
+        final = (await retried(client.get, f"/v1/rollouts/{MODEL}", headers=headers)).json()
     return {
         "t_start": t_start,
         "installed": installed,
@@ -728,14 +819,17 @@ async def _rollout_run(
     }
 
 
-def _crossing(sent: list[Sent], min_devices: int, max_failure: float) -> Sent | None:
-    """The report (in the order they were answered) after which the failure rule held."""
+def _crossing(
+    stored: list[tuple[float, bool]], min_devices: int, max_failure: float
+) -> float | None:
+    """When the service stored the report after which the failure rule held: ``stored`` is
+    (received at, failed) of each device's report on the release."""
     ok = failed = 0
-    for s in sorted(sent, key=lambda s: s.answered_at):
-        failed += s.failed
-        ok += not s.failed
+    for at, is_failed in sorted(stored):
+        failed += is_failed
+        ok += not is_failed
         if ok + failed >= min_devices and failed / (ok + failed) > max_failure:
-            return s
+            return at
     return None
 
 
@@ -747,7 +841,7 @@ def bench_rollout(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dic
     try:
         enroll_all(service, devices, 32)
         baseline = [d.report(1, "updated", sketches[i % 16]) for i, d in enumerate(devices)]
-        _, statuses, _ = asyncio.run(_post_all(service.url, "/v1/reports", baseline, 32))
+        _, statuses, _ = post_all(service.url, "/v1/reports", baseline, 32)
         if any(s != 200 for s in statuses):
             raise SystemExit("rollout: a baseline report was refused")
         run = asyncio.run(_rollout_run(service, devices, sizes, sketches))
@@ -758,6 +852,9 @@ def bench_rollout(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dic
         with store.engine.connect() as conn:
             events = conn.exec_driver_sql(
                 "SELECT kind, at FROM rollout_events ORDER BY revision"
+            ).all()
+            on_release = conn.exec_driver_sql(  # each device's report after the baseline
+                "SELECT received_at, result FROM reports WHERE counter = 2"
             ).all()
     finally:
         store.close()
@@ -770,7 +867,8 @@ def bench_rollout(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dic
         return float(value.timestamp())
 
     halt_at = next((epoch(at) for kind, at in events if kind == "halted"), None)
-    crossing = _crossing(run["sent"], sizes.min_devices, 0.1)
+    stored = [(epoch(at), result == "rolled-back") for at, result in on_release]
+    crossing = _crossing(stored, sizes.min_devices, 0.1)
     in_first = sum(rollout_bucket(d.agent_id, MODEL) < sizes.stages[0] for d in devices)
     final = run["final"]
     installed = len(run["installed"])
@@ -794,11 +892,12 @@ def bench_rollout(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dic
         else None,
         "target_installed": in_first + sizes.min_devices,
         "met": final["state"] == "halted" and installed <= in_first + sizes.min_devices,
-        "reports_before_halt": len([s for s in run["sent"] if halt_at and s.sent_at <= halt_at]),
-        "crossing_to_halt_s": round(halt_at - crossing.sent_at, 4)
+        "reports_before_halt": len([at for at, _ in stored if halt_at and at <= halt_at]),
+        # from the crossing report stored to the halt recorded, both by the service's clock
+        "crossing_to_halt_s": round(halt_at - crossing, 4)
         if halt_at is not None and crossing is not None
         else None,
-        "crossing_to_operator_sees_halt_s": round(run["seen_at"] - crossing.sent_at, 3)
+        "crossing_to_operator_sees_halt_s": round(run["seen_at"] - crossing, 3)
         if run["seen_at"] is not None and crossing is not None
         else None,
         "start_to_halt_s": round(halt_at - run["t_start"], 2) if halt_at is not None else None,
@@ -815,9 +914,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "fleet.json")
     parser.add_argument("--ingest-devices", type=int, help="Devices of the ingest run.")
     parser.add_argument(
+        "--merge", action="store_true", help="Keep the other parts' results already in --out."
+    )
+    parser.add_argument(
         "--postgres", help="postgresql://USER@HOST:PORT of a running server (default: start one)"
     )
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C: the services and PostgreSQL started here are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = QUICK if args.quick else FULL
     if args.ingest_devices:
         sizes = dataclasses.replace(sizes, ingest_devices=args.ingest_devices)
@@ -831,8 +935,15 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "sizes": sizes.__dict__,
+        "connections_dropped_and_retried": DROPPED,
         "postgresql_fsync": "on (its default)" if not args.postgres else "as the given server",
     }
+    if args.merge and args.out.is_file():
+        kept = json.loads(args.out.read_text())
+        kept.pop("machine", None)
+        results = {**{k: v for k, v in kept.items() if k not in results}, **results}
+        for part in parts:
+            results.pop(part, None)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeinfer-bench-fleet-") as tmp:
         work = Path(tmp)
@@ -850,13 +961,19 @@ def main(argv: list[str] | None = None) -> int:
                     t0 = time.perf_counter()
                     results[part][backend] = fn(backend, pg, work, sizes)
                     results[part][backend]["bench_s"] = round(time.perf_counter() - t0, 1)
+                    results[part][backend]["load_average"] = [round(x, 2) for x in os.getloadavg()]
                     print(part, backend, json.dumps(results[part][backend]), flush=True)
+                    _write(args.out, results)  # so far: a later part failing keeps these
     results["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     results["total_s"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
+    _write(args.out, results)
     print(f"wrote {args.out}")
     return 0
+
+
+def _write(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=2) + "\n")
 
 
 @contextmanager
