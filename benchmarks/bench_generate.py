@@ -22,7 +22,9 @@ first build). On this machine, 2 threads, greedy decoding:
   the same GGUF Q4_1 file the models are built from, decoded by llama.cpp (same prompt
   text, same token counts, 2 threads, greedy), each round in a child process of that
   python, alternating with a round of edgeinfer's INT4 model here; without it, or if that
-  python cannot import llama_cpp, the reason is recorded.
+  python cannot import llama_cpp, the reason is recorded. ``--llama-threads`` sets the
+  threads of both sides (2; another count is stored as ``llama_cpp_threads<n>``), as
+  ``--overhead-threads`` does for the overhead step.
 - ``search`` (``--search``): ``optimize_generative`` on the fp32 bundle with the default
   candidates, its table as figures.
 
@@ -81,12 +83,12 @@ def _prompt(model_dir: Path, n: int) -> str:
         return m.decode(m.encode(HELDOUT_TEXT)[:n])
 
 
-def _raw_genai(model_dir: Path) -> Any:
+def _raw_genai(model_dir: Path, threads: int) -> Any:
     import onnxruntime_genai as og
 
     config = og.Config(str(model_dir))
     config.clear_providers()
-    opts = {"intra_op_num_threads": THREADS, "inter_op_num_threads": 1}
+    opts = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
     config.overlay(json.dumps({"model": {"decoder": {"session_options": opts}}}))
     model = og.Model(config)
     return og, model, og.Tokenizer(model)
@@ -116,11 +118,13 @@ def _raw_generate(raw: Any, text: str, n_new: int, context: int) -> dict[str, fl
     return {"ttft_s": first - start, "tokens_per_s": (n - 1) / (last - first), "tokens": n}
 
 
-def overhead(model_dir: Path, text: str, n_new: int, rounds: int) -> dict[str, Any]:
+def overhead(
+    model_dir: Path, text: str, n_new: int, rounds: int, threads: int = THREADS
+) -> dict[str, Any]:
     from edgeinfer.generate.model import GenerativeModel
 
-    ours = GenerativeModel(model_dir, threads=THREADS)
-    raw = _raw_genai(model_dir)
+    ours = GenerativeModel(model_dir, threads=threads)
+    raw = _raw_genai(model_dir, threads)
     prompt_tokens = len(ours.encode(text))
     runs: dict[str, list[dict[str, float]]] = {"edgeinfer": [], "onnxruntime_genai": []}
 
@@ -147,6 +151,7 @@ def overhead(model_dir: Path, text: str, n_new: int, rounds: int) -> dict[str, A
     ]
     ours.close()
     return {
+        "threads": threads,
         "prompt_tokens": prompt_tokens,
         "new_tokens": n_new,
         "rounds": rounds,
@@ -209,7 +214,9 @@ def memory(dirs: dict[str, Path], text: str, n_new: int) -> dict[str, Any]:
     return out
 
 
-def llama_cpp(python: str | None, int4: Path, text: str, n_new: int, rounds: int) -> dict[str, Any]:
+def llama_cpp(
+    python: str | None, int4: Path, text: str, n_new: int, rounds: int, threads: int
+) -> dict[str, Any]:
     from edgeinfer.generate.model import GenerativeModel
     from edgeinfer.zoo import smollm
 
@@ -223,7 +230,7 @@ def llama_cpp(python: str | None, int4: Path, text: str, n_new: int, rounds: int
     if probe.returncode != 0:
         tail = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"status": "not run", "reason": f"{python} cannot import llama_cpp: {tail}"}
-    ours = GenerativeModel(int4, threads=THREADS)
+    ours = GenerativeModel(int4, threads=threads)
     ours.generate(text, max_tokens=8)
     runs: dict[str, list[dict[str, Any]]] = {"llama_cpp": [], "edgeinfer_int4": []}
     for r in range(rounds + 1):  # the first round warms both up and is not counted
@@ -231,7 +238,7 @@ def llama_cpp(python: str | None, int4: Path, text: str, n_new: int, rounds: int
         for name in order:
             if name == "llama_cpp":
                 done = subprocess.run(
-                    [python, "-c", _LLAMA_CHILD, str(gguf), text, str(n_new), str(THREADS)],
+                    [python, "-c", _LLAMA_CHILD, str(gguf), text, str(n_new), str(threads)],
                     capture_output=True, text=True, check=True,
                 )  # fmt: skip
                 res = json.loads(done.stdout.strip().splitlines()[-1])
@@ -249,6 +256,7 @@ def llama_cpp(python: str | None, int4: Path, text: str, n_new: int, rounds: int
     same = sum(a == b for a, b in zip(ll[0]["tokens"], ei[0]["tokens"], strict=False))
     return {
         "status": "ok",
+        "threads": threads,
         "llama_cpp_python": ll[0]["version"],
         "gguf": f"{gguf.name} ({gguf.stat().st_size} bytes)",
         "prompt_tokens": ll[0]["prompt_tokens"],
@@ -307,6 +315,9 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--llama-python", help="python of a venv with llama-cpp-python")
+    ap.add_argument("--llama-build", default="", help="how that llama-cpp-python was built")
+    ap.add_argument("--llama-threads", type=int, default=THREADS, help="threads, both sides")
+    ap.add_argument("--overhead-threads", type=int, default=THREADS)
     ap.add_argument("--search", action="store_true", help="also run the optimize search")
     ap.add_argument("--skip", nargs="*", default=[], help="overhead quality memory llama_cpp")
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -321,11 +332,13 @@ def main() -> None:
     text = _prompt(dirs["int4"], args.prompt_tokens)
     payload: dict[str, Any] = {"threads": THREADS}
     steps = {
-        "overhead": lambda: overhead(dirs["int4"], text, args.new_tokens, args.rounds),
+        "overhead": lambda: overhead(
+            dirs["int4"], text, args.new_tokens, args.rounds, args.overhead_threads
+        ),
         "quality": lambda: quality(dirs),
         "memory": lambda: memory(dirs, text, args.new_tokens),
         "llama_cpp": lambda: llama_cpp(
-            args.llama_python, dirs["int4"], text, args.new_tokens, args.rounds
+            args.llama_python, dirs["int4"], text, args.new_tokens, args.rounds, args.llama_threads
         ),
     }
     if args.search:
@@ -335,10 +348,17 @@ def main() -> None:
             continue
         payload[f"load_average_before_{name}"] = os.getloadavg()[0]
         started = time.perf_counter()
-        payload[name] = step()
+        key = name
+        if name == "overhead" and args.overhead_threads != THREADS:
+            key = f"overhead_threads{args.overhead_threads}"
+        if name == "llama_cpp" and args.llama_threads != THREADS:
+            key = f"llama_cpp_threads{args.llama_threads}"
+        payload[key] = step()
+        if name == "llama_cpp" and args.llama_build:
+            payload[key]["build"] = args.llama_build
         print(
             f"{name}: {time.perf_counter() - started:.0f} s",
-            json.dumps(payload[name], default=str)[:600],
+            json.dumps(payload[key], default=str)[:600],
             flush=True,
         )
     previous = RESULTS / "generate.json"
