@@ -145,9 +145,11 @@ def test_optimize(
     prepared = corpus.get(model_id)
     model = prepared.model
     out = tmp_path / "opt"
+    tflite = prepared.path.suffix == ".tflite"  # LiteRT's own candidates, its defaults
     args: list[str | Path] = ["optimize", prepared.path, "--max-drop", "1%", "--out", out,
-                              "--repeats", "2", "--no-memory", "--threads", "1",
-                              "--candidates", ",".join(CANDIDATES)]  # fmt: skip
+                              "--repeats", "2", "--no-memory", "--threads", "1"]  # fmt: skip
+    if not tflite:
+        args += ["--candidates", ",".join(CANDIDATES)]
     if prepared.eval_set is None:  # a fixed-batch model: its one sample is the eval set
         args += ["--eval", prepared.sample]
     else:
@@ -169,12 +171,17 @@ def test_optimize(
         if candidate["status"] == "skipped":
             assert candidate["reason"], f"{candidate['name']} has no reason"
     measured = [c for c in report["candidates"] if c["status"] == "ok"]
-    assert len(measured) >= 2, "no candidate besides the original was measured"
+    if tflite and len(measured) == 1:
+        # an int8 .tflite, or one ai-edge-quantizer cannot take (each skip names why above):
+        # kept as it is, and the report says so
+        assert any(".tflite" in note for note in report["notes"]), report["notes"]
+    else:
+        assert len(measured) >= 2, "no candidate besides the original was measured"
     # The chosen bundle answers like the original within the budget on a real sample.
-    chosen = reference(out / "model.onnx", prepared.feeds)
+    chosen = reference(out / ("model.tflite" if tflite else "model.onnx"), prepared.feeds)
     assert list(chosen) == list(prepared.expected)
     name = model.output or next(iter(prepared.expected))
-    if model.metric == "cosine":
+    if model.metric == "cosine" and not np.array_equal(chosen[name], prepared.expected[name]):
         assert cosine(chosen[name], prepared.expected[name]) >= 0.98
     elif model.metric == "accuracy":
         got, want = chosen[name], prepared.expected[name]

@@ -35,9 +35,9 @@ class Runner:
         from edgeinfer.convert.tflite import open_interpreter
 
         self.path, self.signature = path, signature
+        # Tensors are allocated on the first run, at the data's shapes: a model with dynamic
+        # dims (audio of any length) may not even prepare at its declared placeholder sizes.
         self.interp = open_interpreter(path, threads)
-        if not signature:
-            self.interp.allocate_tensors()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         from edgeinfer.convert.tflite import run_tflite
@@ -56,6 +56,7 @@ class Runner:
             runner(**args)
             return lambda: runner(**args)
         interp = self.interp
+        self.run(feeds)  # resized to this sample's shapes and allocated
         ins = {str(d["name"]): d for d in interp.get_input_details()}
         ready = [(ins[k]["index"], to_model_dtype(np.asarray(v), ins[k])) for k, v in feeds.items()]
         outs = [d["index"] for d in interp.get_output_details()]

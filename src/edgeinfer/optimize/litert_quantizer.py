@@ -78,6 +78,39 @@ def _signature_rows(
     return {key: rows}
 
 
+def _check_quantizable(model: Path, *, calibrated: bool) -> None:
+    """What ai-edge-quantizer cannot take, named before it fails inside: repeated tensor
+    names (its parameters are keyed by name), and, for a calibrated recipe, a model that does
+    not prepare at its declared input sizes (its calibrator allocates there, before any data;
+    a dynamic-length audio model's placeholder sizes are too small)."""
+    from collections import Counter
+
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils
+
+    from edgeinfer.convert.tflite import open_interpreter
+
+    flat = tfl_flatbuffer_utils.read_model(os.fspath(model))
+    names = Counter(
+        tfl_flatbuffer_utils.get_tensor_name(t) for g in flat.subgraphs for t in g.tensors
+    )
+    repeated = sorted(n for n, c in names.items() if c > 1)
+    if repeated:
+        raise NotApplicable(
+            f"ai-edge-quantizer needs unique tensor names; this model repeats {repeated[0]!r}"
+        )
+    if calibrated:
+        interp = open_interpreter(model)
+        try:
+            interp.allocate_tensors()
+        except RuntimeError as exc:
+            dims = [str(list(d["shape_signature"])) for d in interp.get_input_details()]
+            raise NotApplicable(
+                "ai-edge-quantizer calibrates at the declared input sizes "
+                f"({', '.join(dims)}), where this model does not prepare: "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+
+
 def quantize_tflite(
     model: Path,
     candidate: str,
@@ -97,6 +130,7 @@ def quantize_tflite(
         ) from exc
     if inspect_tflite(model).quantized:
         raise NotApplicable("the model is already quantized; ai-edge-quantizer needs a float one")
+    _check_quantizable(model, calibrated="static" in candidate)
     make = getattr(recipe, AEQ_RECIPES[candidate])
     sink = io.StringIO()  # its progress bars and size summary
     with quiet(), contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):

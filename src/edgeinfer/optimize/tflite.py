@@ -13,7 +13,9 @@ builds the float32 TFLite model (the baseline) and the post-training variants
 and, where ai-edge-quantizer is installed, its recipes on the float ``.tflite``
 (:mod:`.litert_quantizer`): ``aeq-weight-only-int8``, ``aeq-dynamic-int8`` and
 ``aeq-static-wi8-ai8`` (calibrated); ``aeq-weight-only-int4`` and ``aeq-static-wi8-ai16``
-only when named (``candidates=``, ``--candidates``): XNNPACK runs them slower than float.
+only when named (``candidates=``, ``--candidates``): XNNPACK runs them slower than float;
+``int8-io`` and ``aeq-static-wi8-ai8`` only when named too, as their inputs and outputs are
+int8 where the source's are float (a different interface for the caller).
 
 Each is run on LiteRT (XNNPACK, the threads given) over the eval data: the same metrics
 (:mod:`.metrics`), the same budget and the same choice (:func:`.search.choose`) as the ONNX
@@ -69,7 +71,10 @@ CONVERTER_CANDIDATES = ("float16", "dynamic-int8", "int8", "int8-io")  # TFLiteC
 TFLITE_CANDIDATES = (*CONVERTER_CANDIDATES, *AEQ_RECIPES)  # and ai-edge-quantizer's
 # INT4 weights and INT16 activations have no fast XNNPACK kernels on a CPU: 2-30x slower
 # than float32 on the digits CNN (bench_tflite.py), so they are measured only when asked.
-_OPT_IN = ("aeq-weight-only-int4", "aeq-static-wi8-ai16")
+# int8-io and the static aeq recipes change the model's interface (int8 inputs and outputs
+# where the source took floats): a caller feeding the source's floats would get raw int8
+# codes back from the chosen model, so they too are measured only when named.
+_OPT_IN = ("aeq-weight-only-int4", "aeq-static-wi8-ai16", "int8-io", "aeq-static-wi8-ai8")
 _MODE = {"float16": "float16", "dynamic-int8": "dynamic", "int8": "int8", "int8-io": "int8-io"}
 
 
