@@ -13,7 +13,7 @@ first build). On this machine, 2 threads, greedy decoding:
   the first over the time from the first to the last; time to first token runs from the
   call (prompt text in) to the first token out. Overhead: the median of the per-round
   ratios (edgeinfer's decode time per token over raw genai's, minus one).
-- ``quality``: perplexity on the held-out text packaged with edgeinfer (about 3.7 KB of
+- ``quality``: perplexity on the held-out text packaged with edgeinfer (about 4.2 KB of
   English prose written for it; windows of 256 tokens) and the share of positions where
   the model's greedy next token is the float model's (``edgeinfer.generate.quality``).
 - ``memory``: model files' size, and the peak RSS of a child process that loads the model
