@@ -46,6 +46,7 @@ def searched(
     return optimize_generative(tiny_bundle.path, out, eval_text=eval_text, config=config)
 
 
+@pytest.mark.slow  # the module's search runs in its first test's setup
 def test_search_measures_each_candidate_and_bundles_the_chosen(searched: OptimizeResult) -> None:
     result = searched.result
     assert [c.name for c in result.candidates] == list(CANDIDATES)
