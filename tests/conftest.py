@@ -1,25 +1,20 @@
 """Shared fixtures: tiny ONNX models built on the fly (builders in onnx_builders.py), and
-the tiny language model (see _tiny_llm.py), trained and built once per test run.
+the demo's tiny language model (edgeinfer.demo._tiny_lm), trained and built once.
 
 The language model's build (a few seconds of training, then onnxruntime-genai's model
 builder in a child process) is cached under the system's temporary directory, keyed by the
-hash of _tiny_llm.py, so a second run starts at once; a changed recipe builds afresh.
+hash of its recipe, so a second run starts at once; a changed recipe builds afresh.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from _tiny_llm import build_tiny
 from edgeinfer.bundle import Bundle
 from edgeinfer.generate import GenerativeModel, create_bundle
 from onnx_builders import make_mlp, make_two_input
@@ -59,19 +54,9 @@ GOLDEN = ("the quick brown", "edge devices run")
 @pytest.fixture(scope="session")
 def tiny_dir() -> Path:
     """The tiny model's onnxruntime-genai directory (model.onnx, genai_config.json, ...)."""
-    recipe = hashlib.sha256((Path(__file__).parent / "_tiny_llm.py").read_bytes()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / "edgeinfer-tests" / f"tiny-llm-{recipe}"
-    if (cache / "genai_config.json").is_file():
-        return cache
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".tiny-llm.", dir=cache.parent))
-    try:
-        built = build_tiny(scratch / "model")
-        with contextlib.suppress(OSError):  # another run finished first: the same model
-            os.replace(built, cache)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return cache
+    from edgeinfer.demo._tiny_lm import model_dir
+
+    return model_dir(Path(tempfile.gettempdir()) / "edgeinfer-tests")
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """``edgeinfer optimize`` on a generative bundle: weight-only quantization of the tiny Llama
-(tests/_tiny_llm.py), gated by perplexity and next-token agreement on held-out text."""
+(edgeinfer.demo._tiny_lm), gated by perplexity and next-token agreement on held-out text."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import onnxruntime_genai as og
 import pytest
 from typer.testing import CliRunner
 
-from _tiny_llm import TEXT
 from edgeinfer.bundle import Bundle
 from edgeinfer.cli.main import build_app, main
+from edgeinfer.demo._tiny_lm import TEXT
 from edgeinfer.errors import InputError
 from edgeinfer.generate import load
 from edgeinfer.generate.quality import HELDOUT_TEXT, read_text, score, token_ids

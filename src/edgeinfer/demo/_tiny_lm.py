@@ -22,13 +22,14 @@ from typing import Any
 
 from edgeinfer.bundle import cache_dir
 
-__all__ = ["SENTENCES", "model_dir"]
+__all__ = ["SENTENCES", "TEXT", "model_dir"]
 
 SENTENCES = (
     "the quick brown fox jumps over the lazy dog. ",
     "a small model runs on the device and answers without the network. ",
     "edge devices run models where the data is. ",
 )
+TEXT = "".join(SENTENCES) * 40  # what it is trained on
 _CHAT = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
@@ -37,10 +38,11 @@ _CHAT = (
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 
-def model_dir() -> Path:
-    """The tiny model's onnxruntime-genai directory: built once, then cached."""
+def model_dir(root: Path | None = None) -> Path:
+    """The tiny model's onnxruntime-genai directory: built once, then cached under ``root``
+    (default: the user cache's ``demo`` folder; the tests keep theirs in the temp folder)."""
     recipe = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
-    dest = cache_dir() / "demo" / f"tiny-lm-{recipe}"
+    dest = (root or cache_dir() / "demo") / f"tiny-lm-{recipe}"
     if (dest / "genai_config.json").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,7 @@ def _build(scratch: Path, steps: int = 150, context: int = 128) -> None:
 
     hf_lib: Any = importlib.import_module("transformers")  # untyped: used through Any
 
-    text = "".join(SENTENCES) * 40
+    text = TEXT
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
