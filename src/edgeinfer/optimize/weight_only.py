@@ -53,14 +53,15 @@ _NAME = re.compile(
     r"^(?:int4-(?P<method>rtn-asym|rtn|hqq|kquant)|(?P<int8>int8))-b(?P<block>\d+)"
     r"-acc(?P<level>\d)-head-(?P<head>int4|int8|fp32)$"
 )
-# RTN at each block size with the fast kernels and an INT8 head; HQQ and k-quant at one
-# block size each (both search each block's scale: minutes on a 135M-parameter model where
-# RTN takes seconds); then one change at a time from the builder's recipe
-# (int4-rtn-b32-acc4-head-int4), then all-INT8. "all" names every combination.
+# RTN at each block size with the fast kernels and an INT8 head; k-quant at one block size
+# (it searches each block's scale: minutes on a 135M-parameter model where RTN takes
+# seconds); then one change at a time from the builder's recipe (int4-rtn-b32-acc4-head-int4),
+# then all-INT8. "all" names every combination. HQQ only when named: on SmolLM2 it took
+# 21 minutes to build (RTN: 30 s) and its model decoded at 1.1 s a token (RTN: 45 ms), for
+# a perplexity (+18.7%) no better than the RTN candidates' best (bench_generate.py).
 DEFAULT_CANDIDATES = (
     *(f"int4-rtn-b{b}-acc4-head-int8" for b in BLOCKS),
     "int4-rtn-asym-b32-acc4-head-int8",
-    "int4-hqq-b64-acc4-head-int8",
     "int4-kquant-b32-acc4-head-int8",
     "int4-rtn-b32-acc4-head-int4",
     "int4-rtn-b32-acc4-head-fp32",
