@@ -143,9 +143,10 @@ def test_two_replicas_on_one_postgresql_accept_a_counter_once(
     try:
         client = device(replicas[0], tmp_path / "dev")
         for counter in range(1, 6):
+            now_ms = int(time.time() * 1000)  # read once: two reads a tick apart would match
             bodies = [
                 sealed(client.key, document(client, counter, created_at_ms=stamp))
-                for stamp in (int(time.time() * 1000), int(time.time() * 1000) - 1)
+                for stamp in (now_ms, now_ms - 1)
             ]  # two different reports claiming one counter, one to each replica
             with ThreadPoolExecutor(2) as pool:
                 answers = list(pool.map(post, replicas, bodies))
