@@ -14,7 +14,7 @@ child process, on loopback:
    with 100 rows a transaction is shown beside it.
 2. **Pages at 100,000 devices** (``--quick``: 2,000), loaded straight into the tables: the
    dashboard's overview and device list, and the ``/v1/devices`` pages that ``edgeinfer
-   fleet devices`` walks (10,000 a page), over HTTP: p50/p95 seconds.
+   fleet devices`` walks (1,000 a page, after the last id), over HTTP: p50/p95 seconds.
 3. **A bad release** on 2,000 devices (``--quick``: 300) with stages 1,10,100 and
    max-failure 10%: devices follow the signed rollout document (``RolloutGate``, the agent's
    check), install when it lets them, and report; the release fails the health gate on one
@@ -653,10 +653,10 @@ def bench_pages(backend: str, pg: str | None, work: Path, sizes: Sizes) -> dict[
     pages = {
         "overview": ["/"],
         "devices_page": ["/devices", f"/devices?offset={n // 2}", f"/devices?model={MODEL}"],
-        # the pages `edgeinfer fleet devices` walks, 10,000 devices each: five of them
-        "cli_devices_page": [
-            f"/v1/devices?limit=10000&offset={o}" for o in range(0, n, max(10_000, n // 5))
-        ],
+        # pages `edgeinfer fleet devices` walks (1,000 devices each, after the last id of
+        # the page before; bulk_load's ids are d-<index in hex>): five spread over the fleet
+        "cli_devices_page": ["/v1/devices?limit=1000"]
+        + [f"/v1/devices?limit=1000&after=d-{o - 1:020x}" for o in range(n // 5, n, n // 5)],
     }
     out: dict[str, Any] = {"devices": n, "bulk_load_s": round(load_s, 2)}
     try:

@@ -8,7 +8,8 @@ Devices (signed bodies, no bearer token)::
 Operators (``Authorization: Bearer <admin token>``)::
 
     POST /v1/tokens                  {"uses": N}  -> {"id", "token", "uses"}
-    GET  /v1/devices                 [{"id", "model", "version", "state", ...}]
+    GET  /v1/devices                 [{"id", "model", "version", "state", ...}] by id;
+                                     ?limit= (1000), ?after=ID (next page) or ?offset=
     GET  /v1/devices/{id}            one device, its recent reports, its class's latency
     POST /v1/devices/{id}/revoke     -> {"id", "revoked_at"}
 
@@ -148,7 +149,10 @@ def create_app(store: Store, config: FleetConfig) -> Starlette:
         _admin(request, config)
         limit = _int_param(request, "limit", 1000, 1, 100_000)
         offset = _int_param(request, "offset", 0, 0, 10**12)
-        return JSONResponse(await _db(inventory.list_devices, store, limit, offset))
+        after = request.query_params.get("after")
+        if after is not None and not 0 < len(after) <= 128:
+            raise BadReport("?after: expected a device id (1 to 128 characters)")
+        return JSONResponse(await _db(inventory.list_devices, store, limit, offset, after))
 
     async def device(request: Request) -> JSONResponse:
         _admin(request, config)

@@ -61,10 +61,15 @@ def _summary(d: Device) -> dict[str, Any]:
     }
 
 
-def list_devices(store: Store, limit: int = 1000, offset: int = 0) -> list[dict[str, Any]]:
+def list_devices(
+    store: Store, limit: int = 1000, offset: int = 0, after: str | None = None
+) -> list[dict[str, Any]]:
+    """Devices in id order, ``limit`` at a time: those after the id ``after`` (a page costs
+    the same wherever it starts) or, without it, past the first ``offset``."""
+    query = select(Device).order_by(Device.id).limit(limit)
+    query = query.where(Device.id > after) if after is not None else query.offset(offset)
     with store.session() as session:
-        rows = session.scalars(select(Device).order_by(Device.id).limit(limit).offset(offset))
-        return [_summary(d) for d in rows]
+        return [_summary(d) for d in session.scalars(query)]
 
 
 def device_detail(store: Store, device_id: str, reports: int = 20) -> dict[str, Any]:
