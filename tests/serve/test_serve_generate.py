@@ -325,6 +325,15 @@ _FUZZ = settings(
 )
 
 
+_JSON_TYPE = {"content-type": "application/json"}
+
+
+def _encoded(body: Any) -> bytes:
+    """The body as Python's json writes it: infinities as the bare words Infinity and
+    -Infinity, which are not JSON (httpx's own encoder refuses to send them)."""
+    return json.dumps(body).encode()
+
+
 def _no_server_error(r: httpx.Response) -> None:
     assert r.status_code in (200, 400, 404), r.text
     if r.status_code != 200:
@@ -340,7 +349,7 @@ def test_generate_fuzzed_bodies_get_200_or_one_line_400(
 ) -> None:
     path = "/v2/models/tiny-llm/" + ("generate_stream" if stream else "generate")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
-        r = c.post(path, json=body)
+        r = c.post(path, content=_encoded(body), headers=_JSON_TYPE)
         _no_server_error(r)
 
 
@@ -351,7 +360,7 @@ def test_openai_fuzzed_bodies_get_200_or_one_line_4xx(
 ) -> None:
     path = "/v1/chat/completions" if chat else "/v1/completions"
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as c:
-        r = c.post(path, json=body)
+        r = c.post(path, content=_encoded(body), headers=_JSON_TYPE)
         _no_server_error(r)
 
 
@@ -536,3 +545,14 @@ def test_generations_beyond_the_slots_and_the_queue_are_refused(
         t.join()
     assert waiting["r"].status_code == 200 and len(waiting["r"].json()["token_ids"]) == 3
     _wait_for(lambda: _cancelled(client) >= before + 3, "the three were cancelled")
+
+
+@pytest.mark.parametrize("word", ["Infinity", "-Infinity", "NaN"])
+def test_non_json_numbers_are_one_line_400s(server: Any, client: httpx.Client, word: str) -> None:
+    for path, body in (
+        ("/v2/models/tiny-llm/generate", '{"text_input": "hi", "parameters": {"temperature": %s}}'),
+        ("/v1/completions", '{"model": "tiny-llm", "prompt": "hi", "temperature": %s}'),
+    ):
+        r = client.post(path, content=(body % word).encode(), headers=_JSON_TYPE)
+        assert r.status_code == 400, (path, r.text)
+        _no_server_error(r)
