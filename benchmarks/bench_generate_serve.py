@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import itertools
 import json
 import os
@@ -65,21 +64,10 @@ SMOLLM_PROMPTS = (
 
 
 def tiny_dir() -> Path:
-    """The tests' tiny model (tests/_tiny_llm.py), built once and cached as the tests do."""
-    tests = HERE.parent / "tests"
-    recipe = hashlib.sha256((tests / "_tiny_llm.py").read_bytes()).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / "edgeinfer-tests" / f"tiny-llm-{recipe}"
-    if not (cache / "genai_config.json").is_file():
-        sys.path.insert(0, str(tests))
-        from _tiny_llm import build_tiny
+    """The tests' tiny model (the demo's recipe), built once and cached as the tests do."""
+    from edgeinfer.demo._tiny_lm import model_dir
 
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".tiny-llm.", dir=cache.parent))
-        try:
-            os.replace(build_tiny(scratch / "model"), cache)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-    return cache
+    return model_dir(Path(tempfile.gettempdir()) / "edgeinfer-tests")
 
 
 def free_port() -> int:
