@@ -356,6 +356,14 @@ def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
     return int(info.value.code or 0), out.out, out.err
 
 
+def _ran(err: str) -> str:
+    """The CLI's "ran:" line, its continuation lines (wrapped at 80 columns) joined back."""
+    lines = err.splitlines()
+    start = max(i for i, line in enumerate(lines) if line.startswith("ran: "))
+    rest = [line.strip() for line in lines[start + 1 :] if line.startswith("  ")]
+    return " ".join([lines[start], *rest])
+
+
 def test_the_cli_says_where_it_ran_and_where_it_switched(
     tiny_bundle: Bundle,
     tiny: GenerativeModel,
@@ -368,7 +376,7 @@ def test_the_cli_says_where_it_ran_and_where_it_switched(
         code, out, err = _cli([*args, "--stream", "--offload", url], capsys)
     assert code == 0, err
     assert out == tiny.decode(want) + "\n"
-    ran = err.splitlines()[-1]
+    ran = _ran(err)
     assert re.match(r"ran: remote -> local at token (\d+); tokens 0-\1 remote \(http://", ran), ran
     assert "switched because: the stream broke off: the model was unloaded (http://" in ran
 
@@ -376,12 +384,12 @@ def test_the_cli_says_where_it_ran_and_where_it_switched(
         code, out, err = _cli([*args, "--offload", url, "--follow"], capsys)
     assert code == 0, err
     assert out == tiny.decode(want) + "\n"
-    assert re.match(r"ran: remote -> local at token \d+;", err.splitlines()[-1]), err
+    assert re.match(r"ran: remote -> local at token \d+;", _ran(err)), err
 
     code, out, err = _cli([*args, "--offload", f"http://{server}"], capsys)
     assert code == 0, err
     assert out == tiny.decode(want) + "\n"
-    assert err.splitlines()[-1] == f"ran: remote; tokens 0-{TOKENS} remote (http://{server})"
+    assert _ran(err) == f"ran: remote; tokens 0-{TOKENS} remote (http://{server})"
 
     code, _, err = _cli([*args, "--offload", "grpc://127.0.0.1:1"], capsys)
     assert code == 2

@@ -10,6 +10,7 @@ the network breaks off; a second stderr line says where it ran and where it swit
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,8 @@ def _offloaded(
     line = f"ran: {result.where}; tokens {parts or 'none'}"
     if result.fallback_reason:
         line += f"; switched because: {result.fallback_reason}"
-    typer.echo(line, err=True)
+    # 80 columns, whether on a terminal or redirected; URLs and errors kept whole
+    typer.echo(textwrap.fill(line, 80, subsequent_indent="  ", break_long_words=False), err=True)
 
 
 def register(app: typer.Typer) -> None:
