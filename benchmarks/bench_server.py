@@ -279,17 +279,28 @@ def start_edgeinfer(
     return Server(name, proc, http, grpc)
 
 
-def start_mlserver(python: Path, root: Path, models: dict[str, Path], log: Path) -> Server:
+def start_mlserver(
+    python: Path,
+    root: Path,
+    models: dict[str, Path],
+    log: Path,
+    settings: dict[str, Any] | None = None,
+    model_settings: dict[str, Any] | None = None,
+    label: str = "mlserver",
+) -> Server:
+    """MLServer serving ``models``: its defaults, or ``settings`` (server-wide) and
+    ``model_settings`` (each model's) over them."""
     http, grpc = free_port(), free_port()
     root.mkdir(parents=True, exist_ok=True)
-    settings = {
+    server_settings = {
         "host": "127.0.0.1",
         "http_port": http,
         "grpc_port": grpc,
         "metrics_port": free_port(),
         "load_models_at_startup": True,
+        **(settings or {}),
     }
-    (root / "settings.json").write_text(json.dumps(settings))
+    (root / "settings.json").write_text(json.dumps(server_settings))
     for name, path in models.items():
         d = root / name
         d.mkdir(exist_ok=True)
@@ -300,6 +311,7 @@ def start_mlserver(python: Path, root: Path, models: dict[str, Path], log: Path)
                     "name": name,
                     "implementation": "onnx_runtime.OnnxRuntime",
                     "parameters": {"uri": str(path), "version": "1"},
+                    **(model_settings or {}),
                 }
             )
         )
@@ -313,7 +325,7 @@ def start_mlserver(python: Path, root: Path, models: dict[str, Path], log: Path)
         cwd=root,
     )
     wait_ready(http, list(models), proc, 180)
-    return Server("mlserver", proc, http, grpc)
+    return Server(label, proc, http, grpc)
 
 
 # ---------------------------------------------------------------- requests

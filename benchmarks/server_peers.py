@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -91,41 +90,11 @@ def start_mlserver_with(
     python: Path, root: Path, models: dict[str, Path], log: Path, setting: MLServerSetting
 ) -> Any:
     """MLServer serving ``models`` with ``setting`` over its defaults."""
-    from bench_server import HERE as BENCH
-    from bench_server import Server, free_port, wait_ready
+    from bench_server import start_mlserver
 
-    http, grpc = free_port(), free_port()
-    root.mkdir(parents=True, exist_ok=True)
-    settings = {
-        "host": "127.0.0.1",
-        "http_port": http,
-        "grpc_port": grpc,
-        "metrics_port": free_port(),
-        "load_models_at_startup": True,
-        **setting.settings,
-    }
-    (root / "settings.json").write_text(json.dumps(settings))
-    for name, path in models.items():
-        d = root / name
-        d.mkdir(exist_ok=True)
-        shutil.copyfile(BENCH / "mlserver_runtime" / "onnx_runtime.py", d / "onnx_runtime.py")
-        model_settings = {
-            "name": name,
-            "implementation": "onnx_runtime.OnnxRuntime",
-            "parameters": {"uri": str(path), "version": "1"},
-            **setting.model,
-        }
-        (d / "model-settings.json").write_text(json.dumps(model_settings))
-    env = dict(os.environ, EDGE_BENCH_THREADS="1")
-    proc = subprocess.Popen(
-        [str(python.parent / "mlserver"), "start", str(root)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
+    return start_mlserver(
+        python, root, models, log, setting.settings, setting.model, label=setting.name
     )
-    wait_ready(http, list(models), proc, 180)
-    return Server(setting.name, proc, http, grpc)
 
 
 def _cpu_s(proc: Any) -> float:
