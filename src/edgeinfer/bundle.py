@@ -18,6 +18,7 @@ from edgeinfer.runtime.bundle import (
     Golden,
     Manifest,
     cache_dir,
+    check_out_dir,
     model_format,
     sha256_file,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "Golden",
     "Manifest",
     "cache_dir",
+    "check_out_dir",
     "model_format",
     "sha256_file",
 ]

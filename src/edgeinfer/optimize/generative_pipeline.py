@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.bundle import Bundle
-from edgeinfer.errors import BundleError, InputError
+from edgeinfer.bundle import Bundle, check_out_dir
+from edgeinfer.errors import InputError
 from edgeinfer.generate.bundle import GOLDEN_PROMPTS, create_bundle
 from edgeinfer.generate.model import GenerativeModel
 from edgeinfer.generate.quality import read_text
@@ -25,14 +25,6 @@ from edgeinfer.optimize.report import report_dir_for, write_report
 from edgeinfer.optimize.search import Progress
 
 __all__ = ["optimize_generative"]
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(
-            f"{out} already exists and is not empty "
-            "(pass --overwrite, or overwrite=True from Python)"
-        )
 
 
 def optimize_generative(
@@ -62,8 +54,7 @@ def optimize_generative(
             "(a language model bundled with edgeinfer.generate.create_bundle)"
         )
     text = read_text(eval_text)
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.work.", dir=out.parent) as tmp:
         result = search_generative(source.path, text, Path(tmp), config, progress=progress)
         chosen = result.chosen

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeinfer.bundle import Bundle
-from edgeinfer.errors import BundleError, InputError
+from edgeinfer.bundle import Bundle, check_out_dir
+from edgeinfer.errors import InputError
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate, SearchResult
 from edgeinfer.optimize.data import Dataset, DataSource, load_dataset
@@ -53,14 +53,6 @@ def _source(model: str | os.PathLike[str]) -> Bundle:
             f"{model}: optimize works on ONNX models; this is a {bundle.manifest.format} model"
         )
     return bundle
-
-
-def _check_out(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise BundleError(
-            f"{out_dir} already exists and is not empty "
-            "(pass --overwrite, or overwrite=True from Python)"
-        )
 
 
 def _bundle(
@@ -129,8 +121,7 @@ def optimize(
     outputs = [s.name for s in source.manifest.outputs]
     if config.output is not None and config.output not in outputs:
         raise InputError(f"output {config.output!r} not found; the model has {', '.join(outputs)}")
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.work.", dir=out.parent) as tmp:
         result = search(
             source.model_path, data, Path(tmp), config, calibration=calib, progress=progress
@@ -233,8 +224,7 @@ def distill(
     dcfg = DistillConfig(
         student=student, data=train, output=config.output, **(distill_options or {})
     )
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     budget = Budget.parse(config.max_drop)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.work.", dir=out.parent) as tmp:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.bundle import Bundle
+from edgeinfer.bundle import Bundle, check_out_dir
 from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize.data import DataSource
 from edgeinfer.optimize.pipeline import OptimizeResult, optimize
@@ -104,9 +104,7 @@ def optimize_both(
     config = config or SearchConfig()
     src, out = Path(model), Path(out_dir)
     lite_names, onnx_names = _split(candidates)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(f"{out} already exists and is not empty (pass --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     stem = src.stem or "model"
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.both.", dir=out.parent) as tmp:
         work = Path(tmp)

@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeinfer.errors import BundleError, InputError
+from edgeinfer.bundle import check_out_dir
+from edgeinfer.errors import InputError
 from edgeinfer.optimize.budget import Budget
 from edgeinfer.optimize.candidate import Candidate, SearchResult
 from edgeinfer.optimize.data import DataSource, load_dataset
@@ -161,9 +162,7 @@ def optimize_tflite(
         )
     metric = parse_metric(config.metric)
     budget = Budget.parse(config.max_drop)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise BundleError(f"{out} already exists and is not empty (pass --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_out_dir(out, overwrite)
     started = time.perf_counter()
     report_fn = progress or (lambda *a: None)
     notes: list[str] = []

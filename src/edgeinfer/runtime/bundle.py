@@ -73,6 +73,7 @@ __all__ = [
     "Golden",
     "Manifest",
     "cache_dir",
+    "check_out_dir",
     "model_format",
     "sha256_file",
 ]
@@ -408,6 +409,12 @@ def _destination(name: str, version: int, out_dir: str | os.PathLike[str], overw
     check_name(name)
     if not isinstance(version, int) or isinstance(version, bool) or version < 0:
         raise BundleError(f"version {version!r} must be an integer >= 0")
+    return check_out_dir(out_dir, overwrite)
+
+
+def check_out_dir(out_dir: str | os.PathLike[str], overwrite: bool) -> Path:
+    """An output directory for new work: absent, empty, or ``overwrite``; its parent made.
+    Every command that writes a bundle or a report folder refuses the same way."""
     out = Path(out_dir)
     if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(
