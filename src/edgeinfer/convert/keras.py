@@ -95,7 +95,9 @@ def keras_to_onnx(
     """Convert a Keras model or SavedModel to ONNX with tf2onnx and check it.
 
     ``inputs``: sample arrays in the signature's input order (batch on axis 0); random ones
-    made from the signature when not given.
+    made from the signature when not given. A subclassed model that has never been called
+    (built without shapes, weights set) needs them: it is run on them once and exported
+    with their shapes, the batch axis left open.
     """
     tf = import_tf("Converting a Keras or TensorFlow model")
     tf2onnx = import_tf2onnx()
@@ -103,7 +105,7 @@ def keras_to_onnx(
         raise InputError(f"opset {opset} is not supported; choose 9..21 (default 17)")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="edgeinfer-keras-") as tmp:
-        source = load_source(model, Path(tmp))
+        source = load_source(model, Path(tmp), inputs)
         feeds = sample_feeds(source.inputs, inputs)
         want = source.run(feeds)
         names = [s.name for s in source.inputs]
@@ -202,7 +204,7 @@ def keras_to_tflite(
     started = time.perf_counter()
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="edgeinfer-keras-") as tmp:
-        source = load_source(model, Path(tmp))
+        source = load_source(model, Path(tmp), inputs)
         feeds = sample_feeds(source.inputs, inputs)
         want = source.run(feeds)
         with quiet():
