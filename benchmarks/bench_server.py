@@ -2,7 +2,8 @@
 
 Both servers run as separate processes on 127.0.0.1 and serve the same ONNX files with the
 same ONNX Runtime settings (1 intra-op thread, spinning off); MLServer runs in its own
-virtual environment (default: /tmp/mlserver-venv, ``pip install mlserver onnxruntime``)
+virtual environment (``mlserver-venv`` in the peers' directory, /tmp by default: made with
+the other peers' environments by ``benchmarks/peers/setup.sh DIR``, then ``--peers-dir DIR``)
 with a minimal custom runtime (benchmarks/mlserver_runtime/onnx_runtime.py) and its default
 settings otherwise (one parallel inference worker process, no adaptive batching). edgeinfer
 runs with its defaults (dynamic batching up to 8 rows, no added queue delay, one instance)
@@ -26,7 +27,9 @@ Measured (issue targets in brackets):
   that retries at once (the harshest), one that pauses a fixed 10 ms (see ``overload_suite``);
 - the peers at their defaults and at their best (``--peers-only``, benchmarks/server_peers.py):
   MLServer with ``parallel_workers`` 1 and 0 and adaptive batching, Triton 2.51 where it
-  runs (benchmarks/triton_peer.py), in paired rounds; edgeinfer over the best of them;
+  runs (benchmarks/triton_peer.py), in paired rounds; edgeinfer over the best of them; for
+  the tiny model and for MiniLM INT8 (``--peer-workload``; MiniLM also over the in-process
+  limit);
 - the refusal floor (``--floor-only``): servers that refuse every request under the same
   load, bare uvicorn and bare grpc.aio beside edgeinfer's whole refusal path: what any
   Python server on those stacks pays per refusal (see ``floor_suite``).
@@ -833,13 +836,41 @@ def main() -> None:
         help="the src folder of another edgeinfer checkout: run the overload scenarios "
         "against it too, for a before/after comparison",
     )
-    ap.add_argument("--mlserver-python", type=Path, default=Path("/tmp/mlserver-venv/bin/python"))
+    ap.add_argument(
+        "--peer-workload",
+        choices=["tiny", "minilm", "all"],
+        default="all",
+        help="the model(s) of --peers-only: tiny writes server_peers.json, minilm "
+        "server_peers_minilm.json",
+    )
+    ap.add_argument("--no-triton", action="store_true", help="--peers-only without Triton")
+    ap.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=Path(os.environ.get("EDGEINFER_PEERS_DIR", "/tmp")),
+        help="where benchmarks/peers/setup.sh made the peers' environments (default /tmp)",
+    )
+    ap.add_argument("--mlserver-python", type=Path, help="default: in --peers-dir")
     args = ap.parse_args()
+    if args.mlserver_python is None:
+        args.mlserver_python = args.peers_dir / "mlserver-venv" / "bin" / "python"
     seconds = 1.0 if args.quick else 3.0
     if args.peers_only:
         import server_peers
 
-        print("wrote", server_peers.run(seconds, args.peer_rounds, args.mlserver_python))
+        missing = server_peers.missing_peers(
+            args.peers_dir, args.mlserver_python, not args.no_triton
+        )
+        if missing:
+            print(f"bench_server.py: {missing}", file=sys.stderr)
+            sys.exit(2)
+        for workload in server_peers.WORKLOADS:
+            if args.peer_workload in (workload, "all"):
+                path = server_peers.run(
+                    seconds, args.peer_rounds, args.mlserver_python, not args.no_triton,
+                    workload=workload, peers_dir=args.peers_dir,
+                )  # fmt: skip
+                print("wrote", path)
         return
     load_start = os.getloadavg()[0]  # other work on the machine skews every figure
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))
@@ -955,6 +986,11 @@ def main() -> None:
                 rounds=2 if args.quick else args.paired_rounds, seconds=seconds,
             )  # fmt: skip
         if not args.big_only:
+            print(
+                f"bench_server.py: {args.mlserver_python} not found, MLServer left out; create "
+                f"the peers' environments with benchmarks/peers/setup.sh {args.peers_dir}",
+                file=sys.stderr,
+            )
             results["overload"], results["overload_saturation"] = overload_suite(
                 edge,
                 mlserver,

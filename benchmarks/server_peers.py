@@ -1,5 +1,19 @@
 """The edge server against its peers at their defaults and at their best, side by side.
 
+The peers run from virtual environments of their own, made by ``benchmarks/peers/setup.sh DIR``
+with every version pinned (MLServer 1.7.1 with uvloop 0.21, the nvidia-pytriton 0.7.0 wheel
+for tritonserver 2.51, numpy 1.26 and ONNX Runtime for Triton's model; the project's
+constraints.txt throughout) in ``DIR/mlserver-venv``, ``DIR/triton-venv`` and
+``DIR/triton-model-venv``. DIR is /tmp unless ``--peers-dir`` or ``EDGEINFER_PEERS_DIR`` says
+otherwise; a run whose environments are missing stops at once and says how to make them::
+
+    benchmarks/peers/setup.sh /opt/peers
+    .venv/bin/python benchmarks/bench_server.py --peers-only --peers-dir /opt/peers
+
+Two workloads (``--peer-workload``): the tiny MLP, where a server's own cost per request is
+all there is (below), and MiniLM INT8 (:func:`minilm_suite`), where the model's run is most
+of it and batching decides throughput.
+
 Every server runs at once on 127.0.0.1 and serves the same ONNX files with the same ONNX
 Runtime settings (1 intra-op thread, spinning off):
 
@@ -22,10 +36,10 @@ figure is edgeinfer's throughput over the best peer's *in the same round*, for e
 CPU time per answer (psutil, the process and its children) is recorded with every window:
 it depends less on what else runs on the machine than requests per second do.
 
-Run: .venv/bin/python benchmarks/bench_server.py --peers-only [--peer-rounds N], or this file
-(``--baseline-src DIR``: an earlier checkout's ``src`` served beside, for before/after in the
-same rounds).
-Writes benchmarks/results/server_peers.json.
+Run: .venv/bin/python benchmarks/bench_server.py --peers-only [--peer-rounds N]
+[--peer-workload tiny|minilm|all] [--peers-dir DIR], or this file (``--baseline-src DIR``: an
+earlier checkout's ``src`` served beside, for before/after in the same rounds).
+Writes benchmarks/results/server_peers.json (tiny) and server_peers_minilm.json (MiniLM).
 """
 
 from __future__ import annotations
@@ -50,7 +64,6 @@ from _common import write  # noqa: E402
 
 KINDS = ("rest_json", "grpc")
 PEER_CONCURRENCY = (1, 32)
-MLSERVER_PYTHON = Path("/tmp/mlserver-venv/bin/python")
 # the floor (floor_servers.py): bare uvicorn / bare grpc.aio doing the least work an answer
 # needs (parse, one ONNX Runtime run, encode): what any Python server on those stacks pays
 FLOORS = {"rest_json": "uvicorn-infer", "grpc": "grpc-infer"}
@@ -59,7 +72,36 @@ FLOOR_LABELS = {
     "uvicorn-infer": "floor: bare uvicorn, json.loads, one run, json.dumps (REST only)",
     "grpc-infer": "floor: bare grpc.aio, parse, one run, serialize (gRPC only)",
 }
-TRITON_PYTHON = Path("/tmp/triton-venv/bin/python")
+PEERS_DIR = Path(os.environ.get("EDGEINFER_PEERS_DIR", "/tmp"))  # setup.sh's DIR
+SETUP = "benchmarks/peers/setup.sh"
+
+
+def mlserver_python_in(peers_dir: Path) -> Path:
+    """MLServer's Python in the peers' directory."""
+    return peers_dir / "mlserver-venv" / "bin" / "python"
+
+
+MLSERVER_PYTHON = mlserver_python_in(PEERS_DIR)
+
+
+def missing_peers(peers_dir: Path, mlserver: Path | None = None, triton: bool = True) -> str:
+    """One line saying which peer environments are missing and how to make them; "" if none.
+
+    ``mlserver``: MLServer's Python if not the one in ``peers_dir``."""
+    import triton_peer
+
+    mlserver = mlserver or mlserver_python_in(peers_dir)
+    gone = [] if mlserver.is_file() else [str(mlserver.parent.parent)]
+    if triton:
+        wheel, model = triton_peer.venvs(peers_dir)
+        gone += [str(v) for v in (wheel, model) if not (v / "bin" / "python").is_file()]
+    if not gone:
+        return ""
+    skip = " (or --no-triton to leave Triton out)" if triton else ""
+    return (
+        f"the peers' environments are missing: {', '.join(gone)}; create them with "
+        f"{SETUP} {peers_dir}{skip}"
+    )
 
 
 @dataclass
@@ -127,6 +169,49 @@ def measure_window(
     return r
 
 
+def start_peers(
+    work: Path,
+    models: dict[str, Path],
+    out: dict[str, Any],
+    mlserver_python: Path,
+    mlserver_settings: tuple[MLServerSetting, ...],
+    triton: bool,
+    batch: int,
+    peers_dir: Path,
+) -> list[Any]:
+    """Every MLServer setting and Triton's (``batch``: its dynamic batches' rows) serving
+    ``models``; what started is named in ``out["servers"]``, what failed in ``out["errors"]``."""
+    servers: list[Any] = []
+    if mlserver_python.is_file():
+        for setting in mlserver_settings:
+            try:
+                servers.append(
+                    start_mlserver_with(
+                        mlserver_python, work / setting.name, models,
+                        work / f"{setting.name}.log", setting,
+                    )
+                )  # fmt: skip
+                out["servers"][setting.name] = setting.label
+            except RuntimeError as exc:
+                log = (work / f"{setting.name}.log").read_text()[-1500:]
+                out["errors"][setting.name] = f"{exc}; log: {log}"
+    else:
+        out["errors"]["mlserver"] = f"{mlserver_python} not found: create it with {SETUP}"
+    if triton:
+        import triton_peer
+
+        for kind in triton_peer.SETTINGS:
+            try:
+                server, label = triton_peer.start_triton(
+                    work / "triton", models, kind, batch, peers_dir
+                )
+                servers.append(server)
+                out["servers"][server.name] = label
+            except triton_peer.TritonUnavailable as exc:
+                out["errors"][kind] = str(exc)
+    return servers
+
+
 def peers_suite(
     work: Path,
     seconds: float,
@@ -136,6 +221,7 @@ def peers_suite(
     edgeinfer_src: Path | None = None,
     with_floor: bool = True,
     baseline_src: Path | None = None,
+    peers_dir: Path = PEERS_DIR,
 ) -> dict[str, Any]:
     """Tiny MLP, REST JSON and gRPC, concurrency 1 and 32: every server per round, and the
     floor of each protocol (:data:`FLOORS`)."""
@@ -163,36 +249,16 @@ def peers_suite(
                 )
             )
             out["servers"][BASELINE] = f"edgeinfer from {baseline_src} (not a peer)"
-        if mlserver_python.is_file():
-            for setting in MLSERVER_SETTINGS:
-                try:
-                    servers.append(
-                        start_mlserver_with(
-                            mlserver_python,
-                            work / setting.name,
-                            {"tiny": tiny},
-                            work / f"{setting.name}.log",
-                            setting,
-                        )
-                    )
-                    out["servers"][setting.name] = setting.label
-                except RuntimeError as exc:
-                    log = (work / f"{setting.name}.log").read_text()[-1500:]
-                    out["errors"][setting.name] = f"{exc}; log: {log}"
-        else:
-            out["errors"]["mlserver"] = f"{mlserver_python} not found"
-        if triton:
-            import triton_peer
-
-            for setting in triton_peer.SETTINGS:
-                try:
-                    server, label = triton_peer.start_triton(
-                        work / "triton", {"tiny": tiny}, setting
-                    )
-                    servers.append(server)
-                    out["servers"][server.name] = label
-                except triton_peer.TritonUnavailable as exc:
-                    out["errors"][setting] = str(exc)
+        servers += start_peers(
+            work,
+            {"tiny": tiny},
+            out,
+            mlserver_python,
+            MLSERVER_SETTINGS,
+            triton,
+            batch=8,
+            peers_dir=peers_dir,
+        )
         if with_floor:
             from bench_server import _start_floor
 
@@ -263,45 +329,222 @@ def peers_suite(
     return out
 
 
-def summarize(per_round: list[dict[str, Any]], names: list[str]) -> dict[str, Any]:
+IN_PROCESS = "in_process"  # Model.predict in the benchmark's process: the limit
+# MiniLM INT8's best in-process batch on one thread in bench_server.py's quiet runs
+# (server.json: 61.6 rows/s at 1 row, 65.6 at 4, 65.0 at 8, 62.1 at 16, 54.5 at 32): a scan
+# on a busy machine picks any size of that flat curve, and batches of 32 make a 3 s window
+# count completions in lumps of 32.
+MINILM_BATCH = 4
+MINILM_BATCH_TIME_S = 0.002  # MLServer's adaptive batching: the longest wait for a batch
+
+
+def minilm_settings(batch: int) -> tuple[MLServerSetting, ...]:
+    """MLServer for MiniLM: ``parallel_workers`` 1 (its default) and 0, each with adaptive
+    batching off and on (``batch`` rows, :data:`MINILM_BATCH_TIME_S` at most)."""
+    adaptive = {"max_batch_size": batch, "max_batch_time": MINILM_BATCH_TIME_S}
+    wait = f"{MINILM_BATCH_TIME_S * 1e3:g} ms"
+    return (
+        MLServerSetting("mlserver_defaults", label="defaults (parallel_workers 1, no batching)"),
+        MLServerSetting(
+            "mlserver_pw0", {"parallel_workers": 0}, label="parallel_workers 0, no batching"
+        ),
+        MLServerSetting(
+            f"mlserver_batch{batch}",
+            model=adaptive,
+            label=f"parallel_workers 1, adaptive batching {batch} rows / {wait}",
+        ),
+        MLServerSetting(
+            f"mlserver_pw0_batch{batch}",
+            {"parallel_workers": 0},
+            adaptive,
+            label=f"parallel_workers 0, adaptive batching {batch} rows / {wait}",
+        ),
+    )
+
+
+def compare(case: dict[str, Any]) -> dict[str, Any]:
+    """One case of one round: each server's figures, the best peer and the best MLServer, and
+    edgeinfer (and the best of each) over the in-process limit where it was measured."""
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_answer", "batch")
+    summary: dict[str, Any] = {
+        n: {k: v[k] for k in keys if v.get(k) is not None} for n, v in case.items()
+    }
+    edge = case["edgeinfer"]["rps"]
+    peers = {
+        n: v["rps"]
+        for n, v in case.items()
+        if n not in ("edgeinfer", BASELINE, IN_PROCESS) and n not in FLOOR_LABELS
+    }
+    limit = case.get(IN_PROCESS, {}).get("rps")
+    if limit:
+        summary["edgeinfer_over_in_process"] = round(edge / limit, 3)
+    for prefix, group in (
+        ("peer", peers),
+        ("mlserver", {n: v for n, v in peers.items() if n.startswith("mlserver")}),
+    ):
+        if not group:
+            continue
+        best = max(group, key=group.__getitem__)
+        summary[f"best_{prefix}"] = best
+        summary[f"edgeinfer_over_best_{prefix}"] = round(edge / max(group[best], 1e-9), 3)
+        if limit:
+            summary[f"best_{prefix}_over_in_process"] = round(group[best] / limit, 3)
+    return summary
+
+
+def minilm_suite(
+    work: Path,
+    seconds: float,
+    rounds: int,
+    mlserver_python: Path = MLSERVER_PYTHON,
+    triton: bool = True,
+    peers_dir: Path = PEERS_DIR,
+    edgeinfer_src: Path | None = None,
+    batch: int = MINILM_BATCH,
+) -> dict[str, Any]:
+    """MiniLM INT8 (one sentence, 128 tokens a request), REST JSON and gRPC, 1 and 32
+    clients: edgeinfer, MLServer's four settings (:func:`minilm_settings`), Triton with and
+    without dynamic batching, and the in-process limit, every one per round.
+
+    The model is bench_server.py's own MiniLM INT8 (``second_model``: the zoo's export,
+    dynamically quantized once and cached), the same file for every server. Every batching
+    server batches up to the same number of rows, ``batch``: the batch size at which
+    ``Model.predict`` runs fastest here (:data:`MINILM_BATCH`; bench_server.py serves MiniLM
+    so, and a model analyzer would choose it). The in-process limit takes its turn in each
+    case's rotation like a server: ``Model.predict`` back to back in the benchmark's process,
+    at batch 1 for one client (the most one client can get) and at ``batch`` for 32.
+    """
+    import edgeinfer
+    from bench_server import (
+        BIG_QUEUE_TIMEOUT_S,
+        check_answers,
+        in_process_rate,
+        payloads,
+        second_model,
+        start_edgeinfer,
+    )
+
+    repo = work / "repo"
+    (repo / "big" / "1").mkdir(parents=True)
+    name, path, feeds = second_model(repo / "big" / "1" / "model.onnx")
+    (repo / "big" / "config.json").write_text(
+        json.dumps(
+            {"queue_timeout_s": BIG_QUEUE_TIMEOUT_S, "max_queue_size": 64, "max_batch_size": batch}
+        )
+    )
+    model = edgeinfer.load(path, providers=["cpu"], threads=1)
+    want = model.predict(feeds)
+    p = payloads("big", feeds)
+    out: dict[str, Any] = {
+        "model": name,
+        "max_batch_size": batch,
+        "servers": {},
+        "errors": {},
+    }
+    servers: list[Any] = []
+    try:
+        servers.append(start_edgeinfer(repo, ["big"], work / "edgeinfer.log", src=edgeinfer_src))
+        out["servers"]["edgeinfer"] = (
+            f"max_batch_size {batch} (the best in-process batch), no queue delay, queue 64, "
+            f"queue timeout {BIG_QUEUE_TIMEOUT_S:g} s"
+        )
+        servers += start_peers(
+            work, {"big": path}, out, mlserver_python, minilm_settings(batch), triton, batch,
+            peers_dir,
+        )  # fmt: skip
+        out["servers"][IN_PROCESS] = (
+            f"Model.predict back to back in the benchmark's process: batch 1 for 1 client, "
+            f"batch {batch} for 32"
+        )
+        for server in servers:
+            check_answers(server, "big", p, list(KINDS), want)
+        cases = [(k, c) for k in KINDS for c in PEER_CONCURRENCY]
+        per_round: list[dict[str, Any]] = []
+        for r in range(rounds):
+            load = round(os.getloadavg()[0], 2)
+            row: dict[str, Any] = {"round": r, "load_average_1m": load, "cases": {}}
+            for kind, c in cases:
+                here = [*servers, IN_PROCESS]
+                case: dict[str, Any] = {}
+                for server in here[r % len(here) :] + here[: r % len(here)]:
+                    if server == IN_PROCESS:
+                        rows = 1 if c == 1 else batch
+                        rate = in_process_rate(model, feeds, rows, seconds)
+                        case[IN_PROCESS] = {"rps": round(rate, 2), "batch": rows}
+                    else:
+                        case[server.name] = measure_window(server, p, kind, c, seconds)
+                row["cases"][f"{kind}_c{c}"] = summary = compare(case)
+                print(f"round {r} {kind} c{c}", json.dumps(summary), flush=True)
+            row["load_average_1m_end"] = round(os.getloadavg()[0], 2)
+            per_round.append(row)
+        out["rounds"] = per_round
+        out["summary"] = summarize(
+            per_round, [s.name for s in servers] + [IN_PROCESS], MINILM_TARGETS
+        )
+    finally:
+        model.close()
+        for server in servers:
+            server.stop()
+    return out
+
+
+# the issue's targets: ratio -> its least value, met in every round and by the median
+TINY_TARGETS = {"edgeinfer_over_best_mlserver": 2.0}
+MINILM_TARGETS = {"edgeinfer_over_best_mlserver": 1.0, "edgeinfer_over_in_process": 0.9}
+RATIOS = (
+    "edgeinfer_over_best_peer",
+    "edgeinfer_over_best_mlserver",
+    "edgeinfer_over_in_process",
+    "best_peer_over_in_process",
+    "best_mlserver_over_in_process",
+    "edgeinfer_over_floor",
+    "floor_over_best_mlserver",
+    "edgeinfer_over_baseline",
+)
+
+
+def summarize(
+    per_round: list[dict[str, Any]],
+    names: list[str],
+    targets: dict[str, float] = TINY_TARGETS,
+) -> dict[str, Any]:
     """Per case: each server's median rps and CPU per answer, and edgeinfer over the best
-    peer (and the best MLServer) in every round, with the target (>= 2x in every round)."""
+    peer (and the best MLServer, and the in-process limit) in every round, with ``targets``
+    (met in every round, and by the median)."""
     out: dict[str, Any] = {}
     for case in per_round[0]["cases"]:
         rows = [r["cases"][case] for r in per_round]
         entry: dict[str, Any] = {}
         for n in [*names, *FLOOR_LABELS]:
-            rps = [row[n]["rps"] for row in rows if n in row]
-            if not rps:
+            mine = [row[n] for row in rows if n in row]
+            if not mine:
                 continue
-            cpu = [row[n]["server_cpu_ms_per_answer"] for row in rows if n in row]
-            cpu = [c for c in cpu if c is not None]
+            rps = [m["rps"] for m in mine]
+            p50 = [m["p50_ms"] for m in mine if m.get("p50_ms") is not None]
+            cpu = [m["server_cpu_ms_per_answer"] for m in mine if "server_cpu_ms_per_answer" in m]
             entry[n] = {
                 "rps_median": round(statistics.median(rps), 1),
                 "rps_range": [min(rps), max(rps)],
-                "p50_ms_median": round(statistics.median(row[n]["p50_ms"] for row in rows), 3),
+                "p50_ms_median": round(statistics.median(p50), 3) if p50 else None,
                 "server_cpu_ms_per_answer_median": (
                     round(statistics.median(cpu), 4) if cpu else None
                 ),
             }
-        for key in (
-            "edgeinfer_over_best_peer",
-            "edgeinfer_over_best_mlserver",
-            "edgeinfer_over_floor",
-            "floor_over_best_mlserver",
-            "edgeinfer_over_baseline",
-        ):
+        for key in RATIOS:
             ratios = [row[key] for row in rows if row.get(key) is not None]
             if ratios:
                 entry[f"{key}_per_round"] = ratios
                 entry[f"{key}_min"] = min(ratios)
                 entry[f"{key}_median"] = round(statistics.median(ratios), 3)
-        if "edgeinfer_over_best_mlserver_min" in entry:
-            entry["target_2x_best_mlserver_every_round"] = (
-                entry["edgeinfer_over_best_mlserver_min"] >= 2.0
-            )
+        for key, least in targets.items():
+            if f"{key}_min" in entry:
+                entry[f"target_{key}>={least:g}_every_round"] = entry[f"{key}_min"] >= least
+                entry[f"target_{key}>={least:g}_median"] = entry[f"{key}_median"] >= least
         out[case] = entry
     return out
+
+
+WORKLOADS = ("tiny", "minilm")
 
 
 def run(
@@ -311,8 +554,12 @@ def run(
     triton: bool = True,
     edgeinfer_src: Path | None = None,
     baseline_src: Path | None = None,
+    workload: str = "tiny",
+    peers_dir: Path = PEERS_DIR,
 ) -> Path:
-    """The whole suite; writes results/server_peers.json and returns its path."""
+    """One workload's suite (``"tiny"``: :func:`peers_suite`, ``"minilm"``:
+    :func:`minilm_suite`); writes results/server_peers.json or server_peers_minilm.json and
+    returns its path."""
     import gc
 
     load_start = os.getloadavg()[0]
@@ -320,13 +567,25 @@ def run(
     gc.collect()
     gc.freeze()  # the load generator's heap: no full collections read as server latency
     try:
-        res = peers_suite(
-            work, seconds, rounds, mlserver_python, triton, edgeinfer_src, baseline_src=baseline_src
-        )
+        if workload == "minilm":
+            res = minilm_suite(
+                work, seconds, rounds, mlserver_python, triton, peers_dir, edgeinfer_src
+            )
+        else:
+            res = peers_suite(
+                work, seconds, rounds, mlserver_python, triton, edgeinfer_src,
+                baseline_src=baseline_src, peers_dir=peers_dir,
+            )  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    model = (
+        "MiniLM INT8 (all-MiniLM-L6-v2, ONNX Runtime dynamic quantization), one sentence of "
+        "128 tokens (int64 ids, mask, types) per request"
+        if workload == "minilm"
+        else "tiny MLP (4 -> 8 -> 3), one row per request"
+    )
     res["conditions"] = {
-        "model": "tiny MLP (4 -> 8 -> 3), one row per request",
+        "model": model,
         "seconds_per_window": seconds,
         "rounds": rounds,
         "threads_per_model": 1,
@@ -336,10 +595,12 @@ def run(
         "server share its cores; compare within a round",
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "cpu_count": os.cpu_count(),
+        "peers_dir": str(peers_dir),
         "edgeinfer_src": None if edgeinfer_src is None else str(edgeinfer_src),
         "baseline_src": None if baseline_src is None else str(baseline_src),
     }
-    return write("server_peers", res)
+    return write("server_peers_minilm" if workload == "minilm" else "server_peers", res)
 
 
 if __name__ == "__main__":
@@ -349,7 +610,14 @@ if __name__ == "__main__":
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--no-triton", action="store_true")
-    ap.add_argument("--mlserver-python", type=Path, default=MLSERVER_PYTHON)
+    ap.add_argument("--workload", choices=[*WORKLOADS, "all"], default="tiny")
+    ap.add_argument(
+        "--peers-dir",
+        type=Path,
+        default=PEERS_DIR,
+        help=f"where {SETUP} made the peers' environments (default {PEERS_DIR})",
+    )
+    ap.add_argument("--mlserver-python", type=Path, help="default: in --peers-dir")
     ap.add_argument("--edgeinfer-src", type=Path, help="another checkout's src folder")
     ap.add_argument(
         "--baseline-src",
@@ -357,20 +625,27 @@ if __name__ == "__main__":
         help="an earlier checkout's src folder, served beside and compared in every round",
     )
     args = ap.parse_args()
+    missing = missing_peers(args.peers_dir, args.mlserver_python, not args.no_triton)
+    if missing:
+        print(f"server_peers.py: {missing}", file=sys.stderr)
+        sys.exit(2)
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    print(
-        "wrote",
-        run(
-            args.seconds,
-            args.rounds,
-            args.mlserver_python,
-            not args.no_triton,
-            args.edgeinfer_src,
-            args.baseline_src,
-        ),
-    )
+    for workload in WORKLOADS if args.workload == "all" else (args.workload,):
+        print(
+            "wrote",
+            run(
+                args.seconds,
+                args.rounds,
+                args.mlserver_python or mlserver_python_in(args.peers_dir),
+                not args.no_triton,
+                args.edgeinfer_src,
+                args.baseline_src,
+                workload,
+                args.peers_dir,
+            ),
+        )

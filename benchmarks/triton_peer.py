@@ -10,16 +10,20 @@ library, whose ``threading`` (3.11.7's ``RLock._recursion_count``) calls what 3.
 Python-backend ``model.py`` that runs the ONNX file with ONNX Runtime (1 intra-op thread,
 spinning off, as every server here); the stub runs it on the system Python (3.11.2 and its
 own standard library), importing numpy and onnxruntime from a virtual environment of that
-same Python, which ``model.py`` puts on ``sys.path`` (``TRITON_MODEL_VENV``, default
-/tmp/triton-model-venv:
-``/usr/bin/python3.11 -m venv /tmp/triton-model-venv && /tmp/triton-model-venv/bin/pip
-install "numpy<2" onnxruntime``; the stub hands tensors over as numpy 1.x arrays, and with
-numpy 2 every answer fails with "output tensor shape does not match size of output"). The
-wheel itself lives in another venv (``TRITON_VENV``, default /tmp/triton-venv).
+same Python, which ``model.py`` puts on ``sys.path`` (numpy < 2 there: the stub hands
+tensors over as numpy 1.x arrays, and with numpy 2 every answer fails with "output tensor
+shape does not match size of output"). The wheel itself lives in another venv.
+
+Both environments are made by ``benchmarks/peers/setup.sh DIR`` (versions pinned, the stub's
+libpython checked against the Python the model's venv is made with): ``DIR/triton-venv`` and
+``DIR/triton-model-venv``, the peers' directory being /tmp unless ``--peers-dir`` or
+``EDGEINFER_PEERS_DIR`` says otherwise (``TRITON_VENV`` / ``TRITON_MODEL_VENV`` override each).
 
 Triton's defaults for such a model: one instance (``instance_group`` count 1, CPU), no
-dynamic batching; its best setting for the tiny model here is measured beside: dynamic
-batching up to 8 rows with no added delay (edgeinfer's own defaults) -- see ``SETTINGS``.
+dynamic batching; its best setting is measured beside: dynamic batching up to the batch size
+every batching server gets (8 rows for the tiny model, edgeinfer's own default; MiniLM's best
+in-process batch) with no added delay -- see ``SETTINGS``. The model's ``config.pbtxt`` is
+written from the ONNX file's own inputs and outputs.
 """
 
 from __future__ import annotations
@@ -30,9 +34,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-TRITON_VENV = Path(os.environ.get("TRITON_VENV", "/tmp/triton-venv"))
-MODEL_VENV = Path(os.environ.get("TRITON_MODEL_VENV", "/tmp/triton-model-venv"))
-SYSTEM_LIBPYTHON = Path("/lib/x86_64-linux-gnu/libpython3.11.so.1.0")
+SETUP = "benchmarks/peers/setup.sh"
+
+
+def venvs(peers_dir: Path) -> tuple[Path, Path]:
+    """The wheel's venv and the model's venv: ``TRITON_VENV`` / ``TRITON_MODEL_VENV`` if set,
+    else ``triton-venv`` / ``triton-model-venv`` in ``peers_dir``."""
+    wheel = os.environ.get("TRITON_VENV") or peers_dir / "triton-venv"
+    model = os.environ.get("TRITON_MODEL_VENV") or peers_dir / "triton-model-venv"
+    return Path(wheel), Path(model)
+
 
 MODEL_PY = """
 import json
@@ -78,13 +89,20 @@ class TritonPythonModel:
         ]
 """
 
-# name -> (label, extra config.pbtxt lines)
+# setting -> label; "triton_batch" serves as triton_batch<N>, N the workload's batch size
 SETTINGS = {
-    "triton_defaults": ("defaults (1 instance, no dynamic batching)", ""),
-    "triton_batch8": (
-        "dynamic batching up to 8 rows, no added delay",
-        "dynamic_batching { max_queue_delay_microseconds: 0 }\n",
-    ),
+    "triton_defaults": "defaults (1 instance, no dynamic batching)",
+    "triton_batch": "dynamic batching up to {n} rows, no added delay",
+}
+_TYPES = {  # ONNX element type -> Triton data type
+    1: "TYPE_FP32",
+    2: "TYPE_UINT8",
+    3: "TYPE_INT8",
+    6: "TYPE_INT32",
+    7: "TYPE_INT64",
+    9: "TYPE_BOOL",
+    10: "TYPE_FP16",
+    11: "TYPE_FP64",
 }
 
 
@@ -92,56 +110,81 @@ class TritonUnavailable(RuntimeError):
     """Triton cannot run here; the message says why."""
 
 
-def _root() -> Path:
-    return TRITON_VENV / "lib" / "python3.11" / "site-packages" / "pytriton"
+def _tensors(values: Any, batching: bool) -> str:
+    """config.pbtxt entries for ONNX graph inputs or outputs (the batch dimension is
+    Triton's own when it batches)."""
+    entries = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim]
+        if batching:
+            dims = dims[1:]
+        entries.append(
+            f'{{ name: "{v.name}" data_type: {_TYPES[t.elem_type]} '
+            f"dims: [ {', '.join(map(str, dims))} ] }}"
+        )
+    return ", ".join(entries)
 
 
-def _config(name: str, extra: str, batching: bool) -> str:
-    # the tiny MLP: x FP32 [N, 4] -> logits FP32 [N, 3]
-    dims_in, dims_out = ("[ 4 ]", "[ 3 ]") if batching else ("[ -1, 4 ]", "[ -1, 3 ]")
+def _config(name: str, path: Path, max_batch: int) -> str:
+    """The model's config.pbtxt; ``max_batch`` 0: no dynamic batching (Triton's default)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    batching = max_batch > 0
     return (
-        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {8 if batching else 0}\n'
-        f'input [ {{ name: "x" data_type: TYPE_FP32 dims: {dims_in} }} ]\n'
-        f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: {dims_out} }} ]\n'
-        "instance_group [ { count: 1 kind: KIND_CPU } ]\n" + extra
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_batch}\n'
+        f"input [ {_tensors(inputs, batching)} ]\n"
+        f"output [ {_tensors(graph.output, batching)} ]\n"
+        "instance_group [ { count: 1 kind: KIND_CPU } ]\n"
+        + ("dynamic_batching { max_queue_delay_microseconds: 0 }\n" if batching else "")
     )
 
 
-def start_triton(work: Path, models: dict[str, Path], setting: str = "triton_defaults") -> Any:
-    """Start tritonserver serving the tiny model with ``setting``; a bench_server.Server."""
+def start_triton(
+    work: Path,
+    models: dict[str, Path],
+    setting: str = "triton_defaults",
+    max_batch: int = 8,
+    peers_dir: Path = Path("/tmp"),
+) -> Any:
+    """Start tritonserver serving ``models`` with ``setting`` (``max_batch``: rows per
+    dynamic batch); a bench_server.Server and its label."""
     from bench_server import Server, free_port, wait_ready
 
-    root = _root()
+    wheel_venv, model_venv = venvs(peers_dir)
+    root = wheel_venv / "lib" / "python3.11" / "site-packages" / "pytriton"
     binary = root / "tritonserver" / "bin" / "tritonserver"
     stub = root / "tritonserver" / "python_backend_stubs" / "3.11" / "triton_python_backend_stub"
     if not binary.is_file():
-        raise TritonUnavailable(
-            f"{binary} not found (pip install nvidia-pytriton in {TRITON_VENV})"
-        )
-    site = next(iter((MODEL_VENV / "lib").glob("python3*/site-packages")), None)
+        raise TritonUnavailable(f"{binary} not found: create it with {SETUP} {peers_dir}")
+    site = next(iter((model_venv / "lib").glob("python3*/site-packages")), None)
     if site is None or not (site / "onnxruntime").is_dir():
         raise TritonUnavailable(
-            f"{MODEL_VENV} lacks onnxruntime: /usr/bin/python3.11 -m venv {MODEL_VENV} && "
-            f"{MODEL_VENV}/bin/pip install 'numpy<2' onnxruntime"
+            f"{model_venv} lacks onnxruntime: create it with {SETUP} {peers_dir}"
         )
-    label, extra = SETTINGS[setting]
+    batch = max_batch if setting == "triton_batch" else 0
+    name = f"triton_batch{batch}" if batch else setting
+    label = SETTINGS[setting].format(n=batch)
     work.mkdir(parents=True, exist_ok=True)
     backends = work / "backends"
     if not backends.exists():
         shutil.copytree(root / "tritonserver" / "backends", backends)
         shutil.copy(stub, backends / "python" / "triton_python_backend_stub")
-    repo = work / f"models-{setting}"
-    for name, path in models.items():
-        (repo / name / "1").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, repo / name / "1" / "model.onnx")
-        (repo / name / "1" / "model.py").write_text(MODEL_PY.replace("{site!r}", repr(str(site))))
-        (repo / name / "config.pbtxt").write_text(_config(name, extra, bool(extra)))
+    repo = work / f"models-{name}"
+    for model, path in models.items():
+        (repo / model / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, repo / model / "1" / "model.onnx")
+        (repo / model / "1" / "model.py").write_text(MODEL_PY.replace("{site!r}", repr(str(site))))
+        (repo / model / "config.pbtxt").write_text(_config(model, path, batch))
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = str(
-        TRITON_VENV / "lib" / "python3.11" / "site-packages" / "nvidia_pytriton.libs"
+        wheel_venv / "lib" / "python3.11" / "site-packages" / "nvidia_pytriton.libs"
     )
-    log = work / f"{setting}.log"
+    log = work / f"{name}.log"
     cmd = [
         str(binary),
         f"--model-repository={repo}",
@@ -163,4 +206,4 @@ def start_triton(work: Path, models: dict[str, Path], setting: str = "triton_def
         proc.wait()
         tail = log.read_text(errors="replace")[-1500:]
         raise TritonUnavailable(f"{exc}; log: {tail}") from None
-    return Server(setting, proc, http, grpc), label
+    return Server(name, proc, http, grpc), label
