@@ -7,7 +7,9 @@ A candidate name says everything it does::
 ``method`` is how the 4-bit weights are found: ``rtn`` (ONNX Runtime's blockwise
 round-to-nearest, symmetric, as onnxruntime-genai's model builder does), ``rtn-asym`` (the
 same with a zero point per block: weights that came from an asymmetric format such as
-GGUF Q4_1 lose far less), ``hqq``
+GGUF Q4_1 lose far less), ``rtn-asymf`` (asymmetric with the zero point kept as a float:
+llama.cpp's Q4_1 quantizer, which gives back a dequantized Q4_1 model's own weights exactly;
+:mod:`.int4_asymf`), ``hqq``
 (half-quadratic quantization, asymmetric; needs torch) or ``kquant`` (k-quant search of each
 block's scale and zero point, asymmetric); ``block`` is the number of weights sharing one
 scale (32, 64, 128); ``level`` is MatMulNBits' ``accuracy_level`` (0: float activations;
@@ -46,11 +48,11 @@ __all__ = [
     "quantize",
 ]
 
-METHODS = ("rtn", "rtn-asym", "hqq", "kquant")
+METHODS = ("rtn", "rtn-asym", "rtn-asymf", "hqq", "kquant")
 BLOCKS = (32, 64, 128)
 HEADS = ("int4", "int8", "fp32")
 _NAME = re.compile(
-    r"^(?:int4-(?P<method>rtn-asym|rtn|hqq|kquant)|(?P<int8>int8))-b(?P<block>\d+)"
+    r"^(?:int4-(?P<method>rtn-asymf|rtn-asym|rtn|hqq|kquant)|(?P<int8>int8))-b(?P<block>\d+)"
     r"-acc(?P<level>\d)-head-(?P<head>int4|int8|fp32)$"
 )
 # RTN at each block size with the fast kernels and an INT8 head; k-quant at one block size
@@ -59,9 +61,11 @@ _NAME = re.compile(
 # then all-INT8. "all" names every combination. HQQ only when named: on SmolLM2 it took
 # 21 minutes to build (RTN: 30 s) and its model decoded at 1.1 s a token (RTN: 45 ms), for
 # a perplexity (+18.7%) no better than the RTN candidates' best (bench_generate.py).
+# rtn-asymf at block 32 is GGUF Q4_1's own recipe (exact on a model dequantized from Q4_1).
 DEFAULT_CANDIDATES = (
     *(f"int4-rtn-b{b}-acc4-head-int8" for b in BLOCKS),
     "int4-rtn-asym-b32-acc4-head-int8",
+    "int4-rtn-asymf-b32-acc4-head-int8",
     "int4-kquant-b32-acc4-head-int8",
     "int4-rtn-b32-acc4-head-int4",
     "int4-rtn-b32-acc4-head-fp32",
@@ -86,7 +90,7 @@ class WeightOnly:
     """One candidate's settings (see the module docs); ``name`` round-trips :func:`parse`."""
 
     bits: int  # 4 or 8, every MatMul but the head
-    method: str  # rtn | rtn-asym | hqq | kquant (8 bits: rtn)
+    method: str  # rtn | rtn-asym | rtn-asymf | hqq | kquant (8 bits: rtn)
     block_size: int
     accuracy_level: int  # 0 or 4
     head: str  # int4 | int8 | fp32
@@ -97,9 +101,13 @@ class WeightOnly:
         return f"{what}-b{self.block_size}-acc{self.accuracy_level}-head-{self.head}"
 
     def describe(self) -> str:
-        method = {"rtn": "RTN", "rtn-asym": "RTN asymmetric", "hqq": "HQQ", "kquant": "k-quant"}[
-            self.method
-        ]
+        method = {
+            "rtn": "RTN",
+            "rtn-asym": "RTN asymmetric",
+            "rtn-asymf": "RTN asymmetric, float zero point (GGUF Q4_1)",
+            "hqq": "HQQ",
+            "kquant": "k-quant",
+        }[self.method]
         head = "float" if self.head == "fp32" else self.head.upper()
         return (
             f"weight-only INT{self.bits} ({method}, blocks of {self.block_size}, "
@@ -125,7 +133,8 @@ def parse(name: str) -> WeightOnly:
     if m is None:
         raise InputError(
             f"unknown generative candidate {name!r}; expected "
-            "int4-{rtn,rtn-asym,hqq,kquant}-b{32,64,128}-acc{0,4}-head-{int4,int8,fp32} or "
+            "int4-{rtn,rtn-asym,rtn-asymf,hqq,kquant}-b{32,64,128}-acc{0,4}-head-{int4,int8,fp32}"
+            " or "
             "int8-b{32,64,128}-acc{0,4}-head-{int8,fp32}, e.g. int4-rtn-b32-acc4-head-int8"
         )
     block, level, head = int(m["block"]), int(m["level"]), m["head"]
@@ -202,6 +211,8 @@ def _quantize_proto(model: Any, spec: WeightOnly, logits: str) -> Any:
                 f"k-quant needs each weight's input size to be a multiple of the block size "
                 f"{spec.block_size}; this model has {', '.join(map(str, odd))}"
             )
+    if spec.bits == 4 and spec.method == "rtn-asymf":
+        return _asymf(model, spec, head, body)
     if spec.bits == 8 or spec.method.startswith("rtn"):
         cfg: Any = mq.DefaultWeightOnlyQuantConfig(
             block_size=spec.block_size,
@@ -225,7 +236,33 @@ def _quantize_proto(model: Any, spec: WeightOnly, logits: str) -> Any:
         model = _run(model, cfg8, [], spec, 8)
     if spec.bits == 4 and spec.head != "fp32":
         model = _quantize_embedding(model, spec)
-    # One accuracy level everywhere (HQQ and k-quant do not set it themselves).
+    return _one_level(model, spec)
+
+
+def _asymf(model: Any, spec: WeightOnly, head: str, body: list[str]) -> Any:
+    """``rtn-asymf``: the body (and an INT4 head) by :mod:`.int4_asymf`; an INT8 head by
+    ONNX Runtime's quantizer first, which must then not see the offset MatMuls."""
+    from onnxruntime.quantization import matmul_nbits_quantizer as mq
+
+    from edgeinfer.optimize import int4_asymf
+
+    if spec.head == "int8":
+        cfg8 = mq.DefaultWeightOnlyQuantConfig(
+            block_size=spec.block_size,
+            is_symmetric=True,
+            accuracy_level=spec.accuracy_level,
+            bits=8,
+        )
+        model = _run(model, cfg8, body, spec, 8)
+    targets = [*body, head] if spec.head == "int4" else body
+    model, _ = int4_asymf.apply(model, targets, spec.block_size, spec.accuracy_level)
+    if spec.head != "fp32":
+        model = _quantize_embedding(model, spec)
+    return _one_level(model, spec)
+
+
+def _one_level(model: Any, spec: WeightOnly) -> Any:
+    """One accuracy level everywhere (HQQ and k-quant do not set it themselves)."""
     from onnx import helper
 
     for node in model.graph.node:
