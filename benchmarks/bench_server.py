@@ -320,13 +320,14 @@ def start_mlserver(
         )
     env = dict(os.environ, EDGE_BENCH_THREADS=str(THREADS))
     mlserver = python.parent / "mlserver"
-    proc = subprocess.Popen(
-        [str(mlserver), "start", str(root)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        cwd=root,
-    )
+    with log.open("wb") as out:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(
+            [str(mlserver), "start", str(root)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=root,
+        )
     wait_ready(http, list(models), proc, 180)
     return Server(label, proc, http, grpc)
 

@@ -198,7 +198,8 @@ def start_triton(
         "--allow-gpu-metrics=false",
         "--log-verbose=0",
     ]
-    proc = subprocess.Popen(cmd, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    with log.open("wb") as out:  # the server writes to its own copy of the descriptor
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(http, list(models), proc, 120)
     except RuntimeError as exc:
