@@ -6,7 +6,8 @@ Layers, outside in: :mod:`.app` (REST routes) and :mod:`.grpc` (gRPC servicer) d
 :mod:`.admission` control refuses an overload early (both transports ask it before they read
 the request, and every 503 says when to retry); :mod:`.auth`, :mod:`.metrics` and
 :mod:`.errors` serve all layers. Generative models get :mod:`.generation`'s batcher
-(streams taken in turn by a :mod:`.stepper` thread) and the routes of
+(streams taken in turn in a child process, :mod:`.genproc` and :mod:`.genworker`, or by a
+:mod:`.stepper` thread) and the routes of
 :mod:`.generate_routes` and :mod:`.openai_routes`. :mod:`.server` runs it (foreground or
 background thread); :mod:`.ray` runs it as a Ray Serve deployment.
 

@@ -35,6 +35,10 @@ class BatchConfig:
     # loop instead of the model's thread: handing a run to a thread and back costs more than
     # that in thread switches (serve/batching.py). 0: always on the thread.
     inline_compute_us: int = 100
+    # Generative models: their generations run in child processes of the server (one per
+    # instance), so that the tokens being computed do not hold up the server's other
+    # requests; False: on threads of the server's own process (ADR 0016).
+    generation_process: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue_size < 1 or self.instances < 1:
@@ -43,6 +47,8 @@ class BatchConfig:
             raise ValueError("max_queue_delay_us must be >= 0 and queue_timeout_s > 0")
         if self.inline_compute_us < 0:
             raise ValueError("inline_compute_us must be >= 0 (0: never run on the event loop)")
+        if not isinstance(self.generation_process, bool):
+            raise ValueError("generation_process must be true or false")
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ class DataPlane:
 
     def _make_batcher(self, model: Model, name: str, batching: BatchConfig) -> Batcher:
         if is_generative(model):  # a language model: generations, not batches
-            return GenerationBatcher(model, name, batching, self.metrics)
+            return GenerationBatcher(model, name, batching, self.metrics, self.config.threads)
         return Batcher(model, name, batching, self.metrics)
 
     def _on_change(self, name: str, version: int, ready: bool) -> None:

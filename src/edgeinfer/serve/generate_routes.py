@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from edgeinfer.serve.auth import Auth
 from edgeinfer.serve.dataplane import DataPlane
-from edgeinfer.serve.errors import BadRequest, ServeError, error_status
+from edgeinfer.serve.errors import BadRequest, ModelNotReady, ServeError, error_status
 from edgeinfer.serve.generation import GenerationBatcher, GenerationJob, Piece
 from edgeinfer.serve.repository import LoadedVersion
 
@@ -172,12 +172,11 @@ class Generations:
         """
         batcher = loaded.batcher
         assert isinstance(batcher, GenerationBatcher)
-        model: Any = loaded.model
         # parameters and prompt checked here (InputError: 400), before any wait
         if _text_chars(prompt) <= IN_PLACE_CHARS:  # tokenized in microseconds
-            stream = model.stream(prompt, **params)
+            stream = batcher.prepare(prompt, params)
         else:
-            stream = await asyncio.to_thread(model.stream, prompt, **params)
+            stream = await asyncio.to_thread(batcher.prepare, prompt, params)
         job = await batcher.start(stream)
         try:
             first = await job.next()
@@ -185,7 +184,8 @@ class Generations:
             job.cancel()
             raise
         if first.error is not None:
-            raise (BadRequest if first.error_status == 400 else ServeError)(first.error)
+            error = {400: BadRequest, 503: ModelNotReady}.get(first.error_status, ServeError)
+            raise error(first.error)
         return job, first
 
     def observe(self, name: str, status: int, started: float) -> None:
@@ -257,7 +257,9 @@ async def collect(job: GenerationJob, first: Piece, request: Request) -> tuple[s
     try:
         while True:
             if piece.error is not None:
-                error = {400: BadRequest, 499: ClientGone}.get(piece.error_status, ServeError)
+                error = {400: BadRequest, 499: ClientGone, 503: ModelNotReady}.get(
+                    piece.error_status, ServeError
+                )
                 raise error(piece.error)
             text.append(piece.text)
             ids.extend(piece.token_ids)

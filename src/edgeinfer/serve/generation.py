@@ -8,14 +8,18 @@ model. Up to ``max_batch_size`` generations run at once (sequences in flight, as
 language-model servers count a batch); more wait for a free slot, at most
 ``max_queue_size`` of them and each at most ``queue_timeout_s`` (then 503, as any model's
 queue): the same admission control, metrics and ``Server-Timing`` as a predictive model.
-A :class:`~edgeinfer.serve.stepper.Stepper` thread (``instances`` of them per model) takes
-its generations in turn, a piece each (see there why not a thread each).
+Generations are stepped in turn, a piece each (see :mod:`~edgeinfer.serve.stepper` why
+not a thread each), by ``instances`` child processes per model
+(:class:`~edgeinfer.serve.genproc.GenerationProcess`, the default: onnxruntime-genai
+holds the interpreter lock while it computes a token, and in a child that lock is not the
+server's) or, with ``BatchConfig.generation_process=False``, by as many
+:class:`~edgeinfer.serve.stepper.Stepper` threads in the server's process.
 
-The stepper hands each decoded piece (its text and the token ids behind it) to the event
-loop through a queue (:class:`GenerationJob`), at most
-:data:`~edgeinfer.serve.stepper.AHEAD` pieces ahead of the reader. The reader -- a route
-sending events to a client -- cancels the job when its client is gone: the stepper closes
-the stream at its next turn and the slot is free again.
+Each decoded piece (its text and the token ids behind it) reaches the event loop through
+a queue (:class:`GenerationJob`), at most :data:`~edgeinfer.serve.stepper.AHEAD` pieces
+ahead of the reader. The reader -- a route sending events to a client -- cancels the job
+when its client is gone: the stepper closes the stream at its next turn and the slot is
+free again.
 
 Nothing here knows about HTTP: the routes are :mod:`edgeinfer.serve.generate_routes` (the
 Open Inference Protocol's generate extension) and :mod:`edgeinfer.serve.openai_routes`.
@@ -29,16 +33,29 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from edgeinfer.runtime.model import Model
 from edgeinfer.serve.batching import Batcher
 from edgeinfer.serve.config import BatchConfig
 from edgeinfer.serve.errors import BadRequest, ModelNotReady, QueueTimeout
+from edgeinfer.serve.genproc import GenerationProcess
 from edgeinfer.serve.metrics import Metrics
 from edgeinfer.serve.stepper import GenerationJob, Piece, Stepper
 
-__all__ = ["GenerationBatcher", "GenerationJob", "Piece", "is_generative"]
+__all__ = ["GenerationBatcher", "GenerationJob", "Piece", "Prepared", "is_generative"]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A generation checked in the server's process, for a child process to run: the
+    prompt's token ids and the parameters."""
+
+    ids: list[int]
+    params: dict[str, Any]
 
 
 def is_generative(model: Model) -> bool:
@@ -51,7 +68,14 @@ class GenerationBatcher(Batcher):
     """Runs a generative model's generations: at most ``max_batch_size`` at once, taken in
     turn by its steppers; others wait (bounded, with a timeout) for a slot."""
 
-    def __init__(self, model: Model, label: str, config: BatchConfig, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        model: Model,
+        label: str,
+        config: BatchConfig,
+        metrics: Metrics,
+        threads: int | None = None,
+    ) -> None:
         # Nothing to coalesce: max_batch_size counts generations at once here, so the
         # predictive batcher underneath sees batches of one (and no advice on them).
         super().__init__(model, label, dataclasses.replace(config, max_batch_size=1), metrics)
@@ -59,9 +83,21 @@ class GenerationBatcher(Batcher):
         self._free = asyncio.Semaphore(self.slots)
         self._waiting = 0
         self._running: set[GenerationJob] = set()
-        self._steppers = [
-            Stepper(f"generate-{label}-{i}", self._over) for i in range(config.instances)
-        ]
+        self._steppers: list[Stepper] = []
+        self.processes: list[GenerationProcess] = []
+        if config.generation_process:
+            path = Path(getattr(model, "path"))  # noqa: B009 - duck typing (ADR 0012)
+            try:
+                for _ in range(config.instances):
+                    self.processes.append(GenerationProcess(label, path, threads, self._finished))
+            except BaseException:
+                for process in self.processes:
+                    process.kill_now()
+                raise
+        else:
+            self._steppers = [
+                Stepper(f"generate-{label}-{i}", self._over) for i in range(config.instances)
+            ]
         self._tokens = metrics.generated_tokens.labels(label)
         self._ttft = metrics.time_to_first_token.labels(label)
         self._ended = {
@@ -103,11 +139,23 @@ class GenerationBatcher(Batcher):
     async def infer(self, *args: Any, **kwargs: Any) -> Any:
         raise self.infer_refusal()
 
+    def prepare(self, prompt: Any, params: Mapping[str, Any]) -> Any:
+        """Check a generation's prompt and parameters (``InputError``: a 400), before any
+        wait: what :meth:`start` takes. A text stream to step here, or the prompt's token
+        ids and the parameters for a child process (the model's own checks run here all
+        the same, on the server's copy of the model, which runs no generation)."""
+        model: Any = self.model
+        if not self.processes:
+            return model.stream(prompt, **params)
+        ids = model.prompt_ids(prompt)
+        model.stream(ids, **params).close()  # the parameters' checks; nothing runs
+        return Prepared(ids, dict(params))
+
     async def start(self, stream: Any, timeout_s: float | None = None) -> GenerationJob:
         """Wait for a slot (within the queue timeout), then hand ``stream`` to a stepper.
 
-        ``stream``: a text stream as ``GenerativeModel.stream`` returns it (checked
-        already); it is closed here if the generation cannot start.
+        ``stream``: what :meth:`prepare` returned (a text stream, closed here if the
+        generation cannot start, or a :class:`Prepared` generation for a child process).
         """
         try:
             if self._closing:
@@ -131,14 +179,29 @@ class GenerationBatcher(Batcher):
             finally:
                 self._waiting -= 1
                 self._depth.set(self._waiting)
+            if isinstance(stream, Prepared):
+                up = [p for p in self.processes if p.unavailable is None] or self.processes
+                process = min(up, key=lambda p: p.jobs)
+                try:  # a child restarting after a death: its load time; or it cannot
+                    await process.ready()
+                except BaseException:
+                    self._free.release()
+                    raise
         except BaseException:
-            stream.close()
+            if not isinstance(stream, Prepared):
+                stream.close()
             raise
         queue_s = time.perf_counter() - queued
         self._queue_s.observe(queue_s)
-        stepper = min(self._steppers, key=lambda s: s.jobs)
         loop = asyncio.get_running_loop()
-        job = GenerationJob(loop, stream, queue_s, stepper)
+        if isinstance(stream, Prepared):
+            job = GenerationJob(loop, len(stream.ids), queue_s, process)
+            self._running.add(job)
+            self._busy += 1
+            process.submit(job, stream.ids, stream.params)
+            return job
+        stepper = min(self._steppers, key=lambda s: s.jobs)
+        job = GenerationJob(loop, int(stream.prompt_tokens), queue_s, stepper, stream)
         self._running.add(job)
         self._busy += 1
         stepper.add(job)
@@ -178,4 +241,5 @@ class GenerationBatcher(Batcher):
                 await asyncio.wait(pending, timeout=timeout_s)
         for stepper in self._steppers:
             stepper.close()
+        await asyncio.gather(*(process.close() for process in self.processes))
         await super().close(timeout_s)

@@ -1,6 +1,8 @@
-"""The thread side of serving generation: a :class:`Stepper` advances its generations a
-piece at a time, in turn, and hands each :class:`Piece` to its :class:`GenerationJob`'s
-reader on the event loop. How many run, and who waits, is
+"""Stepping generations: a :class:`GenerationJob` is one generation as the event loop sees
+it (its pieces, one at a time); something steps it and hands it each :class:`Piece` -- a
+:class:`Stepper` thread in the server's process (this module), or a child process that
+does the same over a pipe (:mod:`edgeinfer.serve.genproc`). :func:`advance` is the one
+step both run. How many run, and who waits, is
 :class:`edgeinfer.serve.generation.GenerationBatcher`'s business (ADR 0016).
 """
 
@@ -13,11 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from edgeinfer.serve.errors import error_status
 
-__all__ = ["AHEAD", "CLIENT_GONE", "GenerationJob", "Piece", "Stepper"]
+__all__ = ["AHEAD", "CLIENT_GONE", "Driver", "GenerationJob", "Piece", "Stepper", "advance"]
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +49,57 @@ class Piece:
         return self.finish_reason is not None or self.error is not None
 
 
+def advance(stream: Any, seen: int) -> tuple[Piece, bool]:
+    """One step of a text stream (a ``TextStream``: iterates text, grows ``.token_ids``)
+    whose first ``seen`` token ids were handed on already: the piece, and whether the
+    generation is over (ended or failed; a failed stream is closed here)."""
+    try:
+        text = next(stream)
+    except StopIteration:
+        result = stream.result
+        return Piece("", tuple(result.token_ids[seen:]), finish_reason=result.stop_reason), True
+    except Exception as exc:  # a one-line error event for the reader, never a traceback
+        stream.close()
+        status = error_status(exc)
+        if status.status >= 500:
+            log.warning("generation failed: %s", status.message)
+        message = status.message.splitlines()[0] if status.message else "generation failed"
+        return Piece("", (), error=message, error_status=status.status), True
+    return Piece(text, tuple(stream.token_ids[seen:])), False
+
+
+class Driver(Protocol):
+    """What steps a :class:`GenerationJob`: told when its reader took a piece (room for
+    one more) and when the job is cancelled."""
+
+    def taken(self, job: GenerationJob) -> None: ...
+
+    def cancel(self, job: GenerationJob) -> None: ...
+
+
 class GenerationJob:
-    """One generation, advanced by a :class:`Stepper`; :meth:`next` gives its pieces."""
+    """One generation, stepped by a :class:`Driver`; :meth:`next` gives its pieces.
+
+    ``stream``: the text stream a :class:`Stepper` in this process steps; ``None`` when a
+    child process runs the generation and only its pieces come here.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        stream: Any,
+        prompt_tokens: int,
         queue_s: float,
-        stepper: Stepper,
+        driver: Driver,
+        stream: Any = None,
     ) -> None:
-        self.stream = stream  # a TextStream: iterates text pieces, grows .token_ids
-        self.prompt_tokens: int = int(stream.prompt_tokens)
+        self.stream = stream
+        self.prompt_tokens = prompt_tokens
         self.queue_s = queue_s  # seconds it waited for a slot
-        self.result: Any = None  # the stream's Generation once it ended
+        # the Generation once it ended (a child process's: what the counters read of it,
+        # stop_reason, token_ids, ttft_s, total_s)
+        self.result: Any = None
         self._loop = loop
-        self._stepper = stepper
+        self._driver = driver
         self._pieces: asyncio.Queue[Piece] = asyncio.Queue()
         self._room = threading.Semaphore(AHEAD)
         self._cancelled = False
@@ -76,8 +113,7 @@ class GenerationJob:
     async def next(self) -> Piece:
         """The next piece (waits for it); after the last one, do not call again."""
         piece = await self._pieces.get()
-        self._room.release()
-        self._stepper.wake()
+        self._driver.taken(self)
         elapsed = time.perf_counter() - self._started
         if self.first_s is None:
             self.first_s = elapsed
@@ -87,8 +123,9 @@ class GenerationJob:
 
     def cancel(self) -> None:
         """Stop generating (the reader is gone): the stepper closes the stream next."""
-        self._cancelled = True
-        self._stepper.wake()
+        if not self._cancelled:
+            self._cancelled = True
+            self._driver.cancel(self)
 
     def abandon(self) -> None:
         """The client closed its connection: stop generating, and end the reader's wait
@@ -127,26 +164,13 @@ class GenerationJob:
             return None
         if not self._room.acquire(blocking=False):
             return False
-        try:
-            text = next(stream)
-        except StopIteration:
-            self.result = result = stream.result
-            rest = tuple(result.token_ids[self._seen :])
-            self._post(Piece("", rest, finish_reason=result.stop_reason))
-            return None
-        except Exception as exc:  # a one-line error event for the reader, never a traceback
-            self.failed = True
-            stream.close()
+        piece, over = advance(stream, self._seen)
+        self._seen += len(piece.token_ids)
+        self._post(piece)
+        if over:
+            self.failed = piece.error is not None
             self.result = stream.result
-            status = error_status(exc)
-            if status.status >= 500:
-                log.warning("generation failed: %s", status.message)
-            message = status.message.splitlines()[0] if status.message else "generation failed"
-            self._post(Piece("", (), error=message, error_status=status.status))
             return None
-        ids = tuple(stream.token_ids[self._seen :])
-        self._seen += len(ids)
-        self._post(Piece(text, ids))
         return True
 
 
@@ -178,6 +202,13 @@ class Stepper:
             self.jobs += 1
             self._woken = True
             self._wake.notify()
+
+    def taken(self, job: GenerationJob) -> None:
+        job._room.release()
+        self.wake()
+
+    def cancel(self, job: GenerationJob) -> None:
+        self.wake()
 
     def wake(self) -> None:
         """Something changed (room for a piece, a cancellation): look again."""
