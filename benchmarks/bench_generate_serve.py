@@ -1,7 +1,12 @@
-"""Served generation: tokens per second and the wait between tokens at 1, 4 and 8 streams.
+"""Served generation: tokens per second and the wait between tokens at 1, 4 and 8 streams,
+and what the other clients of the server wait meanwhile, with the generations in a child
+process (the default) and on a thread of the server's process, paired in one run.
 
 ``edgeinfer serve`` (a process of its own, ``--threads 1``, the default 8 generations at
-once) serves a language model; clients in this process stream greedy generations from
+once) serves each language model twice: ``M`` (generations in a child process) and
+``M-thread`` (the same bundle, ``"generation_process": false`` in its ``config.json``),
+and a small predictive model; the two modes take turns round by round, their order
+alternating. Clients in this process stream greedy generations from
 ``POST /v2/models/M/generate_stream`` (server-sent events), ``--streams`` at a time, each
 client starting its next stream as soon as one ends, for ``--rounds`` rounds of
 ``--per-client`` streams per client. Reported per concurrency:
@@ -14,6 +19,8 @@ client starting its next stream as soon as one ends, for ``--rounds`` rounds of
   ``server_ttft_ms_p50``: the same inside the server (``Server-Timing``: queue + ttft);
 - ``health_ms`` p50 and p99: another client's health check, every 50 ms meanwhile (what
   the event loop's waits for the tokens being computed cost everyone else);
+- ``infer_ms`` p50 and p99: the same client's inference on the predictive model (a
+  4x256x256x4 MLP, one row), right after each health check;
 - ``local_tokens_per_s``: the same model in this process (``GenerativeModel.stream``, one
   stream, same threads), the served rate's ceiling at one stream.
 
@@ -23,7 +30,7 @@ the first build takes a minute or two, then it is cached). The machine is shared
 average is recorded with the figures.
 
 Run: .venv/bin/python benchmarks/bench_generate_serve.py [--rounds 3] [--no-smollm]
-Writes benchmarks/results/generate_serve.json.
+Writes benchmarks/results/generate_serve.json (``models.M.by_mode.process|thread``).
 """
 
 from __future__ import annotations
@@ -139,16 +146,24 @@ async def one_round(
             ]
 
         probes: list[float] = []
+        infers: list[float] = []
         running = True
 
         async def probe() -> None:
-            """What another client meets meanwhile: a health check every 50 ms."""
+            """What another client meets meanwhile: a health check every 50 ms, and an
+            inference on the predictive model after each."""
             async with httpx.AsyncClient(base_url=str(client.base_url), timeout=60) as other:
                 await other.get("/v2/health/live")
+                await other.post(PROBE_URL, json=PROBE_BODY)
                 while running:
                     sent = time.perf_counter()
                     await other.get("/v2/health/live")
                     probes.append(time.perf_counter() - sent)
+                    sent = time.perf_counter()
+                    r = await other.post(PROBE_URL, json=PROBE_BODY)
+                    infers.append(time.perf_counter() - sent)
+                    if r.status_code != 200:
+                        raise RuntimeError(f"probe inference: {r.status_code} {r.text[:200]}")
                     await asyncio.sleep(0.05)
 
         # the connections open before the clock starts
@@ -160,7 +175,7 @@ async def one_round(
         running = False
         await prober
     flat = [s for per in results for s in per]
-    return {"wall": wall, "streams": flat, "probes": probes}
+    return {"wall": wall, "streams": flat, "probes": probes, "infers": infers}
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -183,40 +198,103 @@ def local_rate(model_path: Path, prompts: tuple[str, ...], tokens: int, rounds: 
     return statistics.median(rates)
 
 
+def row_of(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    every = [s for r in rounds for s in r["streams"]]
+    gaps = [g for s in every for g in s["gaps"]]
+    probes = [p for r in rounds for p in r["probes"]]
+    infers = [p for r in rounds for p in r["infers"]]
+    ttft = [s["ttft"] for s in every]
+    rates = [sum(s["tokens"] for s in r["streams"]) / r["wall"] for r in rounds]
+    return {
+        "tokens_per_s": round(statistics.median(rates), 1),
+        "tokens_per_s_rounds": [round(x, 1) for x in rates],
+        "stream_tokens_per_s": round(statistics.median(s["rate"] for s in every), 1),
+        "inter_token_ms_p50": round(pct(gaps, 0.50) * 1e3, 3),
+        "inter_token_ms_p99": round(pct(gaps, 0.99) * 1e3, 3),
+        "ttft_ms_p50": round(pct(ttft, 0.50) * 1e3, 2),
+        "ttft_ms_p99": round(pct(ttft, 0.99) * 1e3, 2),
+        "server_ttft_ms_p50": round(pct([s["server_ttft"] for s in every], 0.5) * 1e3, 2),
+        "health_ms_p50": round(pct(probes, 0.50) * 1e3, 2),
+        "health_ms_p99": round(pct(probes, 0.99) * 1e3, 2),
+        "infer_ms_p50": round(pct(infers, 0.50) * 1e3, 2),
+        "infer_ms_p99": round(pct(infers, 0.99) * 1e3, 2),
+        "probes": len(probes),
+        "streams_measured": len(every),
+        "load_average": os.getloadavg()[0],
+    }
+
+
+MODES = {"process": "", "thread": "-thread"}  # mode -> suffix of the model's name
+
+
 def bench_model(
     port: int, name: str, bundle: Path, prompts: tuple[str, ...], args: argparse.Namespace
 ) -> dict[str, Any]:
     tokens = args.tokens if name == "tiny" else args.smollm_tokens
-    out: dict[str, Any] = {"max_tokens": tokens, "local_tokens_per_s": 0.0, "by_streams": {}}
-    asyncio.run(one_round(port, name, prompts, 1, 1, 8))  # warm the connection and model
+    out: dict[str, Any] = {"max_tokens": tokens, "local_tokens_per_s": 0.0, "by_mode": {}}
+    for suffix in MODES.values():  # warm the connection and model
+        asyncio.run(one_round(port, name + suffix, prompts, 1, 1, 8))
     out["local_tokens_per_s"] = round(local_rate(bundle, prompts, tokens, args.rounds), 1)
+    by_mode: dict[str, dict[str, Any]] = {mode: {} for mode in MODES}
     for streams in args.streams:
-        rounds = [
-            asyncio.run(one_round(port, name, prompts, streams, args.per_client, tokens))
-            for _ in range(args.rounds)
-        ]
-        every = [s for r in rounds for s in r["streams"]]
-        gaps = [g for s in every for g in s["gaps"]]
-        probes = [p for r in rounds for p in r["probes"]]
-        ttft = [s["ttft"] for s in every]
-        rates = [sum(s["tokens"] for s in r["streams"]) / r["wall"] for r in rounds]
-        row = {
-            "tokens_per_s": round(statistics.median(rates), 1),
-            "tokens_per_s_rounds": [round(x, 1) for x in rates],
-            "stream_tokens_per_s": round(statistics.median(s["rate"] for s in every), 1),
-            "inter_token_ms_p50": round(pct(gaps, 0.50) * 1e3, 3),
-            "inter_token_ms_p99": round(pct(gaps, 0.99) * 1e3, 3),
-            "ttft_ms_p50": round(pct(ttft, 0.50) * 1e3, 2),
-            "ttft_ms_p99": round(pct(ttft, 0.99) * 1e3, 2),
-            "server_ttft_ms_p50": round(pct([s["server_ttft"] for s in every], 0.5) * 1e3, 2),
-            "health_ms_p50": round(pct(probes, 0.50) * 1e3, 2),
-            "health_ms_p99": round(pct(probes, 0.99) * 1e3, 2),
-            "streams_measured": len(every),
-            "load_average": os.getloadavg()[0],
-        }
-        out["by_streams"][str(streams)] = row
-        print(name, streams, json.dumps(row), flush=True)
+        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+        for k in range(args.rounds):
+            order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
+            for mode in order:
+                rounds[mode].append(
+                    asyncio.run(
+                        one_round(
+                            port, name + MODES[mode], prompts, streams, args.per_client, tokens
+                        )
+                    )
+                )
+        for mode in MODES:
+            row = row_of(rounds[mode])
+            by_mode[mode][str(streams)] = row
+            print(name, mode, streams, json.dumps(row), flush=True)
+    out["by_mode"] = {mode: {"by_streams": rows} for mode, rows in by_mode.items()}
     return out
+
+
+def probe_model(path: Path) -> None:
+    """The predictive model the probe runs: x [N, 4] through three 256-wide MatMuls."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shapes = {"w0": (4, 256), "w1": (256, 256), "w2": (256, 4)}
+    weights = [
+        numpy_helper.from_array(rng.standard_normal(s).astype(np.float32) / 16, n)
+        for n, s in shapes.items()
+    ]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w0"], ["h0"]),
+            helper.make_node("Relu", ["h0"], ["r0"]),
+            helper.make_node("MatMul", ["r0", "w1"], ["h1"]),
+            helper.make_node("Relu", ["h1"], ["r1"]),
+            helper.make_node("MatMul", ["r1", "w2"], ["y"]),
+        ],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
+PROBE_URL = "/v2/models/probe/infer"
+PROBE_BODY = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}
+
+
+def thread_twin(repo: Path, name: str, bundle: Path) -> None:
+    """``name-thread``: the same bundle served with its generations on a thread."""
+    twin = repo / (name + MODES["thread"])
+    shutil.copytree(bundle, twin / "1")
+    (twin / "config.json").write_text(json.dumps({"generation_process": False}))
 
 
 def main() -> None:
@@ -249,7 +327,11 @@ def main() -> None:
 
             built = smollm.build(repo / "smollm2-int4" / "1", "int4")
             models["smollm2-int4"] = (built.path, SMOLLM_PROMPTS)
-        proc, port = start_server(repo, list(models), work / "server.log")
+        for name, (path, _) in models.items():
+            thread_twin(repo, name, path)
+        probe_model(repo / "probe" / "1" / "model.onnx")
+        names = [n + suffix for n in models for suffix in MODES.values()] + ["probe"]
+        proc, port = start_server(repo, names, work / "server.log")
         try:
             results = {
                 name: bench_model(port, name, path, prompts, args)
@@ -260,6 +342,10 @@ def main() -> None:
             proc.wait(30)
         payload = {
             "server": "edgeinfer serve --threads 1 (8 generations at once), REST SSE, greedy",
+            "modes": {
+                "process": "generations in a child process per model (the default)",
+                "thread": "generations on a stepper thread in the server's process",
+            },
             "rounds": args.rounds,
             "streams_per_client_per_round": args.per_client,
             "models": results,
