@@ -32,6 +32,11 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(PIP_INSTALL) --no-deps "mtcnn==1.0.0" "lz4==4.4.5"
 	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.
 	$(PIP_INSTALL) --no-deps "rapidocr-onnxruntime==1.4.4"
+	# PyTorch -> TFLite (edgeinfer.convert.torch_tflite): litert-converter pins xdsl==0.28.0,
+	# whose typing-extensions<4.13 would downgrade pydantic 2.14 -> 2.11, so litert-torch
+	# goes in --no-deps with only what its conversion imports (JAX CPU wheels, torchao).
+	$(PIP_INSTALL) --no-deps "litert-torch==0.10.0" "litert-converter==0.5.0" "xdsl==0.28.0" \
+		"torchao==0.18.0" "jax==0.10.2" "jaxlib==0.10.2"
 	touch $@
 
 demo: $(VENV)/.demo-installed

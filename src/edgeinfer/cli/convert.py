@@ -6,8 +6,10 @@ The command line face of :mod:`edgeinfer.convert`. Sources it reads:
   (tf2onnx) or to TFLite (TFLiteConverter: builtin operators unless ``--flex``; ``--quantize``
   for the post-training variants);
 - a ``.tflite`` file: to ONNX (tf2onnx's TFLite path; unsupported operators are named);
-- a PyTorch program saved with ``torch.export.save`` (``.pt2``) or a TorchScript module
-  saved with ``torch.jit.save`` (``.pt``/``.pth`` holding a ``ScriptModule``);
+- a PyTorch program saved with ``torch.export.save`` (``.pt2``): to ONNX (torch.onnx) or to
+  TFLite (litert-torch, float32, the program's shapes and NCHW layout kept), or a
+  TorchScript module saved with ``torch.jit.save`` (``.pt``/``.pth`` holding a
+  ``ScriptModule``): to ONNX only (litert-torch converts ``torch.export`` programs);
 - a fitted scikit-learn estimator or pipeline pickled with joblib or pickle (``.joblib``,
   ``.pkl``, ``.pickle``). Unpickling runs code from the file: convert only your own files.
 
@@ -172,22 +174,35 @@ def convert(
         raise InputError(f"--out {out}: expected a path ending in .{to} for --to {to}")
     suffix = src.suffix.lower()
     keras = suffix in _KERAS or _is_saved_model(src)
-    if to == "tflite" and not keras:
+    if to == "tflite" and suffix in (".pt", ".pth"):
         raise InputError(
-            f"{src}: --to tflite takes a Keras model (.keras/.h5) or a SavedModel directory"
+            f"{src}: a TorchScript module cannot go to TFLite (litert-torch converts "
+            "torch.export programs); save the module with torch.export.save (.pt2)"
         )
-    if (quantize or calibration or flex) and to != "tflite":
-        raise InputError("--quantize, --calibration and --flex apply to --to tflite only")
+    if to == "tflite" and not keras and suffix != ".pt2":
+        raise InputError(
+            f"{src}: --to tflite takes a Keras model (.keras/.h5), a SavedModel directory or "
+            "a torch.export program (.pt2)"
+        )
+    if (quantize or calibration or flex) and not (to == "tflite" and keras):
+        raise InputError(
+            "--quantize, --calibration and --flex apply to Keras/SavedModel -> TFLite only "
+            "(a PyTorch model converts as float32: edgeinfer optimize quantizes the .tflite)"
+        )
     samples = _sample_arrays(inputs)
     console = Console()
     if keras or suffix == ".tflite":
         report = _convert_tensorflow(src, out, to, samples, opset, quantize, calibration, flex)
     elif suffix in _TORCH:
         from edgeinfer.convert.torch import torch_to_onnx
+        from edgeinfer.convert.torch_tflite import torch_to_tflite
 
         module, args, dynamic = _load_torch(src, samples)
         try:
-            report = torch_to_onnx(module, args, out, opset=opset, dynamic_batch=dynamic)
+            if to == "tflite":
+                report = torch_to_tflite(module, args, out)
+            else:
+                report = torch_to_onnx(module, args, out, opset=opset, dynamic_batch=dynamic)
         except (AssertionError, RuntimeError, TypeError, ValueError) as exc:
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             shapes = [list(a.shape) for a in args]
@@ -220,7 +235,13 @@ def convert(
     if report.cosine is not None and report.cosine != report.cosine:  # NaN: not run
         checked = "not checked against the source (see below)"
     elif report.cosine is not None:
-        on = "the given inputs" if samples is not None else "random inputs made from its shapes"
+        on = (
+            "the given inputs"
+            if samples is not None
+            else "the program's example inputs"
+            if suffix == ".pt2"
+            else "random inputs made from its shapes"
+        )
         checked = (
             f"max abs error {report.max_abs_error:.2g}, cosine {report.cosine:.6f} against "
             f"the source on {on}"

@@ -2,8 +2,10 @@
 
 ``torch_to_onnx`` (the ``torch`` extra) and ``sklearn_to_onnx`` (the ``sklearn`` extra)
 write an ONNX file the installed ONNX Runtime loads and check its outputs against the
-original model. ``keras_to_onnx``, ``keras_to_tflite`` and ``tflite_to_onnx`` (the
-``tensorflow`` extra) do the same for Keras models, SavedModels and ``.tflite`` files.
+original model; ``torch_to_tflite`` writes a ``.tflite`` with litert-torch (installed by
+the Makefile: its pins clash with the extras) and checks it on LiteRT. ``keras_to_onnx``,
+``keras_to_tflite`` and ``tflite_to_onnx`` (the ``tensorflow`` extra) do the same for Keras
+models, SavedModels and ``.tflite`` files.
 None imports its framework until called. Failures raise :class:`ConversionError` with the
 converter's exception as the cause; a missing extra raises ``MissingDependencyError`` with
 the install hint.
@@ -17,6 +19,7 @@ from edgeinfer.convert.onnx_io import cap_ir_version, load_onnx, max_ir_version,
 from edgeinfer.convert.sklearn import sklearn_to_onnx
 from edgeinfer.convert.tflite import inspect_tflite, tflite_to_onnx
 from edgeinfer.convert.torch import ConversionReport, torch_to_onnx
+from edgeinfer.convert.torch_tflite import torch_to_tflite
 
 __all__ = [
     "ConversionError",
@@ -31,4 +34,5 @@ __all__ = [
     "sklearn_to_onnx",
     "tflite_to_onnx",
     "torch_to_onnx",
+    "torch_to_tflite",
 ]
