@@ -7,7 +7,8 @@ Every candidate is measured (:mod:`.evaluate`); the fastest or smallest one with
 accuracy budget is bundled with its recipe and metrics, and a report (:mod:`.report`) is
 written next to it. ``optimize_tflite`` (:mod:`.tflite`) runs the same gate for LiteRT on the
 TFLite variants of a Keras model or SavedModel. ``distill`` trains a smaller student on any
-runnable teacher.
+runnable teacher. ``qat_torch`` (:mod:`.qat_torch`) fine-tunes a PyTorch module with fake
+quantization and sets its QDQ INT8 export beside post-training INT8.
 Passes can also be used one by one (:mod:`.passes`).
 
 >>> from edgeinfer.optimize import SearchConfig, optimize
@@ -23,6 +24,7 @@ from edgeinfer.optimize.errors import NotApplicable, OptimizeError
 from edgeinfer.optimize.evaluate import Evaluation, compare_latency, evaluate
 from edgeinfer.optimize.metrics import Metric, parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult, distill, optimize
+from edgeinfer.optimize.qat_torch import EpochStats, QATConfig, qat_torch
 from edgeinfer.optimize.recipe import Recipe, Step
 from edgeinfer.optimize.search import Candidate, SearchConfig, SearchResult, search
 from edgeinfer.optimize.tflite import optimize_tflite
@@ -31,11 +33,13 @@ __all__ = [
     "Budget",
     "Candidate",
     "Dataset",
+    "EpochStats",
     "Evaluation",
     "Metric",
     "NotApplicable",
     "OptimizeError",
     "OptimizeResult",
+    "QATConfig",
     "Recipe",
     "SearchConfig",
     "SearchResult",
@@ -47,5 +51,6 @@ __all__ = [
     "optimize",
     "optimize_tflite",
     "parse_metric",
+    "qat_torch",
     "search",
 ]
