@@ -32,14 +32,19 @@ Measured (issue targets in brackets):
   limit);
 - the refusal floor (``--floor-only``): servers that refuse every request under the same
   load, bare uvicorn and bare grpc.aio beside edgeinfer's whole refusal path: what any
-  Python server on those stacks pays per refusal (see ``floor_suite``).
+  Python server on those stacks pays per refusal (see ``floor_suite``);
+- the gRPC answer floors (``--grpc-floors-only``): edgeinfer's gRPC beside the best MLServer
+  settings and bare servers on both of grpc's Python servers (grpc.aio parsing with message
+  objects or walking the bytes; the synchronous server on 1, 2 and 4 threads), paired
+  rounds at 1 and 32 clients, with server CPU per answer (see ``grpc_floor_suite``).
 
 The load generator (benchmarks/server_loadgen.py) is closed-loop asyncio on uvloop: raw
 HTTP/1.1 keep-alive connections, or grpc.aio. It shares the machine's cores with the servers.
 Run: .venv/bin/python benchmarks/bench_server.py [--quick] [--overload-only | --big-only |
---overload-big-only | --floor-only | --peers-only]
+--overload-big-only | --floor-only | --peers-only | --grpc-floors-only]
 [--mlserver-python PATH]. Writes benchmarks/results/server.json (``--overload-only`` and
-``--big-only`` replace only their part of it).
+``--big-only`` replace only their part of it; ``--grpc-floors-only`` writes
+server_grpc_floors.json).
 """
 
 from __future__ import annotations
@@ -717,6 +722,145 @@ def floor_suite(work: Path, window_s: float, rounds: int = 3) -> dict[str, Any]:
     return out
 
 
+GRPC_FLOORS = {  # floor_servers.py mode -> what it is
+    "grpc-infer": "grpc.aio, message objects: FromString, one run, SerializeToString",
+    "grpc-bytes-infer": "grpc.aio, bytes: the wire walked for the inputs, answer bytes written",
+    "grpc-sync-infer-1": "grpc.server (sync), 1 thread, grpc-infer's handler",
+    "grpc-sync-infer-2": "grpc.server (sync), 2 threads, grpc-infer's handler",
+    "grpc-sync-infer-4": "grpc.server (sync), 4 threads, grpc-infer's handler",
+    "grpc-sync-loop-4": "grpc.server (sync), 4 threads, the model run on an event loop's thread",
+}
+GRPC_FLOOR_MLSERVER = ("mlserver_pw0", "mlserver_pw0_batch8")  # its best gRPC settings here
+
+
+def grpc_floor_suite(
+    work: Path,
+    seconds: float,
+    rounds: int,
+    mlserver_python: Path,
+    baseline_src: Path | None = None,
+) -> dict[str, Any]:
+    """gRPC answers, tiny model: edgeinfer, the best MLServer and the floors of grpc's two
+    Python servers (:data:`GRPC_FLOORS`), every one per round at 1 and 32 clients.
+
+    Each round measures every server in turn (the order rotating round by round) with server
+    CPU per answer; the figures are each server's throughput over the best MLServer setting
+    *in the same round*, and edgeinfer's over each floor's. A floor at >= 2x MLServer where
+    bare grpc.aio is not would show a Python gRPC stack that could meet issue 20's target.
+    """
+    import edgeinfer
+    from server_peers import (
+        MLSERVER_SETTINGS,
+        measure_window,
+        start_mlserver_with,
+    )
+
+    repo = work / "repo"
+    tiny = tiny_model(repo / "tiny" / "1" / "model.onnx")
+    (repo / "tiny" / "config.json").write_text(json.dumps({"queue_timeout_s": QUEUE_TIMEOUT_S}))
+    feeds = {"x": np.array([[0.5, -1.0, 2.0, 0.25]], np.float32)}
+    m = edgeinfer.load(tiny, providers=["cpu"], threads=THREADS)
+    want = m.predict(feeds)
+    m.close()
+    p = payloads("tiny", feeds)
+    out: dict[str, Any] = {"servers": {}, "errors": {}}
+    servers: list[Server] = []
+    try:
+        servers.append(start_edgeinfer(repo, ["tiny"], work / "edgeinfer.log"))
+        out["servers"]["edgeinfer"] = "defaults (max_batch_size 8, no queue delay)"
+        if baseline_src is not None:
+            servers.append(
+                start_edgeinfer(
+                    repo,
+                    ["tiny"],
+                    work / "baseline.log",
+                    src=baseline_src,
+                    name="edgeinfer_baseline",
+                )
+            )
+            out["servers"]["edgeinfer_baseline"] = f"edgeinfer from {baseline_src}"
+        for setting in MLSERVER_SETTINGS:
+            if setting.name not in GRPC_FLOOR_MLSERVER or not mlserver_python.is_file():
+                continue
+            try:
+                servers.append(
+                    start_mlserver_with(
+                        mlserver_python,
+                        work / setting.name,
+                        {"tiny": tiny},
+                        work / f"{setting.name}.log",
+                        setting,
+                    )
+                )
+                out["servers"][setting.name] = setting.label
+            except RuntimeError as exc:
+                out["errors"][setting.name] = str(exc)
+        for mode, label in GRPC_FLOORS.items():
+            floor = _start_floor(mode, repo, work / f"{mode}.log")
+            floor.name = mode
+            servers.append(floor)
+            out["servers"][mode] = label
+        for server in servers:
+            check_answers(server, "tiny", p, ["grpc"], want)
+        per_round: list[dict[str, Any]] = []
+        for r in range(rounds):
+            row: dict[str, Any] = {"round": r, "load_average_1m": round(os.getloadavg()[0], 2)}
+            for c in (1, 32):
+                order = servers[r % len(servers) :] + servers[: r % len(servers)]
+                case = {s.name: measure_window(s, p, "grpc", c, seconds) for s in order}
+                summary: dict[str, Any] = {
+                    n: {k: v.get(k) for k in ("rps", "p50_ms", "server_cpu_ms_per_answer")}
+                    for n, v in case.items()
+                }
+                mls = {n: v["rps"] for n, v in case.items() if n.startswith("mlserver")}
+                if mls:
+                    best = max(mls, key=mls.__getitem__)
+                    summary["best_mlserver"] = best
+                    summary["over_best_mlserver"] = {
+                        n: round(v["rps"] / max(mls[best], 1e-9), 3)
+                        for n, v in case.items()
+                        if not n.startswith("mlserver")
+                    }
+                summary["edgeinfer_over_floor"] = {
+                    f: round(case["edgeinfer"]["rps"] / max(case[f]["rps"], 1e-9), 3)
+                    for f in GRPC_FLOORS
+                }
+                row[f"grpc_c{c}"] = summary
+                print(f"round {r} grpc c{c}", json.dumps(summary), flush=True)
+            per_round.append(row)
+    finally:
+        for server in servers:
+            server.stop()
+    out["rounds"] = per_round
+    summary_out: dict[str, Any] = {}
+    for c in (1, 32):
+        rows = [row[f"grpc_c{c}"] for row in per_round]
+        entry: dict[str, Any] = {}
+        for s in servers:
+            rps = [row[s.name]["rps"] for row in rows]
+            cpu = [row[s.name]["server_cpu_ms_per_answer"] for row in rows]
+            cpu = [x for x in cpu if x is not None]
+            entry[s.name] = {
+                "rps_median": round(statistics.median(rps), 1),
+                "rps_range": [min(rps), max(rps)],
+                "server_cpu_ms_per_answer_median": (
+                    round(statistics.median(cpu), 4) if cpu else None
+                ),
+            }
+            ratios = [
+                row["over_best_mlserver"][s.name]
+                for row in rows
+                if s.name in row.get("over_best_mlserver", {})
+            ]
+            if ratios:
+                entry[s.name]["over_best_mlserver_per_round"] = ratios
+                entry[s.name]["over_best_mlserver_min"] = min(ratios)
+                entry[s.name]["at_2x_best_mlserver_every_round"] = min(ratios) >= 2.0
+        summary_out[f"grpc_c{c}"] = entry
+    out["summary"] = summary_out
+    return out
+
+
 BIG_OVERLOAD_TIMEOUT_S = 1.0  # MiniLM's queue timeout in its overload runs (~15 ms per row)
 BIG_SCENARIOS = (
     ("rest_json", "retry_after"),
@@ -832,6 +976,12 @@ def main() -> None:
     )
     ap.add_argument("--peer-rounds", type=int, default=3, help="rounds of --peers-only")
     ap.add_argument(
+        "--grpc-floors-only",
+        action="store_true",
+        help="only the gRPC answer floors beside edgeinfer and the best MLServer (see "
+        "grpc_floor_suite; rounds: --peer-rounds); writes server_grpc_floors.json",
+    )
+    ap.add_argument(
         "--baseline-src",
         type=Path,
         help="the src folder of another edgeinfer checkout: run the overload scenarios "
@@ -872,6 +1022,29 @@ def main() -> None:
                     workload=workload, peers_dir=args.peers_dir,
                 )  # fmt: skip
                 print("wrote", path)
+        return
+    if args.grpc_floors_only:
+        gc.collect()
+        gc.freeze()  # the load generator's heap, as below
+        load_start = os.getloadavg()[0]
+        work = Path(tempfile.mkdtemp(prefix="bench-grpc-floors-"))
+        try:
+            res = grpc_floor_suite(
+                work, seconds, args.peer_rounds, args.mlserver_python, args.baseline_src
+            )
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        res["conditions"] = {
+            "model": "tiny MLP (4 -> 8 -> 3), one row per request, raw tensor contents",
+            "seconds_per_window": seconds,
+            "rounds": args.peer_rounds,
+            "threads_per_model": THREADS,
+            "load_generator": "closed loop, grpc.aio on uvloop (4 channels), in the "
+            "benchmark's process, sharing the machine's cores with every server",
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+            "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        }
+        print("wrote", write("server_grpc_floors", res))
         return
     load_start = os.getloadavg()[0]  # other work on the machine skews every figure
     work = Path(tempfile.mkdtemp(prefix="bench-server-"))

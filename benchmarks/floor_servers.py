@@ -17,6 +17,16 @@
 - ``grpc-infer``: the same on bare grpc.aio: ``ModelInferRequest`` parsed, raw input contents
   as numpy arrays, one run, ``ModelInferResponse`` with raw output contents -- the floor for a
   gRPC answer;
+- ``grpc-bytes-infer``: bare grpc.aio doing even less: no message objects at all, the request's
+  wire format walked for its input tensors and raw contents only (each tensor's few bytes
+  parsed), the answer's bytes written directly -- the least a grpc.aio handler can do;
+- ``grpc-sync-infer-N`` (N threads, e.g. ``grpc-sync-infer-4``): ``grpc-infer``'s handler on
+  grpc's synchronous server (``grpc.server`` with a ``ThreadPoolExecutor`` of N threads),
+  grpc's other Python server: no event loop, a thread per call in flight;
+- ``grpc-sync-loop-N``: the synchronous server on N threads handing each parsed request to an
+  asyncio event loop on a thread of its own and waiting for its answer
+  (``run_coroutine_threadsafe``), where the model runs -- what edgeinfer on grpc's
+  synchronous server would pay at least, its queue, batching and admission living on the loop;
 - ``edgeinfer-refuse``: ``edgeinfer serve REPOSITORY`` (REST on PORT, gRPC on PORT + 1)
   with its admission told to refuse every request, so every request takes edgeinfer's whole
   refusal path (token, model lookup, admission, metrics, answer) -- the same answer as
@@ -187,6 +197,140 @@ def grpc_infer(port: int, repository: str) -> None:
     asyncio.run(main())
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _fields(raw: bytes) -> list[tuple[int, bytes]]:
+    """The length-delimited fields of a message, as (tag byte, contents), in order (the
+    request's top-level fields are all length-delimited: strings, messages, bytes, maps)."""
+    out, pos, end = [], 0, len(raw)
+    while pos < end:
+        tag = raw[pos]
+        pos += 1
+        length = shift = 0
+        while True:
+            byte = raw[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        out.append((tag, raw[pos : pos + length]))
+        pos += length
+    return out
+
+
+def grpc_bytes_infer(port: int, repository: str) -> None:
+    import grpc
+    import numpy as np
+    import uvloop
+
+    from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
+
+    session, outputs, dtypes = _session(repository)
+    run = session.run  # type: ignore[attr-defined]
+    tensor = pb.ModelInferRequest.InferInputTensor.FromString
+    head = b"\x0a\x04tiny\x12\x011"  # model_name "tiny", model_version "1"
+
+    def described(name: str, shape: tuple[int, ...]) -> bytes:
+        dims = b"".join(_varint(d) for d in shape)
+        body = b"\x0a" + _varint(len(name)) + name.encode() + b"\x12\x04FP32"
+        body += b"\x1a" + _varint(len(dims)) + dims
+        return b"\x2a" + _varint(len(body)) + body
+
+    async def handle(raw: bytes, context: object) -> bytes:
+        inputs, contents = [], []
+        for tag, value in _fields(raw):
+            if tag == 0x2A:  # inputs (5)
+                inputs.append(tensor(value))
+            elif tag == 0x3A:  # raw_input_contents (7)
+                contents.append(value)
+        feeds = {
+            t.name: np.frombuffer(data, dtypes[t.datatype]).reshape(tuple(t.shape))
+            for t, data in zip(inputs, contents, strict=True)
+        }
+        results = run(outputs, feeds)
+        parts = [head]
+        parts += [described(n, a.shape) for n, a in zip(outputs, results, strict=True)]
+        for a in results:
+            data = a.tobytes()
+            parts += [b"\x32", _varint(len(data)), data]  # raw_output_contents (6)
+        return b"".join(parts)
+
+    async def main() -> None:
+        handler = grpc.unary_unary_rpc_method_handler(handle)
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),)
+        )
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        _settle()
+        await server.wait_for_termination()
+
+    uvloop.install()
+    asyncio.run(main())
+
+
+def grpc_sync_infer(port: int, repository: str, threads: int, loop: bool = False) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import numpy as np
+
+    from edgeinfer.protocol.pb import open_inference_grpc_pb2 as pb
+
+    session, outputs, dtypes = _session(repository)
+    run = session.run  # type: ignore[attr-defined]
+
+    if loop:
+        import threading
+
+        import uvloop
+
+        ev = uvloop.new_event_loop()
+        threading.Thread(target=ev.run_forever, name="loop", daemon=True).start()
+
+    async def on_loop(feeds: dict[str, object]) -> list[object]:
+        return run(outputs, feeds)  # type: ignore[no-any-return]
+
+    def handle(raw: bytes, context: object) -> bytes:  # grpc-infer's handler, not async
+        request = pb.ModelInferRequest.FromString(raw)
+        feeds = {
+            t.name: np.frombuffer(data, dtypes[t.datatype]).reshape(tuple(t.shape))
+            for t, data in zip(request.inputs, request.raw_input_contents, strict=True)
+        }
+        if loop:
+            results = asyncio.run_coroutine_threadsafe(on_loop(feeds), ev).result()
+        else:
+            results = run(outputs, feeds)
+        response = pb.ModelInferResponse(model_name=request.model_name, model_version="1")
+        for n, a in zip(outputs, results, strict=True):
+            response.outputs.add(name=n, datatype="FP32", shape=a.shape)
+            response.raw_output_contents.append(a.tobytes())
+        return response.SerializeToString()  # type: ignore[no-any-return]
+
+    handler = grpc.unary_unary_rpc_method_handler(handle)
+    # calls past the pool's threads wait in grpc's queue, as they would on any busy server
+    server = grpc.server(ThreadPoolExecutor(threads), maximum_concurrent_rpcs=None)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"ModelInfer": handler}),)
+    )
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    _settle()
+    server.wait_for_termination()
+
+
 def edgeinfer_refuse(port: int, repository: str) -> None:
     from edgeinfer.cli.main import main
     from edgeinfer.serve import admission
@@ -215,8 +359,14 @@ if __name__ == "__main__":
         uvicorn_infer(port, sys.argv[3])
     elif mode == "grpc-infer":
         grpc_infer(port, sys.argv[3])
+    elif mode == "grpc-bytes-infer":
+        grpc_bytes_infer(port, sys.argv[3])
+    elif mode.startswith("grpc-sync-infer-") and mode.rpartition("-")[2].isdigit():
+        grpc_sync_infer(port, sys.argv[3], int(mode.rpartition("-")[2]))
+    elif mode.startswith("grpc-sync-loop-") and mode.rpartition("-")[2].isdigit():
+        grpc_sync_infer(port, sys.argv[3], int(mode.rpartition("-")[2]), loop=True)
     else:
         sys.exit(
             f"unknown mode {mode!r}; expected uvicorn-503, grpc-abort, grpc-ok, edgeinfer-refuse, "
-            "uvicorn-infer or grpc-infer"
+            "uvicorn-infer, grpc-infer, grpc-bytes-infer, grpc-sync-infer-N or grpc-sync-loop-N"
         )
