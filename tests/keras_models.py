@@ -73,3 +73,31 @@ def wine_mlp(epochs: int = 40) -> Trained:
     model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x[:130], y[:130], epochs=epochs, batch_size=32, verbose=0)
     return Trained(model, x[:130], y[:130], x[130:], y[130:])
+
+
+@functools.lru_cache(maxsize=2)
+def digits_cnn_tf_keras(epochs: int = 12, width: int = 16, dense: int = 32) -> Trained:
+    """The digits CNN of :func:`digits_cnn` built and trained with tf-keras (Keras 2), as
+    tfmot's quantization-aware training needs; compiled, so a saved ``.h5`` keeps its loss."""
+    import tf_keras as keras
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images / 16.0).astype(np.float32)[..., None]
+    y = digits.target.astype(np.int64)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="pixels"),
+            keras.layers.Conv2D(width, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(width, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(dense, activation="relu"),
+            keras.layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x[:1400], y[:1400], epochs=epochs, batch_size=32, verbose=0)
+    return Trained(model, x[:1400], y[:1400], x[1400:], y[1400:])

@@ -195,16 +195,43 @@ def optimize(
         "aeq-dynamic-int8, aeq-static-wi8-ai8 (ai-edge-quantizer; aeq-weight-only-int4 and "
         "aeq-static-wi8-ai16 when named in --candidates) on LiteRT.",
     ),
+    qat: bool = typer.Option(
+        False,
+        "--qat",
+        help="Also fine-tune with quantization-aware training and let it compete (qat-int8; "
+        "a tf-keras .h5 model: tfmot, on LiteRT). Needs --train.",
+    ),
+    train: Path | None = typer.Option(
+        None,
+        "--train",
+        help="Training data for --qat (.npz: one array per input, and 'labels'; without "
+        "labels the float model's outputs are the targets).",
+    ),
+    epochs: int | None = typer.Option(
+        None, "--epochs", min=1, help="Training epochs for --qat (default 3)."
+    ),
 ) -> None:
     """Find the fastest or smallest model within an accuracy budget; bundle it."""
     from edgeinfer.optimize.pipeline import optimize as run_optimize
 
+    qat_options = _qat_options(qat, train, epochs)
     if _tensorflow_world(model, target):
+        if qat_options is not None and target == "onnx":
+            raise InputError(
+                "--qat fine-tunes a tf-keras model for LiteRT (tfmot): use --target tflite, "
+                "both or auto"
+            )
         _optimize_tensorflow(
             model, eval_data, out, labels, calibration, metric, max_drop or "0.01", objective,
             candidates, output, threads, repeats, memory, name, version, overwrite, target,
+            qat_options,
         )  # fmt: skip
         return
+    if qat_options is not None:
+        raise InputError(
+            f"{model}: --qat fine-tunes a tf-keras model (.h5 or a tf-keras SavedModel); "
+            "this is not one"
+        )
 
     if _generative(model):
         unused = {"--labels": labels, "--calibration": calibration, "--output": output}
@@ -307,6 +334,31 @@ def _optimize_generative(
     _finish(console, outcome)
 
 
+def _qat_options(qat: bool, train: Path | None, epochs: int | None) -> Any:
+    """The QAT request of the command line (None without --qat), checked."""
+    if not qat:
+        given = [flag for flag, v in (("--train", train), ("--epochs", epochs)) if v is not None]
+        if given:
+            raise InputError(f"{' and '.join(given)} apply only with --qat")
+        return None
+    if train is None:
+        raise InputError("--qat needs --train TRAIN.npz (training inputs; labels optional)")
+    from edgeinfer.optimize.qat_keras import EpochReport, KerasQAT
+
+    err = Console(stderr=True)
+
+    def on_epoch(rep: EpochReport) -> None:
+        values = ", ".join(f"{k} {v:.4f}" for k, v in rep.logs.items())
+        err.print(
+            f"qat-int8: epoch {rep.epoch}/{rep.epochs}: {values} ({rep.seconds:.1f} s)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    return KerasQAT(train=train, epochs=epochs or 3, on_epoch=on_epoch)
+
+
 def _tensorflow_world(model: Path, target: str) -> bool:
     """Whether the LiteRT search (or a TF source converted to ONNX first) handles ``model``."""
     from edgeinfer.optimize.tflite import is_tensorflow_source
@@ -340,6 +392,7 @@ def _optimize_tensorflow(
     version: int | None,
     overwrite: bool,
     target: str,
+    qat: Any = None,
 ) -> None:
     import tempfile
 
@@ -361,7 +414,7 @@ def _optimize_tensorflow(
             outcome = optimize_both(
                 model, eval_data, out, labels=labels, calibration=calibration, config=config,
                 candidates=names, name=name, version=version, overwrite=overwrite,
-                progress=bars,
+                progress=bars, qat=qat,
             )  # fmt: skip
         _finish(console, outcome)
         return
@@ -397,7 +450,7 @@ def _optimize_tensorflow(
         outcome = optimize_tflite(
             model, eval_data, out, labels=labels, calibration=calibration,
             config=config, candidates=names, name=name, version=version, overwrite=overwrite,
-            progress=bars,
+            progress=bars, qat=qat,
         )  # fmt: skip
     _finish(console, outcome)
 

@@ -27,6 +27,7 @@ __all__ = [
     "candidate_table",
     "clamp_axis",
     "place_labels",
+    "qat_section",
     "report_dir_for",
     "rows",
     "write_report",
@@ -106,6 +107,7 @@ def _markdown(result: SearchResult, title: str, plot: str | None) -> str:
     for row in table:
         lines.append("| " + " | ".join(row[c].replace("|", "/") for c in COLUMNS) + " |")
     lines.append("")
+    lines.extend(qat_section(result))
     for note in result.notes:
         lines.append(f"- {note}")
     if not any(n.startswith("latency:") for n in result.notes):  # else the search said how
@@ -118,6 +120,82 @@ def _markdown(result: SearchResult, title: str, plot: str | None) -> str:
     else:
         lines += ["", "(no plot: matplotlib is not installed)"]
     return "\n".join(lines) + "\n"
+
+
+def _is_qat(cand: Candidate) -> bool:
+    steps = cand.recipe.steps if cand.recipe is not None else ()
+    return cand.name.startswith("qat") or any(s.pass_name == "qat" for s in steps)
+
+
+def _ptq_partner(result: SearchResult, qat: Candidate) -> Candidate | None:
+    """The post-training candidate to set beside a QAT one: the same name without its
+    ``qat-`` prefix, else the best measured INT8 one."""
+    others = [c for c in result.candidates if not _is_qat(c)]
+    twin = qat.name.removeprefix("qat-")
+    for cand in others:
+        if cand.name == twin:
+            return cand
+    int8 = [c for c in others if "int8" in c.name and c.evaluation is not None]
+    if not int8:
+        return None
+    name = result.metric.name
+    sign = 1.0 if result.metric.higher_is_better else -1.0
+    return max(int8, key=lambda c: sign * c.evaluation.metrics[name] if c.evaluation else 0.0)
+
+
+def _cell(result: SearchResult, cand: Candidate | None, what: str) -> str:
+    if cand is None:
+        return "not measured"
+    ev = cand.evaluation
+    if ev is None:
+        return f"{cand.status}: {cand.reason}" if what == "metric" else "-"
+    if what == "metric":
+        drop = "" if cand.drop is None else f" (drop {cand.drop:+.4f})"
+        return f"{ev.metrics[result.metric.name]:.4f}{drop}"
+    if what == "budget":
+        return "yes" if cand.within_budget else "no"
+    if what == "size":
+        return _size(ev.size_bytes)
+    if what == "latency":
+        return _ms(cand.latency_ms)
+    steps = [s.config for s in (cand.recipe.steps if cand.recipe else ()) if s.pass_name == "qat"]
+    if not steps:
+        return "-"
+    step = steps[0]
+    epochs, samples = getattr(step, "epochs", "?"), getattr(step, "train_samples", "?")
+    loss = getattr(step, "loss", "")
+    return (
+        f"{epochs} epochs on {samples} samples"
+        + (f" ({loss})" if loss else "")
+        + f", {cand.build_seconds:.1f} s with conversion"
+    )
+
+
+def qat_section(result: SearchResult) -> list[str]:
+    """Markdown lines setting each quantization-aware candidate beside its post-training
+    twin (``qat-int8`` beside ``int8``); none when the search trained nothing."""
+    lines: list[str] = []
+    for qat in [c for c in result.candidates if _is_qat(c)]:
+        ptq = _ptq_partner(result, qat)
+        ptq_name = ptq.name if ptq is not None else "post-training"
+        lines += [
+            f"## Post-training vs quantization-aware: {ptq_name} and {qat.name}",
+            "",
+            f"| | {ptq_name} (post-training) | {qat.name} (quantization-aware) |",
+            "|---|---|---|",
+        ]
+        for label, what in (
+            (result.metric.name, "metric"),
+            ("within budget?", "budget"),
+            ("size", "size"),
+            ("latency", "latency"),
+            ("training", "training"),
+        ):
+            cells = (_cell(result, ptq, what), _cell(result, qat, what))
+            lines.append(f"| {label} | " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        chosen = result.chosen.name
+        lines += ["", f"- chosen: {chosen}", ""]
+    return lines
 
 
 def clamp_axis(ax: Any, bounds: tuple[float | None, float | None]) -> None:

@@ -26,6 +26,7 @@ from edgeinfer.errors import BundleError, InputError
 from edgeinfer.optimize.data import DataSource
 from edgeinfer.optimize.pipeline import OptimizeResult, optimize
 from edgeinfer.optimize.plan import candidate_names
+from edgeinfer.optimize.qat_keras import KerasQAT
 from edgeinfer.optimize.report import report_dir_for
 from edgeinfer.optimize.search import Progress, SearchConfig
 from edgeinfer.optimize.tflite import TFLITE_CANDIDATES, optimize_tflite
@@ -95,9 +96,11 @@ def optimize_both(
     version: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    qat: KerasQAT | None = None,
 ) -> OptimizeResult:
     """Search a Keras model, SavedModel or ``.tflite`` for LiteRT and for ONNX Runtime; keep
-    the better winner (see the module docs)."""
+    the better winner (see the module docs). ``qat``: quantization-aware training in the
+    LiteRT search (:mod:`.qat_keras`)."""
     from edgeinfer.convert.keras import keras_to_onnx
     from edgeinfer.convert.tflite import tflite_to_onnx
 
@@ -111,7 +114,7 @@ def optimize_both(
         lite = optimize_tflite(
             src, eval_data, work / "litert", labels=labels, calibration=calibration,
             config=config, candidates=lite_names, name=name or stem, version=version,
-            progress=progress,
+            progress=progress, qat=qat,
         )  # fmt: skip
         onnx_file = work / f"{stem}.onnx"
         convert = tflite_to_onnx if src.suffix.lower() == ".tflite" else keras_to_onnx

@@ -25,6 +25,9 @@ re-timed side by side round-robin. The winner is bundled (golden samples in the 
 dtypes, the recipe and the source's layout in the manifest) and the report written beside
 it. A float ``.tflite`` source gets the ai-edge-quantizer candidates (TFLiteConverter's need
 the Keras or SavedModel source); an already quantized one is said to be and kept as it is.
+
+``qat=KerasQAT(train=...)`` adds ``qat-int8``: a tf-keras model fine-tuned with fake
+quantization (tfmot), then converted to full INT8 like ``int8`` (:mod:`.qat_keras`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from edgeinfer.optimize.litert_quantizer import (
 )
 from edgeinfer.optimize.metrics import parse_metric
 from edgeinfer.optimize.pipeline import OptimizeResult
+from edgeinfer.optimize.qat_keras import QAT_CANDIDATE, KerasQAT, check_source, prepare_qat
 from edgeinfer.optimize.recipe import Recipe, Step
 from edgeinfer.optimize.report import report_dir_for, write_report
 from edgeinfer.optimize.search import Progress, SearchConfig, choose, failure
@@ -115,6 +119,21 @@ def _arrays(source: DataSource | None, names: list[str]) -> Any:
     return dict(source) if isinstance(source, Mapping) else source
 
 
+_FULL_INT8 = ("int8", "int8-io", "aeq-static-wi8-ai8")
+
+
+def _qat_hint(planned: list[Candidate]) -> list[str]:
+    """A note when every post-training full-INT8 candidate missed the budget."""
+    full = [c for c in planned if c.name in _FULL_INT8 and c.status == "ok"]
+    if not full or any(c.within_budget for c in full):
+        return []
+    names = ", ".join(c.name for c in full)
+    return [
+        f"post-training full INT8 ({names}) missed the budget; quantization-aware training "
+        "may recover it: --qat --train TRAIN.npz (a tf-keras .h5 model)"
+    ]
+
+
 def optimize_tflite(
     model: str | os.PathLike[str],
     eval_data: DataSource,
@@ -129,8 +148,12 @@ def optimize_tflite(
     overwrite: bool = False,
     report: bool = True,
     progress: Progress | None = None,
+    qat: KerasQAT | None = None,
 ) -> OptimizeResult:
     """Search the TFLite variants of ``model`` for LiteRT and bundle the best in budget.
+
+    ``qat``: also fine-tune a tf-keras model with quantization-aware training and let its
+    full-INT8 conversion compete (``qat-int8``, :mod:`.qat_keras`).
 
     >>> optimize_tflite("digits.keras", {"pixels": x_test, "labels": y_test},
     ...                 "bundles/digits-litert", calibration={"pixels": x_train[:200]},
@@ -162,6 +185,8 @@ def optimize_tflite(
         )
     metric = parse_metric(config.metric)
     budget = Budget.parse(config.max_drop)
+    if qat is not None:
+        check_source(src)  # a Keras 3 model or a .tflite is refused before any work
     check_out_dir(out, overwrite)
     started = time.perf_counter()
     report_fn = progress or (lambda *a: None)
@@ -200,6 +225,7 @@ def optimize_tflite(
         if output not in outputs:
             raise InputError(f"output {output!r} not found; the model has {', '.join(outputs)}")
         calib = _arrays(calibration, [s.name for s in specs])
+        prepared = None if qat is None else prepare_qat(qat, src, specs, outputs)
         base_recipe = None
         if source_obj is not None:
             keras_to_tflite(source_obj.saved_model, base_path, inputs=None)
@@ -207,6 +233,8 @@ def optimize_tflite(
                 "float32", (Step("tflite_convert", TFLiteConversion("float32", 0, layout)),)
             )
             planned.extend(Candidate(cname) for cname in wanted)
+        if prepared is not None:
+            planned.append(Candidate(QAT_CANDIDATE))
         baseline = Candidate("original", recipe=base_recipe, status="pending", path=base_path)
         total = len(planned) + 1
         report_fn("start", baseline, 0, total)
@@ -223,7 +251,9 @@ def optimize_tflite(
             if cand.status == "skipped":
                 report_fn("skipped", cand, index, total)
                 continue
-            if cand.name in AEQ_RECIPES:
+            if cand.name == QAT_CANDIDATE:
+                pass  # its recipe is known once it has trained (the loss it used)
+            elif cand.name in AEQ_RECIPES:
                 n_cal = 0 if calib is None else min(_rows(calib), config.calibration_samples)
                 aeq = AEQRecipe(AEQ_RECIPES[cand.name], n_cal if "static" in cand.name else 0)
                 cand.recipe = Recipe(cand.name, (Step("ai_edge_quantizer", aeq),), aeq.recipe)
@@ -241,7 +271,22 @@ def optimize_tflite(
             path = work / f"{cand.name}.tflite"
             t0 = time.perf_counter()
             try:
-                if cand.name in AEQ_RECIPES:
+                if cand.name == QAT_CANDIDATE:
+                    assert prepared is not None
+                    qstep, n_cal, train_s = prepared.train_and_convert(
+                        path, work, calib, config.calibration_samples
+                    )
+                    conv_step = TFLiteConversion("int8", n_cal, layout)
+                    cand.recipe = Recipe(
+                        cand.name,
+                        (Step("qat", qstep), Step("tflite_convert", conv_step)),
+                        f"quantization-aware training ({qstep.epochs} epochs), TFLite int8",
+                    )
+                    cand.note = (
+                        f"fine-tuned {qstep.epochs} epochs on {qstep.train_samples} samples "
+                        f"({train_s:.1f} s)"
+                    )
+                elif cand.name in AEQ_RECIPES:
                     quantize_tflite(base_path, cand.name, path, calib, config.calibration_samples)
                 else:
                     assert source_obj is not None
@@ -255,7 +300,8 @@ def optimize_tflite(
                     )
                     cand.note = "; ".join(n for n in conv.notes if "calibrated on" in n)
                 cand.path, cand.build_seconds = path, time.perf_counter() - t0
-                cand.infos = (cand.recipe.steps[0].to_dict(),)
+                assert cand.recipe is not None
+                cand.infos = tuple(s.to_dict() for s in cand.recipe.steps)
                 report_fn("evaluate", cand, index, total)
                 ev, _, timer = evaluate_tflite(path, data, config, output, signature, reference)
             except NotApplicable as exc:
@@ -273,6 +319,8 @@ def optimize_tflite(
             timers.append(timer)
             timed.append(cand)
             report_fn("done", cand, index, total)
+        if qat is None and source_obj is not None:
+            notes.extend(_qat_hint(planned))
         if config.final_rounds > 0 and len(timers) > 1:
             for cand, ms in zip(timed, side_by_side(timers, config.final_rounds), strict=True):
                 cand.side_by_side_ms = ms
