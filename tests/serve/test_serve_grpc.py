@@ -146,3 +146,43 @@ def test_model_ready_and_metadata_rpcs(channel: grpc.Channel) -> None:
     )
     md = gc.model_metadata_from_proto(meta)
     assert md.inputs[0].datatype == "INT64" and md.inputs[0].shape == (2, 3)
+
+
+def test_unknown_method_is_unimplemented(channel: grpc.Channel) -> None:
+    code, _ = _code(channel, "ModelStreamInfer", b"")
+    assert code == grpc.StatusCode.UNIMPLEMENTED
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/other.Service/ModelInfer")(b"")
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+
+
+def test_infer_calls_are_counted_once_each(server: BackgroundServer, channel: grpc.Channel) -> None:
+    """Every ModelInfer that names a model is counted once with its status; a message that is
+    not one names no model and is not counted."""
+    registry = server.dataplane.metrics.registry
+
+    def count(model: str, status: str) -> float:
+        labels = {"model": model, "protocol": "grpc", "status": status}
+        return registry.get_sample_value("edgeinfer_requests_total", labels) or 0.0
+
+    before = {k: count(*k) for k in [("mlp", "200"), ("mlp", "400"), ("_unknown", "404")]}
+    ok = gc.request_to_proto(InferenceRequest([InferTensor.from_array("x", X)], model_name="mlp"))
+    _call(channel, "ModelInfer", gc.pb.ModelInferResponse)(ok)
+    bad = gc.pb.ModelInferRequest(model_name="mlp")
+    bad.inputs.add(name="x", datatype="FP32", shape=[1, 5])
+    bad.raw_input_contents.append(X.tobytes())
+    assert _code(channel, "ModelInfer", bad)[0] == grpc.StatusCode.INVALID_ARGUMENT
+    unknown = gc.pb.ModelInferRequest(model_name="nope")
+    assert _code(channel, "ModelInfer", unknown)[0] == grpc.StatusCode.NOT_FOUND
+    total = sum(s.value for m in registry.collect() for s in m.samples if s.name.endswith("_total"))
+    assert _code(channel, "ModelInfer", b"\xff\xff not protobuf")[0] == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    after = {k: count(*k) for k in before}
+    assert {k: after[k] - before[k] for k in before} == {
+        ("mlp", "200"): 1.0,
+        ("mlp", "400"): 1.0,
+        ("_unknown", "404"): 1.0,
+    }
+    again = sum(s.value for m in registry.collect() for s in m.samples if s.name.endswith("_total"))
+    assert again == total  # the garbage message moved no counter
