@@ -362,10 +362,37 @@ def minilm_settings(batch: int) -> tuple[MLServerSetting, ...]:
     )
 
 
+def in_process_window(
+    model: Any, feeds: dict[str, np.ndarray], batch: int, seconds: float
+) -> dict[str, Any]:
+    """``model.predict`` at ``batch`` rows back to back for ``seconds``: rows/s, and the CPU
+    time a row took (the calling thread's: ONNX Runtime on one thread runs on it)."""
+    batched = {k: np.ascontiguousarray(np.repeat(v, batch, axis=0)) for k, v in feeds.items()}
+    model.predict(batched)
+    rows, cpu, start = 0, time.thread_time(), time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        model.predict(batched)
+        rows += batch
+    elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
+    return {
+        "rps": round(rows / elapsed, 2),
+        "batch": batch,
+        "cpu_ms_per_row": round(cpu * 1e3 / rows, 3),
+    }
+
+
 def compare(case: dict[str, Any]) -> dict[str, Any]:
     """One case of one round: each server's figures, the best peer and the best MLServer, and
-    edgeinfer (and the best of each) over the in-process limit where it was measured."""
-    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_answer", "batch")
+    edgeinfer (and the best of each) over the in-process limit where it was measured.
+
+    Besides throughput, CPU time: the in-process CPU time a row takes over the CPU time the
+    server spends on an answer (``in_process_cpu_over_edgeinfer_cpu``: 1.0 would be a server
+    that costs nothing beyond the model), and the least CPU an MLServer setting spent on an
+    answer over edgeinfer's. Requests/s on a shared machine move with what else runs (and
+    the scheduler gives a process with several busy threads a larger share than one
+    ``Model.predict`` thread); CPU time per answer moves much less.
+    """
+    keys = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_answer", "batch", "cpu_ms_per_row")
     summary: dict[str, Any] = {
         n: {k: v[k] for k in keys if v.get(k) is not None} for n, v in case.items()
     }
@@ -378,6 +405,17 @@ def compare(case: dict[str, Any]) -> dict[str, Any]:
     limit = case.get(IN_PROCESS, {}).get("rps")
     if limit:
         summary["edgeinfer_over_in_process"] = round(edge / limit, 3)
+    edge_cpu = case["edgeinfer"].get("server_cpu_ms_per_answer")
+    row_cpu = case.get(IN_PROCESS, {}).get("cpu_ms_per_row")
+    if edge_cpu and row_cpu:
+        summary["in_process_cpu_over_edgeinfer_cpu"] = round(row_cpu / edge_cpu, 3)
+    mls_cpu = [
+        v["server_cpu_ms_per_answer"]
+        for n, v in case.items()
+        if n.startswith("mlserver") and v.get("server_cpu_ms_per_answer")
+    ]
+    if edge_cpu and mls_cpu:
+        summary["mlserver_least_cpu_over_edgeinfer_cpu"] = round(min(mls_cpu) / edge_cpu, 3)
     for prefix, group in (
         ("peer", peers),
         ("mlserver", {n: v for n, v in peers.items() if n.startswith("mlserver")}),
@@ -418,7 +456,6 @@ def minilm_suite(
     from bench_server import (
         BIG_QUEUE_TIMEOUT_S,
         check_answers,
-        in_process_rate,
         payloads,
         second_model,
         start_edgeinfer,
@@ -469,8 +506,7 @@ def minilm_suite(
                 for server in here[r % len(here) :] + here[: r % len(here)]:
                     if server == IN_PROCESS:
                         rows = 1 if c == 1 else batch
-                        rate = in_process_rate(model, feeds, rows, seconds)
-                        case[IN_PROCESS] = {"rps": round(rate, 2), "batch": rows}
+                        case[IN_PROCESS] = in_process_window(model, feeds, rows, seconds)
                     else:
                         case[server.name] = measure_window(server, p, kind, c, seconds)
                 row["cases"][f"{kind}_c{c}"] = summary = compare(case)
@@ -502,6 +538,8 @@ RATIOS = (
     "edgeinfer_over_in_process",
     "best_peer_over_in_process",
     "best_mlserver_over_in_process",
+    "in_process_cpu_over_edgeinfer_cpu",
+    "mlserver_least_cpu_over_edgeinfer_cpu",
     "edgeinfer_over_floor",
     "floor_over_best_mlserver",
     "edgeinfer_over_baseline",
@@ -527,6 +565,7 @@ def summarize(
             rps = [m["rps"] for m in mine]
             p50 = [m["p50_ms"] for m in mine if m.get("p50_ms") is not None]
             cpu = [m["server_cpu_ms_per_answer"] for m in mine if "server_cpu_ms_per_answer" in m]
+            cpu += [m["cpu_ms_per_row"] for m in mine if "cpu_ms_per_row" in m]
             entry[n] = {
                 "rps_median": round(statistics.median(rps), 1),
                 "rps_range": [min(rps), max(rps)],

@@ -75,13 +75,15 @@ def test_triton_config_from_the_onnx_inputs(tmp_path: Path) -> None:
 
 def test_minilm_ratios_per_round() -> None:
     case = {
-        "edgeinfer": {"rps": 60.0, "p50_ms": 500.0},
-        "mlserver_pw0": {"rps": 50.0},
-        "mlserver_pw0_batch4": {"rps": 55.0},
-        "triton_batch4": {"rps": 75.0},
-        server_peers.IN_PROCESS: {"rps": 64.0, "batch": 4},
+        "edgeinfer": {"rps": 60.0, "p50_ms": 500.0, "server_cpu_ms_per_answer": 20.0},
+        "mlserver_pw0": {"rps": 50.0, "server_cpu_ms_per_answer": 25.0},
+        "mlserver_pw0_batch4": {"rps": 55.0, "server_cpu_ms_per_answer": 22.0},
+        "triton_batch4": {"rps": 75.0, "server_cpu_ms_per_answer": 10.0},
+        server_peers.IN_PROCESS: {"rps": 64.0, "batch": 4, "cpu_ms_per_row": 15.0},
     }
     s = server_peers.compare(case)
+    assert s["in_process_cpu_over_edgeinfer_cpu"] == 0.75
+    assert s["mlserver_least_cpu_over_edgeinfer_cpu"] == 1.1
     assert (s["best_peer"], s["best_mlserver"]) == ("triton_batch4", "mlserver_pw0_batch4")
     assert s["edgeinfer_over_best_mlserver"] == round(60 / 55, 3)
     assert s["edgeinfer_over_best_peer"] == 0.8
@@ -97,6 +99,19 @@ def test_minilm_ratios_per_round() -> None:
     assert out["grpc_c32"]["target_edgeinfer_over_in_process>=0.9_median"] is False
     assert out["grpc_c32"]["target_edgeinfer_over_best_mlserver>=1_every_round"] is True
     assert "target_edgeinfer_over_in_process>=0.9_every_round" not in out["grpc_c1"]
+
+
+def test_in_process_window_counts_rows_and_cpu(tmp_path: Path) -> None:
+    import edgeinfer
+
+    model = edgeinfer.load(bench_server.tiny_model(tmp_path / "t.onnx"), threads=1)
+    try:
+        w = server_peers.in_process_window(model, {"x": np.ones((1, 4), np.float32)}, 4, 0.05)
+    finally:
+        model.close()
+    assert w["batch"] == 4
+    assert w["rps"] > 0
+    assert w["cpu_ms_per_row"] > 0
 
 
 @pytest.fixture
