@@ -13,13 +13,23 @@ beside LiteRT, and conversion parity and time for every TF model converted.
 3. Conversion parity (max abs error, cosine against the source framework) and time: the
    digits CNN and a wine MLP, Keras -> ONNX and -> TFLite; the corpus's ``.tflite`` models
    (openWakeWord, pymicro-wakeword) -> ONNX, or the operators tf2onnx lacks.
+4. Post-training vs quantization-aware INT8 (``--qat``): the digits CNN built with tf-keras
+   (tfmot needs Keras 2), at the width above and 8x narrower, searched for LiteRT with
+   ``candidates=("int8",)`` and ``qat=KerasQAT(train, epochs=3)`` (Adam at 1e-4 on the 1,400
+   training digits); accuracy, size and LiteRT latency of both INT8 models. Control: the
+   float model fine-tuned for the same epochs at the same rate *without* fake quantization,
+   then post-training int8 (same 128 calibration images), so that a QAT gain is not just
+   more training.
 
-Run: .venv/bin/python benchmarks/bench_tflite.py   (writes results/tflite.json)
+Run: .venv/bin/python benchmarks/bench_tflite.py [--part all|qat]   (writes results/tflite.json;
+``--part qat`` re-runs section 4 only and keeps the other sections' figures)
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import json
 import os
 import sys
 import tempfile
@@ -33,12 +43,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import edgeinfer
-from _common import median, write
+from _common import RESULTS, median, write
 from edgeinfer.bundle import Bundle
 from edgeinfer.convert import ConversionError, keras_to_onnx, keras_to_tflite, tflite_to_onnx
 from edgeinfer.convert.tflite import run_tflite
 from edgeinfer.optimize import SearchConfig, optimize, optimize_tflite
-from keras_models import digits_cnn, wine_mlp
+from keras_models import digits_cnn, digits_cnn_tf_keras, wine_mlp
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -46,6 +56,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def _save(model: Any, path: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)  # tf-keras calls .h5 legacy
         model.save(path)
     return path
 
@@ -294,7 +305,99 @@ def _parity(root: Path, cnn: Any, mlp: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def _finetuned_float_int8(
+    root: Path, h5: Path, trained: Any, epochs: int, lr: float, calib: np.ndarray
+) -> dict[str, Any]:
+    """The control: the same fine-tuning without fake quantization, then post-training int8."""
+    import tf_keras
+
+    model = tf_keras.models.load_model(h5)
+    tf_keras.utils.set_random_seed(0)
+    model.compile(tf_keras.optimizers.Adam(lr), "sparse_categorical_crossentropy")
+    model.fit(trained.x_train, trained.y_train, epochs=epochs, batch_size=32, verbose=0)
+    tuned = _save(model, root / f"{h5.stem}-tuned.h5")
+    flt = keras_to_tflite(tuned, root / f"{h5.stem}-tuned.tflite")
+    int8 = keras_to_tflite(
+        tuned, root / f"{h5.stem}-tuned-int8.tflite", quantize="int8", calibration=[calib]
+    )
+    return {
+        "float_accuracy": _accuracy(flt.path, trained.x_test, trained.y_test),
+        "int8_accuracy": _accuracy(int8.path, trained.x_test, trained.y_test),
+        "int8_size_bytes": int8.path.stat().st_size,
+    }
+
+
+def _ptq_vs_qat(root: Path, width: int, dense: int, epochs: int = 3) -> dict[str, Any]:
+    from edgeinfer.optimize.qat_keras import KerasQAT
+
+    trained = digits_cnn_tf_keras(width=width, dense=dense)
+    h5 = _save(trained.model, root / f"digits-w{width}.h5")
+    lr, calib = 1e-4, trained.x_train[:128]
+    epoch_lines: list[str] = []
+    started = time.perf_counter()
+    outcome = optimize_tflite(
+        h5,
+        {"pixels": trained.x_test, "labels": trained.y_test},
+        root / f"digits-w{width}-qat",
+        calibration={"pixels": calib},
+        config=SearchConfig(metric="accuracy", max_drop="0.5%", objective="size", memory=False),
+        candidates=("int8",),
+        qat=KerasQAT(
+            train={"pixels": trained.x_train, "labels": trained.y_train},
+            epochs=epochs,
+            learning_rate=lr,
+            on_epoch=lambda r: epoch_lines.append(f"epoch {r.epoch}: {r.logs}"),
+        ),
+        report=False,
+    )
+    seconds = time.perf_counter() - started
+    result = outcome.result
+    rows = {}
+    for c in [result.baseline, *result.candidates]:
+        ev = c.evaluation
+        rows[c.name] = {
+            "status": c.status,
+            "reason": c.reason,
+            "accuracy": ev.metrics["accuracy"] if ev else None,
+            "size_bytes": ev.size_bytes if ev else None,
+            "litert_ms": round(c.latency_ms, 4) if ev else None,
+            "within_budget": c.within_budget,
+            "build_seconds": round(c.build_seconds, 1),
+        }
+    params = int(sum(np.prod(w.shape) for w in trained.model.weights))  # type: ignore[attr-defined]
+    return {
+        "model": f"digits CNN (tf-keras), width {width}, dense {dense}, {params} weights",
+        "epochs": epochs,
+        "learning_rate": lr,
+        "train_samples": len(trained.x_train),
+        "search_seconds": round(seconds, 1),
+        "epochs_logged": epoch_lines,
+        "chosen": result.chosen.name,
+        "message": result.message,
+        "candidates": rows,
+        "control_float_finetuned": _finetuned_float_int8(root, h5, trained, epochs, lr, calib),
+    }
+
+
+def _qat_section(root: Path) -> list[dict[str, Any]]:
+    rows = []
+    for width, dense in ((32, 128), (4, 16)):
+        row = _ptq_vs_qat(root, width, dense)
+        print("ptq vs qat:", row["model"], row["candidates"], row["control_float_finetuned"])
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("all", "qat"), default="all")
+    if parser.parse_args().part == "qat":
+        previous = json.loads((RESULTS / "tflite.json").read_text())
+        previous.pop("machine", None)
+        with tempfile.TemporaryDirectory(prefix="bench-tflite-") as tmp:
+            previous["ptq_vs_qat"] = _qat_section(Path(tmp))
+        print(f"wrote {write('tflite', previous)}")
+        return
     # Wider than the tests' CNN (43k weights, not 7k): a flatbuffer's fixed overhead of a few
     # kB would otherwise decide the size ratio.
     cnn, mlp = digits_cnn(width=32, dense=128), wine_mlp()
@@ -309,8 +412,15 @@ def main() -> None:
         parity = _parity(root, cnn, mlp)
         for row in parity:
             print(row)
+        qat = _qat_section(root)
     path = write(
-        "tflite", {"litert_vs_anchor": litert, "onnx_beside_litert": both, "conversions": parity}
+        "tflite",
+        {
+            "litert_vs_anchor": litert,
+            "onnx_beside_litert": both,
+            "conversions": parity,
+            "ptq_vs_qat": qat,
+        },
     )
     print(f"wrote {path}")
 
