@@ -20,7 +20,7 @@ from edgeinfer.convert.errors import ConversionError  # noqa: E402
 from edgeinfer.errors import EdgeInferError, InputError  # noqa: E402
 from edgeinfer.optimize import EpochStats, QATConfig, SearchConfig, qat_torch  # noqa: E402
 
-_FAST = {"repeats": 3, "final_rounds": 5, "memory": False}
+_FAST: dict[str, Any] = {"repeats": 3, "final_rounds": 5, "memory": False}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_qat_torch_writes_learned_qdq_model_beside_ptq(
         (x_train, y_train),
         {"pixels": x_test, "labels": y_test},
         tmp_path / "digits-qat",
-        qat=QATConfig(epochs=2, threads=1),
+        qat=QATConfig(epochs=2),
         config=SearchConfig(
             metric="accuracy", max_drop=0.02, candidates=("static-int8-minmax",), **_FAST
         ),
@@ -101,12 +101,12 @@ def test_qat_torch_writes_learned_qdq_model_beside_ptq(
     assert manifest.provenance["recipe"]["candidate"] == result.result.chosen.name
 
 
-class _NoTensor(torch.nn.Module):  # type: ignore[misc]
+class _NoTensor(torch.nn.Module):  # type: ignore[misc,name-defined]
     def forward(self, x: Any) -> Any:
         return None
 
 
-class _Branchy(torch.nn.Module):  # type: ignore[misc]
+class _Branchy(torch.nn.Module):  # type: ignore[misc,name-defined]
     """Exports by tracing (one branch taken), but torch.fx cannot trace the branch."""
 
     def __init__(self) -> None:
