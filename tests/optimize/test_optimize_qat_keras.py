@@ -206,3 +206,17 @@ def test_tflite_source_refused(digits: dict[str, Path], tmp_path: Path) -> None:
     model.write_bytes(b"")  # refused by its kind before it is read
     with pytest.raises(InputError, match="a .tflite has nothing to train"):
         optimize_tflite(model, digits["eval"], tmp_path / "o", qat=KerasQAT(train=digits["train"]))
+
+
+def test_search_without_qat_names_it_when_post_training_int8_misses() -> None:
+    from edgeinfer.optimize.candidate import Candidate
+    from edgeinfer.optimize.tflite import _qat_hint
+
+    def cand(name: str, within: bool) -> Candidate:
+        return Candidate(name, status="ok", within_budget=within)
+
+    missed = _qat_hint([cand("float16", True), cand("int8", False), cand("int8-io", False)])
+    assert len(missed) == 1 and "(int8, int8-io) missed the budget" in missed[0]
+    assert "--qat --train TRAIN.npz" in missed[0]
+    assert _qat_hint([cand("int8", False), cand("aeq-static-wi8-ai8", True)]) == []
+    assert _qat_hint([cand("float16", False)]) == []  # no full-INT8 candidate measured

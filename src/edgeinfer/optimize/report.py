@@ -165,7 +165,7 @@ def _cell(result: SearchResult, cand: Candidate | None, what: str) -> str:
     epochs, samples = getattr(step, "epochs", "?"), getattr(step, "train_samples", "?")
     loss = getattr(step, "loss", "")
     return (
-        f"{epochs} epochs on {samples} samples"
+        f"{epochs} epoch{'s' if epochs != 1 else ''} on {samples} samples"
         + (f" ({loss})" if loss else "")
         + f", {cand.build_seconds:.1f} s with conversion"
     )

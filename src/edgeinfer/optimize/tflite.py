@@ -282,9 +282,10 @@ def optimize_tflite(
                         (Step("qat", qstep), Step("tflite_convert", conv_step)),
                         f"quantization-aware training ({qstep.epochs} epochs), TFLite int8",
                     )
+                    plural = "s" if qstep.epochs != 1 else ""
                     cand.note = (
-                        f"fine-tuned {qstep.epochs} epochs on {qstep.train_samples} samples "
-                        f"({train_s:.1f} s)"
+                        f"fine-tuned {qstep.epochs} epoch{plural} on {qstep.train_samples} "
+                        f"samples ({train_s:.1f} s)"
                     )
                 elif cand.name in AEQ_RECIPES:
                     quantize_tflite(base_path, cand.name, path, calib, config.calibration_samples)
