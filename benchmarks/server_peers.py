@@ -64,6 +64,7 @@ from _common import write  # noqa: E402
 
 KINDS = ("rest_json", "grpc")
 PEER_CONCURRENCY = (1, 32)
+WARMUP_S = 0.3  # each window's unrecorded start (measure_recorded)
 # the floor (floor_servers.py): bare uvicorn / bare grpc.aio doing the least work an answer
 # needs (parse, one ONNX Runtime run, encode): what any Python server on those stacks pays
 FLOORS = {"rest_json": "uvicorn-infer", "grpc": "grpc-infer"}
@@ -210,6 +211,38 @@ def start_peers(
             except triton_peer.TritonUnavailable as exc:
                 out["errors"][kind] = str(exc)
     return servers
+
+
+def measure_recorded(
+    server: Any, p: dict[str, Any], kind: str, concurrency: int, seconds: float
+) -> dict[str, Any]:
+    """As :func:`measure_window`, with the server's CPU time read at the start and the end of
+    the recorded window only (a thread beside the load generator), so that neither the
+    warm-up's answers nor the requests still in flight at its end, none of them counted,
+    are charged to the counted ones: with MiniLM at 32 clients those are as many answers
+    as the window counts."""
+    import threading
+
+    import psutil
+
+    from bench_server import measure
+
+    proc = psutil.Process(server.proc.pid)
+    marks: list[float] = []
+
+    def mark() -> None:
+        time.sleep(WARMUP_S)  # the load generator's unrecorded warm-up (its default)
+        marks.append(_cpu_s(proc))
+        time.sleep(seconds)
+        marks.append(_cpu_s(proc))
+
+    t = threading.Thread(target=mark, daemon=True)
+    t.start()
+    r = asyncio.run(measure(server, p, kind, concurrency, seconds, warmup_s=WARMUP_S))
+    t.join()
+    if r.get("requests") and len(marks) == 2:
+        r["server_cpu_ms_per_answer"] = round((marks[1] - marks[0]) * 1e3 / r["requests"], 4)
+    return r
 
 
 def peers_suite(
@@ -450,7 +483,9 @@ def minilm_suite(
     ``Model.predict`` runs fastest here (:data:`MINILM_BATCH`; bench_server.py serves MiniLM
     so, and a model analyzer would choose it). The in-process limit takes its turn in each
     case's rotation like a server: ``Model.predict`` back to back in the benchmark's process,
-    at batch 1 for one client (the most one client can get) and at ``batch`` for 32.
+    at batch 1 for one client (the most one client can get) and at ``batch`` for 32, with
+    the CPU time a row takes. Each server's CPU time per answer is read over the recorded
+    window only (:func:`measure_recorded`).
     """
     import edgeinfer
     from bench_server import (
@@ -508,7 +543,7 @@ def minilm_suite(
                         rows = 1 if c == 1 else batch
                         case[IN_PROCESS] = in_process_window(model, feeds, rows, seconds)
                     else:
-                        case[server.name] = measure_window(server, p, kind, c, seconds)
+                        case[server.name] = measure_recorded(server, p, kind, c, seconds)
                 row["cases"][f"{kind}_c{c}"] = summary = compare(case)
                 print(f"round {r} {kind} c{c}", json.dumps(summary), flush=True)
             row["load_average_1m_end"] = round(os.getloadavg()[0], 2)
@@ -641,6 +676,9 @@ def run(
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "load_average_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)],
         "cpu_count": os.cpu_count(),
+        "cpu_time": "server_cpu_ms_per_answer: the server process and its children (psutil); "
+        "for MiniLM over the recorded window only; in_process: CPU ms per row of "
+        "Model.predict's thread",
         "peers_dir": str(peers_dir),
         "edgeinfer_src": None if edgeinfer_src is None else str(edgeinfer_src),
         "baseline_src": None if baseline_src is None else str(baseline_src),

@@ -147,6 +147,9 @@ def test_peers_answer_like_the_model(
         assert sorted(out["servers"]) == ["mlserver_pw0_batch4", "triton_batch4", "triton_defaults"]
         for server in servers:
             bench_server.check_answers(server, "tiny", p, ["rest_json", "grpc"], want)
+        w = server_peers.measure_recorded(servers[-1], p, "grpc", 2, 0.2)
+        assert w["ok"] > 0
+        assert w["server_cpu_ms_per_answer"] > 0
     finally:
         for server in servers:
             server.stop()
