@@ -40,7 +40,7 @@ def repo(tiny_bundle: Bundle, tiny_dir: Path, tmp_path_factory: pytest.TempPathF
     more: long enough to be killed in the middle)."""
     root = tmp_path_factory.mktemp("genproc-repo")
     shutil.copytree(tiny_bundle.path, root / "tiny-llm" / "1")
-    long_dir = stretch_context(tiny_dir, root.parent / "long-model", 4096)
+    long_dir = stretch_context(tiny_dir, tmp_path_factory.mktemp("genproc-long") / "m", 4096)
     create_bundle(
         long_dir,
         root / "long" / "1",

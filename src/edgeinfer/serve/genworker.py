@@ -31,9 +31,12 @@ from typing import Any
 
 from edgeinfer.serve.stepper import AHEAD, Piece, advance
 
-__all__ = ["FLUSH_S", "Outcome", "main"]
+__all__ = ["FLUSH_S", "WINDOW", "Outcome", "main"]
 
-FLUSH_S = 0.002  # pieces wait at most this long to go out together (they go at a round's end)
+FLUSH_S = 0.002  # pieces go out together, at most this long after the first of them
+# Pieces a stream may run ahead of its reader here: more than a thread's AHEAD, since the
+# reader's credits come back over the pipe, a turn of each process's scheduling later
+WINDOW = 4 * AHEAD
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Outcome:
 class _Job:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
-        self.room = AHEAD
+        self.room = WINDOW
         self.seen = 0
         self.cancelled = False
 
@@ -107,6 +110,8 @@ class _Worker:
             timeout = 0.0
 
     def flush(self) -> None:
+        """Send the events gathered (a round's, or FLUSH_S worth); each message wakes the
+        server's event loop, so fast models' pieces go several to one."""
         if self.events:
             self.conn.send(("events", self.events))
             self.events = []
@@ -142,7 +147,6 @@ class _Worker:
                     self.step(jid, job)
                 if time.perf_counter() - self.flushed >= FLUSH_S:
                     self.flush()
-            self.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
