@@ -311,12 +311,14 @@ async def start_grpc_server(config: ServeConfig, dataplane: DataPlane) -> tuple[
         "ModelMetadata": _unary(pb.ModelMetadataRequest, s.model_metadata),
         "ModelInfer": _infer_handler(s),
     }
+    # generic, not grpc.aio's registered methods (add_registered_method_handlers): those
+    # cost more server CPU per tiny-model call at one client here (median 0.50 -> 0.58 ms
+    # over 12 paired windows)
+    generic = grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def build(options: list[tuple[str, int]]) -> Any:
         server = grpc.aio.server(options=options)
-        # registered methods are matched by grpc core, not by a generic handler's Python
-        # lookup on every call
-        server.add_registered_method_handlers(SERVICE, handlers)
+        server.add_generic_rpc_handlers((generic,))
         return server
 
     def check_port(port: int) -> None:
