@@ -127,6 +127,20 @@ def test_keras_generation_read_from_the_files(digits: dict[str, Path], tmp_path:
         k3.save(tmp_path / "k3.h5")
     assert keras_generation(tmp_path / "k3.keras") == 3
     assert keras_generation(tmp_path / "k3.h5") == 3
+    import h5py
+    import tensorflow as tf
+
+    with h5py.File(tmp_path / "old.h5", "w") as f:  # Keras 2 before it wrote its version
+        f.attrs["model_config"] = "{}"
+    assert keras_generation(tmp_path / "old.h5") == 2
+    plain = tf.Module()
+    plain.v = tf.Variable(1.0)
+    tf.saved_model.save(plain, str(tmp_path / "plain"))  # TensorFlow's, no Keras inside
+    assert keras_generation(tmp_path / "plain") is None
+    with pytest.raises(InputError, match="no tf-keras model inside"):
+        optimize_tflite(
+            tmp_path / "plain", digits["eval"], tmp_path / "o", qat=KerasQAT(train=digits["train"])
+        )
 
 
 def _refused(

@@ -91,8 +91,8 @@ class KerasQATStep:
 
 
 def keras_generation(path: str | os.PathLike[str]) -> int | None:
-    """2 for a tf-keras (Keras 2) file or SavedModel, 3 for a Keras 3 one, None when the
-    file says nothing (a SavedModel written by plain TensorFlow)."""
+    """2 for a tf-keras (Keras 2) file or SavedModel, 3 for a Keras 3 one, None for a
+    SavedModel without Keras metadata (written by plain TensorFlow)."""
     p = Path(path)
     version = ""
     if p.is_dir():
@@ -101,9 +101,13 @@ def keras_generation(path: str | os.PathLike[str]) -> int | None:
     if suffix in (".h5", ".hdf5"):
         import h5py
 
-        with h5py.File(p, "r") as f:
-            raw = f.attrs.get("keras_version", "")
-        version = raw.decode() if isinstance(raw, bytes) else str(raw)
+        try:
+            with h5py.File(p, "r") as f:
+                raw = f.attrs.get("keras_version", "")
+        except OSError:
+            return 2  # not HDF5 at all: loading it says so, in one line
+        # no version: written by Keras 2 before it recorded one
+        version = (raw.decode() if isinstance(raw, bytes) else str(raw)) or "2"
     elif suffix == ".keras":
         try:
             with zipfile.ZipFile(p) as z:
