@@ -186,8 +186,9 @@ def convert(
         )
     if (quantize or calibration or flex) and not (to == "tflite" and keras):
         raise InputError(
-            "--quantize, --calibration and --flex apply to Keras/SavedModel -> TFLite only "
-            "(a PyTorch model converts as float32: edgeinfer optimize quantizes the .tflite)"
+            "--quantize, --calibration and --flex apply to --to tflite from a Keras model or "
+            "SavedModel only (a PyTorch model converts as float32: edgeinfer optimize "
+            "quantizes the .tflite)"
         )
     samples = _sample_arrays(inputs)
     console = Console()
