@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 from edgeinfer.convert.errors import ConversionError  # noqa: E402
 from edgeinfer.errors import EdgeInferError, InputError  # noqa: E402
 from edgeinfer.optimize import EpochStats, QATConfig, SearchConfig, qat_torch  # noqa: E402
+from edgeinfer.zoo._torch import threads  # noqa: E402
 
 _FAST: dict[str, Any] = {"repeats": 3, "final_rounds": 5, "memory": False}
 
@@ -99,6 +100,54 @@ def test_qat_torch_writes_learned_qdq_model_beside_ptq(
     manifest = result.bundle.manifest
     assert manifest.metrics["optimize"]["metric"] == "accuracy"
     assert manifest.provenance["recipe"]["candidate"] == result.result.chosen.name
+
+
+@pytest.mark.slow
+def test_qat_torch_float_targets_train_with_mse(
+    digits: tuple[np.ndarray, ...], tmp_path: Path
+) -> None:
+    """A regressor (each image row's mean ink, 8 floats): float targets mean MSE training,
+    and the lower-is-better metric gates the candidates."""
+    x_train, _, x_test, _ = digits
+    t_train, t_test = x_train.mean(axis=3).reshape(-1, 8), x_test.mean(axis=3).reshape(-1, 8)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(256, 8),
+    )
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    with threads(1):  # a tiny network: a second thread only waits on a shared machine
+        for _ in range(200):
+            idx = torch.randint(0, len(x_train), (64,))
+            loss = torch.nn.functional.mse_loss(
+                net(torch.from_numpy(x_train[idx])), torch.from_numpy(t_train[idx])
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    epochs: list[EpochStats] = []
+    result = qat_torch(
+        net.eval(),
+        x_train[:4],
+        {"input": x_train[:512], "labels": t_train[:512]},
+        {"input": x_test[:200], "labels": t_test[:200]},
+        tmp_path / "rows",
+        qat=QATConfig(epochs=1),
+        config=SearchConfig(
+            metric="mse", max_drop="20%", candidates=("static-int8-minmax",), **_FAST
+        ),
+        on_epoch=epochs.append,
+    )
+    assert len(epochs) == 1 and not epochs[0].frozen
+    qat = result.result.candidates[-1]
+    assert qat.name == "qat-int8" and qat.status == "ok" and qat.evaluation is not None
+    base = result.result.baseline.evaluation
+    assert base is not None
+    # MSE training kept the regressor a regressor: within 2x of float's error.
+    assert qat.evaluation.metrics["mse"] <= 2 * base.metrics["mse"]
+    assert qat.infos[0]["activation_scales_checked"] >= 2
 
 
 class _NoTensor(torch.nn.Module):  # type: ignore[misc,name-defined]

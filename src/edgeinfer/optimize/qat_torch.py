@@ -60,6 +60,7 @@ from edgeinfer.optimize.qat_train import (
     learned_ranges,
     prepare,
     tensors,
+    torch_threads,
 )
 from edgeinfer.optimize.recipe import Recipe, Step
 from edgeinfer.optimize.report import report_dir_for, write_report
@@ -274,9 +275,10 @@ def qat_torch(
             calib = load_dataset(calibration, specs, what="calibration data")
             calib = calib.head(config.calibration_samples)
         example = tuple(tensors(torch, trainset, ins, slice(0, 2)))
-        prepared, loss_fn = prepare(
-            torch, module, example, trainset, calib, ins, outs.index(output), qcfg
-        )
+        with torch_threads(torch, qcfg.threads):
+            prepared, loss_fn = prepare(
+                torch, module, example, trainset, calib, ins, outs.index(output), qcfg
+            )
         inner = replace(
             config, candidates=config.candidates or PTQ_CANDIDATES, final_rounds=0, memory=False
         )
@@ -294,8 +296,10 @@ def qat_torch(
         report_fn("build", cand, total - 1, total)
         try:
             t0 = time.perf_counter()
-            stats = fit(torch, prepared, loss_fn, trainset, ins, outs.index(output), qcfg, on_epoch)
-            path, step, info = _build(torch, prepared, calib, (ins, outs), config, work)
+            with torch_threads(torch, qcfg.threads):
+                index = outs.index(output)
+                stats = fit(torch, prepared, loss_fn, trainset, ins, index, qcfg, on_epoch)
+                path, step, info = _build(torch, prepared, calib, (ins, outs), config, work)
             train_step = Step("qat", QATStep(qcfg, len(trainset)))
             steps = [train_step, Step("graph", config.graph), step]
             if config.compact:

@@ -44,6 +44,7 @@ __all__ = [
     "learned_ranges",
     "prepare",
     "tensors",
+    "torch_threads",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,18 @@ class QATStep:
     @property
     def epochs(self) -> int:
         return self.training.epochs
+
+
+@contextlib.contextmanager
+def torch_threads(torch: Any, n: int | None) -> Iterator[None]:
+    """Run torch on ``n`` intra-op threads (None: as it is), restoring the setting after."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @contextlib.contextmanager
@@ -231,15 +244,9 @@ def fit(
     opt = torch.optim.Adam(prepared.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     stats: list[EpochStats] = []
-    old_threads = torch.get_num_threads()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    try:
-        _epochs(
-            torch, prepared, loss_fn, opt, gen, labels, data, names, out_index, cfg, stats, on_epoch
-        )
-    finally:
-        torch.set_num_threads(old_threads)
+    _epochs(
+        torch, prepared, loss_fn, opt, gen, labels, data, names, out_index, cfg, stats, on_epoch
+    )
     prepared.eval()
     return stats
 
