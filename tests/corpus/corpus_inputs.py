@@ -1,8 +1,9 @@
 """Realistic inputs for the corpus models, made here from real material, never downloaded.
 
 - images: text lines and pages rendered with Pillow's built-in font (real glyphs: the
-  OCR models see what they were trained on), and a photo-like scene of skin-toned shapes on
-  a textured background for the detector;
+  OCR models see what they were trained on), a photo-like scene of skin-toned shapes on
+  a textured background for the detector, and drawn portraits (a face with eyes, brows,
+  nose and mouth over shoulders) and open hands for MediaPipe's face, selfie and hand models;
 - audio: English speech synthesized by espeak-ng (``scripts/system-deps.sh`` installs it);
   where it is missing, edgeinfer's deterministic speech-like signal stands in;
 - text: the bytes of Python's own standard-library sources, the kind of file magika types;
@@ -26,7 +27,9 @@ from edgeinfer.zoo._sentences import sentences
 
 __all__ = [
     "detector_scene",
+    "hand_image",
     "normalize",
+    "portrait",
     "source_bytes",
     "speech",
     "text_line",
@@ -86,6 +89,66 @@ def detector_scene(size: int, seed: int = 0) -> Image.Image:
         w, h = rng.uniform(0.08, 0.25, 2) * size
         draw.ellipse((cx - w, cy - h, cx + w, cy + h), fill=skin)
     return img.filter(ImageFilter.GaussianBlur(1.2))
+
+
+def _backdrop(size: int, rng: np.random.Generator) -> Image.Image:
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(40, 200, 3)
+    bg = base[None, None, :] + 30 * np.cos(5 * xx - 2 * yy)[..., None]
+    bg += rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8))
+
+
+def portrait(size: int, seed: int = 0) -> Image.Image:
+    """A frontal head and shoulders, drawn: skin-toned face with eyes, brows, nose, mouth
+    and hair over a shirt, on a textured background (soft focus, like a webcam frame)."""
+    rng = np.random.default_rng(seed)
+    img = _backdrop(size, rng)
+    draw = ImageDraw.Draw(img)
+    skin = tuple(int(rng.integers(lo, lo + 50)) for lo in (170, 120, 90))
+    shirt = tuple(int(v) for v in rng.integers(20, 120, 3))
+    s = size / 256
+    cx = size / 2 + rng.uniform(-12, 12) * s
+    draw.ellipse((cx - 120 * s, 200 * s, cx + 120 * s, 330 * s), fill=shirt)  # shoulders
+    draw.rectangle((cx - 22 * s, 150 * s, cx + 22 * s, 215 * s), fill=skin)  # neck
+    draw.ellipse((cx - 62 * s, 28 * s, cx + 62 * s, 112 * s), fill=(40, 28, 20))  # hair
+    draw.ellipse((cx - 55 * s, 45 * s, cx + 55 * s, 185 * s), fill=skin)  # face
+    for side in (-1, 1):
+        ex = cx + side * 24 * s
+        draw.ellipse((ex - 11 * s, 96 * s, ex + 11 * s, 106 * s), fill=(245, 245, 240))
+        draw.ellipse((ex - 5 * s, 96 * s, ex + 5 * s, 106 * s), fill=(50, 35, 25))
+        draw.line((ex - 13 * s, 86 * s, ex + 13 * s, 84 * s), fill=(50, 35, 25), width=int(4 * s))
+    draw.polygon(
+        [(cx, 108 * s), (cx - 9 * s, 138 * s), (cx + 9 * s, 138 * s)],
+        fill=tuple(max(0, c - 25) for c in skin),
+    )
+    draw.chord((cx - 20 * s, 145 * s, cx + 20 * s, 165 * s), 0, 180, fill=(160, 60, 60))
+    return img.filter(ImageFilter.GaussianBlur(1.0 * s))
+
+
+def hand_image(size: int, seed: int = 0) -> Image.Image:
+    """An open right hand, drawn: palm, four spread fingers and a thumb, filling the crop as
+    a palm detector's crop would."""
+    rng = np.random.default_rng(seed)
+    img = _backdrop(size, rng)
+    draw = ImageDraw.Draw(img)
+    skin = tuple(int(rng.integers(lo, lo + 50)) for lo in (170, 120, 90))
+    s = size / 224
+    cx, cy = size / 2 + rng.uniform(-8, 8) * s, 140 * s
+    draw.ellipse((cx - 52 * s, cy - 50 * s, cx + 52 * s, cy + 55 * s), fill=skin)  # palm
+    for dx, length in ((-36, 70), (-12, 86), (12, 82), (36, 64)):
+        x = cx + dx * s
+        top = cy - 40 * s - length * s
+        draw.rounded_rectangle((x - 10 * s, top, x + 10 * s, cy - 20 * s), 10 * s, fill=skin)
+        crease = tuple(max(0, c - 30) for c in skin)
+        for k in (1, 2):  # knuckle creases
+            y = top + k * length * s / 3
+            draw.line((x - 8 * s, y, x + 8 * s, y), fill=crease, width=max(1, int(2 * s)))
+    thumb = [(cx - 45 * s, cy + 10 * s), (cx - 95 * s, cy - 30 * s), (cx - 85 * s, cy - 45 * s),
+             (cx - 35 * s, cy - 15 * s)]  # fmt: skip
+    draw.polygon(thumb, fill=skin)
+    draw.rectangle((cx - 30 * s, cy + 50 * s, cx + 30 * s, size), fill=skin)  # wrist
+    return img.filter(ImageFilter.GaussianBlur(0.8 * s))
 
 
 def to_chw(img: Image.Image) -> np.ndarray:

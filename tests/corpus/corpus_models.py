@@ -33,7 +33,9 @@ from corpus_inputs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     detector_scene,
+    hand_image,
     normalize,
+    portrait,
     source_bytes,
     speech,
     text_line,
@@ -255,6 +257,26 @@ def _fer_faces(n: int, seed: int) -> Feeds:
     return {"x": big[None, :, :, None].astype(np.float32)}
 
 
+_MEDIAPIPE = "mediapipe/modules"
+
+
+def _face_detection(n: int, seed: int) -> Feeds:
+    """BlazeFace (short range): a 128x128 RGB portrait scaled to [-1, 1], as MediaPipe's
+    graph feeds it; one image a call (batch fixed at 1)."""
+    x = np.asarray(portrait(128, seed + 1), np.float32) / 127.5 - 1.0
+    return {"input": x[None]}
+
+
+def _selfie(n: int, seed: int) -> Feeds:
+    """Selfie segmentation: a 256x256 RGB portrait in [0, 1]."""
+    return {"input_1": (np.asarray(portrait(256, seed + 1), np.float32) / 255.0)[None]}
+
+
+def _hand_landmarks(n: int, seed: int) -> Feeds:
+    """Hand landmarks (lite): a 224x224 RGB crop of an open hand in [0, 1]."""
+    return {"input_1": (np.asarray(hand_image(224, seed), np.float32) / 255.0)[None]}
+
+
 # ---- tabular and tokens (converter models) ------------------------------------------------
 
 
@@ -381,7 +403,8 @@ MODELS: tuple[CorpusModel, ...] = (
         "int8 [1, 3, 40] micro-frontend feature rows of 16 kHz speech",
         _micro_wakeword,
         batchable=False,
-        refuses=dict(_TFLITE),
+        # streaming: its state lives in resource variables, which ONNX has no form for
+        refuses={**_TFLITE, "convert": "VAR_HANDLE"},
     ),
     CorpusModel(
         "oww-melspectrogram",
@@ -418,6 +441,38 @@ MODELS: tuple[CorpusModel, ...] = (
         "Keras -> TFLite, quantized (fer's facial-expression classifier)",
         "float32 [1, 64, 64, 1] grayscale face crops in 0..1, NHWC",
         _fer_faces,
+        batchable=False,
+        refuses=dict(_TFLITE),
+    ),
+    CorpusModel(
+        "mediapipe-face-detection",
+        "mediapipe==0.10.21",
+        f"{_MEDIAPIPE}/face_detection/face_detection_short_range.tflite",
+        "TensorFlow -> TFLite, float16 weights (MediaPipe BlazeFace short range)",
+        "float32 [1, 128, 128, 3] RGB in -1..1, NHWC; 896 anchors' boxes and scores out",
+        _face_detection,
+        batchable=False,
+        refuses=dict(_TFLITE),
+    ),
+    CorpusModel(
+        "mediapipe-selfie-segmentation",
+        "mediapipe==0.10.21",
+        f"{_MEDIAPIPE}/selfie_segmentation/selfie_segmentation.tflite",
+        "TensorFlow -> TFLite, float16 weights, MediaPipe's Convolution2DTransposeBias "
+        "custom operator (run by XNNPACK)",
+        "float32 [1, 256, 256, 3] RGB in 0..1, NHWC; a person mask [1, 256, 256, 1] out",
+        _selfie,
+        batchable=False,
+        refuses={**_TFLITE, "convert": "Convolution2DTransposeBias"},
+    ),
+    CorpusModel(
+        "mediapipe-hand-landmarks",
+        "mediapipe==0.10.21",
+        f"{_MEDIAPIPE}/hand_landmark/hand_landmark_lite.tflite",
+        "TensorFlow -> TFLite, float16 weights (MediaPipe hand landmarks, lite)",
+        "float32 [1, 224, 224, 3] RGB hand crop in 0..1, NHWC; 21 landmarks, presence, "
+        "handedness out",
+        _hand_landmarks,
         batchable=False,
         refuses=dict(_TFLITE),
     ),

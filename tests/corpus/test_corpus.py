@@ -78,7 +78,7 @@ def test_manifest_rows_are_complete() -> None:
     for model in MODELS:
         assert model.source and model.path and model.exporter and model.inputs, model.id
         assert set(model.refuses) <= {"inspect", "run", "bench", "optimize", "split",
-                                      "bundle", "serve"}  # fmt: skip
+                                      "bundle", "serve", "convert"}  # fmt: skip
         assert model.build is not None or "==" in model.source, model.id
 
 
@@ -186,6 +186,47 @@ def test_optimize(
     elif model.metric == "accuracy":
         got, want = chosen[name], prepared.expected[name]
         np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+
+
+TFLITE_IDS = [m.id for m in MODELS if m.format == "tflite"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("model_id", TFLITE_IDS)
+def test_convert_tflite_to_onnx(
+    model_id: str, corpus: Corpus, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Every .tflite of the corpus through tf2onnx (``edgeinfer convert --to onnx``): the ONNX
+    file answers as LiteRT does on the real sample, layout kept; or the operators tf2onnx
+    has no handler for are named."""
+    prepared = corpus.get(model_id)
+    model = prepared.model
+    out = tmp_path / "model.onnx"
+    result = cli(capsys, "convert", prepared.path, "--to", "onnx", "--out", out,
+                 "--inputs", prepared.sample)  # fmt: skip
+    if (fragment := _refusal(model, "convert")) is not None:
+        assert_refused(result, fragment)
+        return
+    code, text, err = result
+    assert code == 0, f"{text}\n{err}"
+    from edgeinfer.convert import inspect_tflite
+
+    info = inspect_tflite(prepared.path)
+    # QDQ kernels round an integer model's steps apart from LiteRT's: ~2.5 int8 steps
+    tol = 1e-2 if info.quantized and not info.float16_weights else 2e-4
+    got = reference(out, prepared.feeds)
+    assert list(got) == list(prepared.expected)
+    for name, want in prepared.expected.items():
+        scale = max(1.0, float(np.max(np.abs(want))))
+        np.testing.assert_allclose(got[name], want, rtol=1e-3, atol=tol * scale, err_msg=name)
+        if tol > 2e-4 and want.ndim == 2:  # a quantized classifier still picks the same class
+            np.testing.assert_array_equal(got[name].argmax(-1), want.argmax(-1))
+    words = " ".join(text.split())
+    if any(len(v.shape) == 4 for v in prepared.feeds.values()):
+        assert "layout NHWC" in words, text
+    if info.float16_weights:  # said as what it is, not as integer operators
+        assert "float16 weights" in words and "QDQ" not in words, text
 
 
 _CUTS = re.compile(r"^\S+: (\d+) cut points", re.MULTILINE)

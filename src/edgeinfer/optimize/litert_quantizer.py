@@ -4,8 +4,12 @@ Google's ai-edge-quantizer rewrites a float TFLite model without its Keras sourc
 candidates apply to a bare float ``.tflite`` as well as to the float32 model converted from
 Keras. The static recipes calibrate through the model's serving signature (their inputs and
 outputs become int8/int16, fed and read through the quantization parameters like any
-integer-I/O candidate). A model already quantized cannot be quantized again:
-:class:`~edgeinfer.optimize.errors.NotApplicable` says so, and the search skips it.
+integer-I/O candidate). A model already quantized to integers cannot be quantized again:
+:class:`~edgeinfer.optimize.errors.NotApplicable` says so, and the search skips it. A model
+with float16 weights (each dequantized to float32 by a ``DEQUANTIZE`` operator, as
+MediaPipe's models ship) computes in float: its weights are restored to float32
+(:func:`float32_weights`) before the recipe, which otherwise finds no float weight to
+quantize and returns the model unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import numpy as np
 from edgeinfer.errors import MissingDependencyError
 from edgeinfer.optimize.errors import NotApplicable
 
-__all__ = ["AEQ_RECIPES", "AEQRecipe", "aeq_available", "quantize_tflite"]
+__all__ = ["AEQ_RECIPES", "AEQRecipe", "aeq_available", "float32_weights", "quantize_tflite"]
 
 # candidate name -> ai_edge_quantizer.recipe function
 AEQ_RECIPES = {
@@ -111,6 +115,82 @@ def _check_quantizable(model: Path, *, calibrated: bool) -> None:
             ) from exc
 
 
+def float32_weights(model: Path, out: Path) -> int:
+    """Write ``model`` with its float16 constant weights as float32 to ``out``: each
+    ``DEQUANTIZE`` of a float16 constant is folded into a float32 constant (the same values:
+    float16 -> float32 is exact) and the float16 tensor dropped. Returns how many were
+    folded."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    flat = fbu.read_model(os.fspath(model))
+    folded = 0
+    for g_index, graph in enumerate(flat.subgraphs):
+        kept, dropped = [], set()
+        for op in graph.operators:
+            code = fbu.get_builtin_code_from_operator_code(flat.operatorCodes[op.opcodeIndex])
+            if code == schema.BuiltinOperator.DEQUANTIZE and len(op.inputs) == 1:
+                src, dst = graph.tensors[op.inputs[0]], graph.tensors[op.outputs[0]]
+                buf = flat.buffers[src.buffer] if src.buffer else None
+                if (
+                    src.type == schema.TensorType.FLOAT16
+                    and dst.type == schema.TensorType.FLOAT32
+                    and buf is not None
+                    and buf.data is not None
+                    and len(buf.data) > 0
+                ):
+                    raw = np.asarray(buf.data, dtype=np.uint8).tobytes()
+                    values = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+                    restored = schema.BufferT()
+                    restored.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+                    flat.buffers.append(restored)
+                    dst.buffer = len(flat.buffers) - 1
+                    dropped.add(int(op.inputs[0]))
+                    folded += 1
+                    continue
+            kept.append(op)
+        graph.operators = kept
+        _drop_tensors(flat, g_index, dropped)
+    fbu.write_model(flat, os.fspath(out))
+    return folded
+
+
+def _drop_tensors(flat: Any, g_index: int, dropped: set[int]) -> None:
+    """Remove the tensors ``dropped`` (no operator reads them any more) from subgraph
+    ``g_index`` and their buffers' data, renumbering every reference to the others."""
+    graph = flat.subgraphs[g_index]
+    refs = [list(graph.inputs), list(graph.outputs)]
+    for op in graph.operators:
+        refs += [list(op.inputs), list(op.outputs), list(op.intermediates or [])]
+    used = {int(i) for r in refs for i in r}
+    gone = dropped - used
+    if not gone:
+        return
+    for i in gone:
+        buffer = graph.tensors[i].buffer
+        if buffer:
+            flat.buffers[buffer].data = None
+    new_index: dict[int, int] = {}
+    tensors: list[Any] = []
+    for i, tensor in enumerate(graph.tensors):
+        if i not in gone:
+            new_index[i] = len(tensors)
+            tensors.append(tensor)
+    graph.tensors = tensors
+
+    def renumber(indices: Any) -> Any:
+        return None if indices is None else [new_index[int(i)] if i >= 0 else -1 for i in indices]
+
+    graph.inputs, graph.outputs = renumber(graph.inputs), renumber(graph.outputs)
+    for op in graph.operators:
+        op.inputs, op.outputs = renumber(op.inputs), renumber(op.outputs)
+        op.intermediates = renumber(op.intermediates)
+    for sig in flat.signatureDefs or []:
+        if sig.subgraphIndex == g_index:
+            for item in (*(sig.inputs or []), *(sig.outputs or [])):
+                item.tensorIndex = new_index[int(item.tensorIndex)]
+
+
 def quantize_tflite(
     model: Path,
     candidate: str,
@@ -128,8 +208,13 @@ def quantize_tflite(
         raise MissingDependencyError(
             "ai-edge-quantizer", "tensorflow", "The aeq-* LiteRT candidates"
         ) from exc
-    if inspect_tflite(model).quantized:
+    info = inspect_tflite(model)
+    if info.quantized and not info.float16_weights:
         raise NotApplicable("the model is already quantized; ai-edge-quantizer needs a float one")
+    if info.float16_weights:
+        restored = out.with_name(f"{out.stem}.float32{out.suffix}")
+        float32_weights(model, restored)
+        model = restored
     _check_quantizable(model, calibrated="static" in candidate)
     make = getattr(recipe, AEQ_RECIPES[candidate])
     sink = io.StringIO()  # its progress bars and size summary
