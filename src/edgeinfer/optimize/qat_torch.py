@@ -307,6 +307,14 @@ def qat_torch(
             cand.recipe = Recipe(QAT, tuple(steps), desc)
             cand.path, cand.build_seconds = path, time.perf_counter() - t0
             cand.infos = ({"epochs": [s.__dict__ for s in stats], **info},)
+            notes_qat = [str(info.pop("note"))] if "note" in info else []
+            if info["calibrated_ranges"]:
+                placed = info["learned_ranges"] + info["calibrated_ranges"]
+                notes_qat.append(
+                    f"{info['calibrated_ranges']} of {placed} activation ranges calibrated: "
+                    "no fake quantizer in torch watched those tensors"
+                )
+            cand.note = "; ".join(notes_qat)
             report_fn("evaluate", cand, total - 1, total)
             cand.evaluation, _ = evaluate(
                 path,
