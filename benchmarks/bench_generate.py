@@ -27,6 +27,18 @@ first build). On this machine, 2 threads, greedy decoding:
   ``--overhead-threads`` does for the overhead step.
 - ``search`` (``--search``): ``optimize_generative`` on the fp32 bundle with the default
   candidates, its table as figures.
+- ``kernel``: one MatMulNBits of SmolLM2's MLP shape (K 576, N 1536, blocks of 32) run by
+  plain ONNX Runtime, median microseconds a call for 1 and 128 rows at accuracy levels 0
+  and 4, with no zero points (symmetric), uint8 zero points, float zero points, and the
+  ``rtn-asymf`` decomposition (zero points 0 plus ``blocksum(x) @ offsets``); the float
+  forms' largest error against the float weight, relative to the largest output.
+
+The INT4 models: ``int4`` is the model builder's (symmetric RTN, head and embedding INT4);
+``int4_asymf`` is the generative search's GGUF Q4_1 recipe
+(``int4-rtn-asymf-b32-acc4-head-int8``, built here from the fp32 model with
+``edgeinfer.optimize.weight_only.quantize``) and ``int4_asymf_exact`` the same at accuracy
+level 0 with a float head (quality only: the float model's own weights). ``quality``,
+``memory`` and ``llama_cpp`` measure them beside the others.
 
 Run: .venv/bin/python benchmarks/bench_generate.py [--rounds 5] [--llama-python PY] [--search]
 Writes benchmarks/results/generate.json.
@@ -179,13 +191,112 @@ def quality(dirs: dict[str, Path]) -> dict[str, Any]:
         "scored_tokens": ref.tokens,
         "fp32": {"perplexity": ref.perplexity, "agreement": 1.0},
     }
-    for p in ("int4", "int8"):
+    for p in (p for p in dirs if p != "fp32"):
         q = score(dirs[p], ids, threads=THREADS, reference=ref.predictions)
         out[p] = {
             "perplexity": q.perplexity,
             "perplexity_vs_fp32": q.perplexity / ref.perplexity - 1.0,
             "agreement": q.agreement,
         }
+    return out
+
+
+ASYMF = {
+    "int4_asymf": "int4-rtn-asymf-b32-acc4-head-int8",
+    "int4_asymf_exact": "int4-rtn-asymf-b32-acc0-head-fp32",
+}
+
+
+def build_asymf(fp32: Path, root: Path) -> dict[str, Path]:
+    """The rtn-asymf candidates built from the fp32 model into ``root``."""
+    from edgeinfer.optimize.generative import _genai
+    from edgeinfer.optimize.weight_only import parse, quantize
+
+    out = {}
+    for key, name in ASYMF.items():
+        started = time.perf_counter()
+        out[key] = quantize(fp32, root / name, parse(name), _genai(fp32))
+        print(f"built {name}: {time.perf_counter() - started:.0f} s", flush=True)
+    return out
+
+
+def _kernel_model(kind: str, level: int, k: int, n: int, block: int) -> tuple[bytes, Any]:
+    """One MatMulNBits over Q4_1-shaped weights (w = d * q + m) in the form ``kind``, and
+    the float weight it stands for (the rounded zero points' form stands for another)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeinfer.optimize.int4_asymf import apply, dequantize
+
+    rng = np.random.default_rng(0)
+    blocks = k // block
+    q = rng.integers(0, 16, (n, blocks, block)).astype(np.uint8)
+    q[:, :, 0], q[:, :, 1] = 0, 15  # as Q4_1 has it: m the block's min, m + 15 d its max
+    d = rng.uniform(1e-3, 2e-2, (n, blocks)).astype(np.float32)
+    m = -rng.uniform(0.0, 0.1, (n, blocks)).astype(np.float32)
+    w = dequantize(q, d, m, k)
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, None, k])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None, n])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    if kind == "asymf_decomposed":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+        graph = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(w, "w")])
+        model, _ = apply(helper.make_model(graph, opset_imports=opsets), ["mm"], block, level)
+        return model.SerializeToString(), w
+    packed = (q[:, :, 0::2] | (q[:, :, 1::2] << 4)).astype(np.uint8)
+    inits = [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(d.reshape(-1), "S")]
+    if kind == "uint8_zero_points":  # -m / d rounded: another weight, timed only
+        zp = np.rint(-m / d).clip(0, 15).astype(np.uint8)
+        zp = np.pad(zp, ((0, 0), (0, blocks % 2)))
+        inits.append(numpy_helper.from_array((zp[:, 0::2] | (zp[:, 1::2] << 4)).reshape(-1), "Z"))
+    elif kind == "float_zero_points":
+        inits.append(numpy_helper.from_array((-m / d).astype(np.float32).reshape(-1), "Z"))
+    node = helper.make_node(
+        "MatMulNBits", ["x", "B", "S", *(["Z"] if len(inits) == 3 else [])], ["y"],
+        domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=level,
+    )  # fmt: skip
+    graph = helper.make_graph([node], "g", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=opsets)
+    return model.SerializeToString(), w if kind == "float_zero_points" else None
+
+
+def kernel(k: int = 576, n: int = 1536, block: int = 32) -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    kinds = ("no_zero_points", "uint8_zero_points", "float_zero_points", "asymf_decomposed")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    out: dict[str, Any] = {"k": k, "n": n, "block": block, "threads": THREADS}
+    rng = np.random.default_rng(1)
+    for rows, calls in ((1, 300), (128, 30)):
+        x = rng.standard_normal((1, rows, k)).astype(np.float32)
+        sessions, refs = {}, {}
+        for kind in kinds:
+            for level in (0, 4):
+                data, w = _kernel_model(kind, level, k, n, block)
+                sessions[f"{kind}_acc{level}"] = ort.InferenceSession(
+                    data, opts, providers=["CPUExecutionProvider"]
+                )
+                refs[f"{kind}_acc{level}"] = w
+        times: dict[str, list[float]] = {name: [] for name in sessions}
+        for sess in sessions.values():
+            for _ in range(5):
+                sess.run(None, {"x": x})
+        for _ in range(5):  # interleaved blocks of calls
+            for name, sess in sessions.items():
+                for _ in range(calls // 5):
+                    began = time.perf_counter()
+                    sess.run(None, {"x": x})
+                    times[name].append(time.perf_counter() - began)
+        row: dict[str, Any] = {}
+        for name, sess in sessions.items():
+            row[name] = {"median_us": round(1e6 * statistics.median(times[name]), 1)}
+            if refs[name] is not None:
+                (y,) = sess.run(None, {"x": x})
+                ref = x.astype(np.float64) @ refs[name].astype(np.float64)
+                row[name]["max_rel_error"] = float(np.abs(y - ref).max() / np.abs(ref).max())
+        out[f"rows_{rows}"] = row
     return out
 
 
@@ -215,8 +326,15 @@ def memory(dirs: dict[str, Path], text: str, n_new: int) -> dict[str, Any]:
 
 
 def llama_cpp(
-    python: str | None, int4: Path, text: str, n_new: int, rounds: int, threads: int
+    python: str | None,
+    int4: dict[str, Path],
+    text: str,
+    n_new: int,
+    rounds: int,
+    threads: int,
 ) -> dict[str, Any]:
+    """llama.cpp against each of edgeinfer's ``int4`` models (``edgeinfer_<key>``), in
+    alternating rounds."""
     from edgeinfer.generate.model import GenerativeModel
     from edgeinfer.zoo import smollm
 
@@ -230,11 +348,12 @@ def llama_cpp(
     if probe.returncode != 0:
         tail = (probe.stderr.strip().splitlines() or ["(no output)"])[-1]
         return {"status": "not run", "reason": f"{python} cannot import llama_cpp: {tail}"}
-    ours = GenerativeModel(int4, threads=threads)
-    ours.generate(text, max_tokens=8)
-    runs: dict[str, list[dict[str, Any]]] = {"llama_cpp": [], "edgeinfer_int4": []}
+    ours = {f"edgeinfer_{k}": GenerativeModel(d, threads=threads) for k, d in int4.items()}
+    for m in ours.values():
+        m.generate(text, max_tokens=8)
+    runs: dict[str, list[dict[str, Any]]] = {"llama_cpp": [], **{k: [] for k in ours}}
     for r in range(rounds + 1):  # the first round warms both up and is not counted
-        order = ["llama_cpp", "edgeinfer_int4"] if r % 2 else ["edgeinfer_int4", "llama_cpp"]
+        order = ["llama_cpp", *ours] if r % 2 else [*ours, "llama_cpp"]
         for name in order:
             if name == "llama_cpp":
                 done = subprocess.run(
@@ -243,7 +362,7 @@ def llama_cpp(
                 )  # fmt: skip
                 res = json.loads(done.stdout.strip().splitlines()[-1])
             else:
-                g = ours.generate(text, max_tokens=n_new)
+                g = ours[name].generate(text, max_tokens=n_new)
                 res = {
                     "tokens_per_s": g.tokens_per_s,
                     "ttft_s": g.ttft_s,
@@ -251,10 +370,10 @@ def llama_cpp(
                 }
             if r:
                 runs[name].append(res)
-    ours.close()
-    ll, ei = runs["llama_cpp"], runs["edgeinfer_int4"]
-    same = sum(a == b for a, b in zip(ll[0]["tokens"], ei[0]["tokens"], strict=False))
-    return {
+    for m in ours.values():
+        m.close()
+    ll = runs["llama_cpp"]
+    out: dict[str, Any] = {
         "status": "ok",
         "threads": threads,
         "llama_cpp_python": ll[0]["version"],
@@ -265,15 +384,21 @@ def llama_cpp(
             "decode_tokens_per_s": statistics.median(x["tokens_per_s"] for x in ll),
             "ttft_ms": 1000 * statistics.median(x["ttft_s"] for x in ll),
         },
-        "edgeinfer_int4": {
+    }
+    for name in ours:
+        ei = runs[name]
+        same = sum(a == b for a, b in zip(ll[0]["tokens"], ei[0]["tokens"], strict=False))
+        out[name] = {
             "decode_tokens_per_s": statistics.median(x["tokens_per_s"] for x in ei),
             "ttft_ms": 1000 * statistics.median(x["ttft_s"] for x in ei),
-        },
-        "edgeinfer_vs_llama_cpp_decode": statistics.median(
-            e["tokens_per_s"] / lc["tokens_per_s"] for e, lc in zip(ei, ll, strict=True)
-        ),
-        "same_greedy_tokens_of_first_run": f"{same} of {len(ei[0]['tokens'])}",
-    }
+            "vs_llama_cpp_decode": statistics.median(
+                e["tokens_per_s"] / lc["tokens_per_s"] for e, lc in zip(ei, ll, strict=True)
+            ),
+            "same_greedy_tokens_as_llama_cpp_first_run": f"{same} of {len(ei[0]['tokens'])}",
+        }
+    first = out[next(iter(ours))]
+    out["edgeinfer_vs_llama_cpp_decode"] = first["vs_llama_cpp_decode"]
+    return out
 
 
 def search(fp32: Path) -> dict[str, Any]:
@@ -319,7 +444,9 @@ def main() -> None:
     ap.add_argument("--llama-threads", type=int, default=THREADS, help="threads, both sides")
     ap.add_argument("--overhead-threads", type=int, default=THREADS)
     ap.add_argument("--search", action="store_true", help="also run the optimize search")
-    ap.add_argument("--skip", nargs="*", default=[], help="overhead quality memory llama_cpp")
+    ap.add_argument(
+        "--skip", nargs="*", default=[], help="overhead quality memory llama_cpp kernel"
+    )
     ap.add_argument("--rss-child", help=argparse.SUPPRESS)
     ap.add_argument("--text", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -331,15 +458,23 @@ def main() -> None:
     dirs = {p: smollm.model_dir(p) for p in ("int4", "int8", "fp32")}
     text = _prompt(dirs["int4"], args.prompt_tokens)
     payload: dict[str, Any] = {"threads": THREADS}
+    scratch = tempfile.TemporaryDirectory(prefix="edgeinfer-bench-asymf-")
+    needs_asymf = {"quality", "memory", "llama_cpp"} - set(args.skip)
+    if needs_asymf:
+        dirs.update(build_asymf(dirs["fp32"], Path(scratch.name)))
+    int4: dict[str, Path] = {k: dirs[k] for k in ("int4", "int4_asymf") if k in dirs}
     steps = {
         "overhead": lambda: overhead(
             dirs["int4"], text, args.new_tokens, args.rounds, args.overhead_threads
         ),
         "quality": lambda: quality(dirs),
-        "memory": lambda: memory(dirs, text, args.new_tokens),
-        "llama_cpp": lambda: llama_cpp(
-            args.llama_python, dirs["int4"], text, args.new_tokens, args.rounds, args.llama_threads
+        "memory": lambda: memory(
+            {k: d for k, d in dirs.items() if k != "int4_asymf_exact"}, text, args.new_tokens
         ),
+        "llama_cpp": lambda: llama_cpp(
+            args.llama_python, int4, text, args.new_tokens, args.rounds, args.llama_threads
+        ),
+        "kernel": kernel,
     }
     if args.search:
         steps["search"] = lambda: search(dirs["fp32"])
@@ -361,6 +496,7 @@ def main() -> None:
             json.dumps(payload[key], default=str)[:600],
             flush=True,
         )
+    scratch.cleanup()
     previous = RESULTS / "generate.json"
     if args.skip and previous.is_file():  # keep the figures of the steps not re-run
         kept = json.loads(previous.read_text())
