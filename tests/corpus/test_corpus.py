@@ -171,6 +171,12 @@ def test_optimize(
         if candidate["status"] == "skipped":
             assert candidate["reason"], f"{candidate['name']} has no reason"
     measured = [c for c in report["candidates"] if c["status"] == "ok"]
+    if tflite:
+        from edgeinfer.convert import inspect_tflite
+
+        if inspect_tflite(prepared.path).float16_weights:  # float arithmetic: quantizable
+            assert any("float16 weights" in note for note in report["notes"]), report["notes"]
+            assert {"aeq-weight-only-int8", "aeq-dynamic-int8"} <= {c["name"] for c in measured}
     if tflite and len(measured) == 1:
         # an int8 .tflite, or one ai-edge-quantizer cannot take (each skip names why above):
         # kept as it is, and the report says so

@@ -201,12 +201,18 @@ def optimize_tflite(
             if info.int_io:
                 specs = [TensorSpec(s.name, "float32", s.shape) for s in specs]
             outputs = list(info.outputs)
-            what = (
-                "already quantized (int8 or float16 tensors inside)" if info.quantized else "float"
-            )
+            if info.float16_weights:
+                what = (
+                    "a .tflite with float16 weights (float arithmetic): the ai-edge-quantizer "
+                    "candidates start from its weights restored to float32"
+                )
+            elif info.quantized:
+                what = "an already quantized (integer) .tflite: measured as it is"
+            else:
+                what = "a float .tflite"
             notes.append(
-                f"the source is a {what} .tflite: measured as it is; TFLiteConverter's "
-                "candidates need its Keras or SavedModel source"
+                f"the source is {what}; TFLiteConverter's candidates need its Keras or "
+                "SavedModel source"
             )
             for cname in wanted:
                 why = "" if cname in AEQ_RECIPES else "needs the Keras/SavedModel source"
