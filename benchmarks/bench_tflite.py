@@ -12,7 +12,10 @@ beside LiteRT, and conversion parity and time for every TF model converted.
    ``--target both`` (``optimize_both``, every default candidate of both worlds) on it.
 3. Conversion parity (max abs error, cosine against the source framework) and time: the
    digits CNN and a wine MLP, Keras -> ONNX and -> TFLite; the corpus's ``.tflite`` models
-   (openWakeWord, pymicro-wakeword) -> ONNX, or the operators tf2onnx lacks.
+   (openWakeWord, pymicro-wakeword, fer's int8 classifier, MediaPipe's float16 face
+   detector, selfie segmentation and hand landmarks) -> ONNX, or the operators tf2onnx
+   lacks; PyTorch -> TFLite with litert-torch (a digits CNN, NCHW, and transformers'
+   ResNet at a tiny size), where litert-torch is installed.
 4. Post-training vs quantization-aware INT8 (``--qat``): the digits CNN built with tf-keras
    (tfmot needs Keras 2), at the width above and 8x narrower, searched for LiteRT with
    ``candidates=("int8",)`` and ``qat=KerasQAT(train, epochs=3)`` (Adam at 1e-4 on the 1,400
@@ -21,8 +24,9 @@ beside LiteRT, and conversion parity and time for every TF model converted.
    then post-training int8 (same 128 calibration images), so that a QAT gain is not just
    more training.
 
-Run: .venv/bin/python benchmarks/bench_tflite.py [--part all|qat]   (writes results/tflite.json;
-``--part qat`` re-runs section 4 only and keeps the other sections' figures)
+Run: .venv/bin/python benchmarks/bench_tflite.py [--part all|qat|conversions]   (writes
+results/tflite.json; ``--part qat`` re-runs section 4 only, ``--part conversions`` section 3
+only, and each keeps the other sections' figures)
 """
 
 from __future__ import annotations
@@ -266,11 +270,20 @@ def _parity(root: Path, cnn: Any, mlp: Any) -> list[dict[str, Any]]:
                     "seconds": round(time.perf_counter() - t0, 2),
                 }
             )
+    face, selfie, hand = (
+        "modules/face_detection/face_detection_short_range.tflite",
+        "modules/selfie_segmentation/selfie_segmentation.tflite",
+        "modules/hand_landmark/hand_landmark_lite.tflite",
+    )
     for name, package, rel in (
         ("oww_melspectrogram", "wyoming_openwakeword", "models/melspectrogram.tflite"),
         ("oww_embedding", "wyoming_openwakeword", "models/embedding_model.tflite"),
         ("oww_hey_jarvis", "wyoming_openwakeword", "models/hey_jarvis_v0.1.tflite"),
         ("pmw_okay_nabu", "pymicro_wakeword", "models/okay_nabu.tflite"),
+        ("fer_emotion_int8", "fer", "data/emotion_model_quantized.tflite"),
+        ("mp_face_detection", "mediapipe", face),
+        ("mp_selfie_segmentation", "mediapipe", selfie),
+        ("mp_hand_landmarks", "mediapipe", hand),
     ):
         spec = importlib.util.find_spec(package)
         if spec is None or not spec.submodule_search_locations:
@@ -296,6 +309,70 @@ def _parity(root: Path, cnn: Any, mlp: Any) -> list[dict[str, Any]]:
                 "model": name,
                 "source": ".tflite",
                 "route": "tflite->onnx",
+                "max_abs_error": rep.max_abs_error,
+                "cosine": rep.cosine,
+                "layout": rep.layout,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    rows.extend(_torch_parity(root))
+    return rows
+
+
+def _torch_parity(root: Path) -> list[dict[str, Any]]:
+    """PyTorch -> TFLite with litert-torch: a digits CNN (NCHW) and transformers' ResNet."""
+    if importlib.util.find_spec("litert_torch") is None:
+        return [{"model": "torch", "route": "torch->tflite", "error": "litert-torch not installed"}]
+    import torch
+    import transformers
+    from sklearn.datasets import load_digits
+
+    from edgeinfer.convert import torch_to_tflite
+
+    torch.manual_seed(0)
+    cnn = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.BatchNorm2d(16),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16 * 4 * 4, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+    )
+    digits = (load_digits().data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)[:16]
+    config = transformers.ResNetConfig(
+        num_channels=3, embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], num_labels=10
+    )
+    resnet = transformers.ResNetForImageClassification(config)
+
+    class Logits(torch.nn.Module):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = resnet
+
+        def forward(self, pixels: Any) -> Any:
+            return self.net(pixel_values=pixels).logits
+
+    images = np.random.default_rng(0).random((1, 3, 64, 64)).astype(np.float32)
+    rows = []
+    for name, module, x in (
+        ("torch_digits_cnn", cnn, digits),
+        ("hf_resnet_tiny", Logits(), images),
+    ):
+        t0 = time.perf_counter()
+        try:
+            rep = torch_to_tflite(module, x, root / f"{name}.tflite")
+        except ConversionError as exc:
+            rows.append({"model": name, "route": "torch->tflite", "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "model": name,
+                "source": "nn.Module",
+                "route": "torch->tflite",
                 "max_abs_error": rep.max_abs_error,
                 "cosine": rep.cosine,
                 "layout": rep.layout,
@@ -390,12 +467,20 @@ def _qat_section(root: Path) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("all", "qat"), default="all")
-    if parser.parse_args().part == "qat":
+    parser.add_argument("--part", choices=("all", "qat", "conversions"), default="all")
+    part = parser.parse_args().part
+    if part in ("qat", "conversions"):
         previous = json.loads((RESULTS / "tflite.json").read_text())
         previous.pop("machine", None)
         with tempfile.TemporaryDirectory(prefix="bench-tflite-") as tmp:
-            previous["ptq_vs_qat"] = _qat_section(Path(tmp))
+            if part == "qat":
+                previous["ptq_vs_qat"] = _qat_section(Path(tmp))
+            else:
+                previous["conversions"] = _parity(
+                    Path(tmp), digits_cnn(width=32, dense=128), wine_mlp()
+                )
+                for row in previous["conversions"]:
+                    print(row)
         print(f"wrote {write('tflite', previous)}")
         return
     # Wider than the tests' CNN (43k weights, not 7k): a flatbuffer's fixed overhead of a few
