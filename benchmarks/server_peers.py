@@ -615,6 +615,26 @@ def summarize(
                 entry[f"{key}_per_round"] = ratios
                 entry[f"{key}_min"] = min(ratios)
                 entry[f"{key}_median"] = round(statistics.median(ratios), 3)
+        # one window against the best of four others favours the four when windows move by
+        # 2-3x: beside the per-round ratios, the medians over the rounds, best by median
+        medians = {n: v["rps_median"] for n, v in entry.items() if isinstance(v, dict)}
+        if medians.get("edgeinfer"):
+            not_peers = ("edgeinfer", BASELINE, IN_PROCESS, *FLOOR_LABELS)
+            groups = {
+                "peer": [n for n in medians if n not in not_peers],
+                "mlserver": [n for n in medians if n.startswith("mlserver")],
+            }
+            for label, group in groups.items():
+                if group:
+                    best = max(group, key=medians.__getitem__)
+                    entry[f"best_{label}_by_median"] = best
+                    entry[f"edgeinfer_median_over_best_{label}_median"] = round(
+                        medians["edgeinfer"] / max(medians[best], 1e-9), 3
+                    )
+            if medians.get(IN_PROCESS):
+                entry["edgeinfer_median_over_in_process_median"] = round(
+                    medians["edgeinfer"] / medians[IN_PROCESS], 3
+                )
         clients = int(case.rsplit("_c", 1)[1])
         for key, (least, concurrencies) in targets.items():
             if f"{key}_min" in entry and clients in concurrencies:

@@ -93,12 +93,15 @@ def test_minilm_ratios_per_round() -> None:
         {"cases": {"grpc_c32": s, "grpc_c1": s}},
         {"cases": {"grpc_c32": other, "grpc_c1": other}},
     ]
-    out = server_peers.summarize(rounds, ["edgeinfer"], server_peers.MINILM_TARGETS)
+    out = server_peers.summarize(rounds, list(case), server_peers.MINILM_TARGETS)
     assert out["grpc_c32"]["edgeinfer_over_in_process_per_round"] == [0.938, 0.8]
     assert out["grpc_c32"]["target_edgeinfer_over_in_process>=0.9_every_round"] is False
     assert out["grpc_c32"]["target_edgeinfer_over_in_process>=0.9_median"] is False
     assert out["grpc_c32"]["target_edgeinfer_over_best_mlserver>=1_every_round"] is True
     assert "target_edgeinfer_over_in_process>=0.9_every_round" not in out["grpc_c1"]
+    assert out["grpc_c1"]["best_mlserver_by_median"] == "mlserver_pw0_batch4"
+    assert out["grpc_c1"]["edgeinfer_median_over_best_mlserver_median"] == round(60 / 55, 3)
+    assert out["grpc_c1"]["edgeinfer_median_over_in_process_median"] == round(60 / 64, 3)
 
 
 def test_in_process_window_counts_rows_and_cpu(tmp_path: Path) -> None:
