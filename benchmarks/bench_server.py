@@ -1137,6 +1137,11 @@ def main() -> None:
                 )
         else:
             results["mlserver_error"] = f"{args.mlserver_python} not found"
+            print(
+                f"bench_server.py: {args.mlserver_python} not found, MLServer left out; create "
+                f"the peers' environments with benchmarks/peers/setup.sh {args.peers_dir}",
+                file=sys.stderr,
+            )
         for server in servers:
             kinds = ["rest_json", "grpc"]
             if server.name == "edgeinfer" and not args.overload_only:
@@ -1160,11 +1165,6 @@ def main() -> None:
                 rounds=2 if args.quick else args.paired_rounds, seconds=seconds,
             )  # fmt: skip
         if not args.big_only:
-            print(
-                f"bench_server.py: {args.mlserver_python} not found, MLServer left out; create "
-                f"the peers' environments with benchmarks/peers/setup.sh {args.peers_dir}",
-                file=sys.stderr,
-            )
             results["overload"], results["overload_saturation"] = overload_suite(
                 edge,
                 mlserver,
