@@ -172,3 +172,32 @@ def test_missing_litert_torch_gives_the_pip_line(
     monkeypatch.setitem(sys.modules, "litert_torch", None)
     with pytest.raises(MissingDependencyError, match="pip install --no-deps litert-torch=="):
         torch_to_tflite(_cnn(), torch.rand(1, 1, 8, 8), tmp_path / "m.tflite")
+
+
+def test_the_converted_model_optimizes_by_its_signature_names(tmp_path: Path) -> None:
+    """convert, then optimize: eval data keyed by the names convert reported (``pixels``),
+    several samples for a model converted at batch 1; the bundle's golden call is one."""
+    from sklearn.datasets import load_digits
+
+    from edgeinfer.bundle import Bundle
+    from edgeinfer.optimize import SearchConfig
+    from edgeinfer.optimize.tflite import optimize_tflite
+
+    images = _digits()
+    report = torch_to_tflite(_cnn(), images[:1], tmp_path / "cnn.tflite", input_names=["pixels"])
+    labels = load_digits().target
+    result = optimize_tflite(
+        report.path,
+        {"pixels": images[100:124].numpy(), "labels": labels[100:124]},
+        tmp_path / "opt",
+        candidates=("aeq-weight-only-int8",),
+        config=SearchConfig(metric="agreement", max_drop="1%", repeats=2, memory=False),
+        report=False,
+    ).result
+    assert [c.status for c in result.candidates] == ["ok"], result.candidates
+    from edgeinfer.runtime.model import load
+
+    bundle = Bundle.open(tmp_path / "opt")
+    assert bundle.manifest.golden
+    with load(bundle.path, providers=["cpu"]) as model:
+        assert bundle.check_golden(model) == []

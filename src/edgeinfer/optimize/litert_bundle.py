@@ -23,8 +23,15 @@ def _golden(path: Path, data: Dataset, signature: bool) -> dict[str, np.ndarray]
     from edgeinfer.convert.tflite import open_interpreter, to_model_dtype
 
     interp = open_interpreter(path)
-    feeds = data.head(min(_GOLDEN, len(data))).feeds()
     ins = {int(d["index"]): d for d in interp.get_input_details()}
+    # A model converted at a fixed batch (PyTorch's through litert-torch, MediaPipe's) takes
+    # that many samples a call, and no more: its golden call is that size.
+    fixed = [
+        int(d["shape_signature"][0])
+        for d in ins.values()
+        if len(d["shape_signature"]) and int(d["shape_signature"][0]) > 0
+    ]
+    feeds = data.head(min(_GOLDEN, len(data), *fixed)).feeds()
     if signature:
         details = interp.get_signature_runner().get_input_details()
         by_name = {k: ins[int(d["index"])] for k, d in details.items()}

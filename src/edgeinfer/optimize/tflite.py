@@ -122,6 +122,47 @@ def _arrays(source: DataSource | None, names: list[str]) -> Any:
 _FULL_INT8 = ("int8", "int8-io", "aeq-static-wi8-ai8")
 
 
+def _data_keys(source: DataSource) -> set[str]:
+    """The input names an .npz file or a dict of eval data holds (empty for other kinds)."""
+    if isinstance(source, (str, os.PathLike)) and str(source).lower().endswith(".npz"):
+        try:
+            with np.load(source, allow_pickle=False) as z:
+                return set(z.files)
+        except (OSError, ValueError):
+            return set()  # load_dataset says what is wrong with the file
+    return set(source) if isinstance(source, Mapping) else set()
+
+
+def _signature_io(src: Path, keys: set[str]) -> tuple[list[TensorSpec], list[str]] | None:
+    """The serving signature's inputs and outputs of a ``.tflite``, where the eval data is
+    keyed by its names (``pixels``, as ``edgeinfer convert`` printed them) and not by the
+    tensor names (``serving_default_pixels:0``); None otherwise."""
+    from edgeinfer.convert.tflite import open_interpreter
+
+    if not keys:
+        return None
+    interp = open_interpreter(src)
+    signatures = interp.get_signature_list()
+    tensors = {str(d["name"]) for d in interp.get_input_details()}
+    if not signatures or tensors <= keys:
+        return None
+    key = "serving_default" if "serving_default" in signatures else next(iter(signatures))
+    runner = interp.get_signature_runner(key)
+    inputs, outputs = runner.get_input_details(), runner.get_output_details()
+    if not set(inputs) <= keys:
+        return None
+    specs = []
+    for name, d in inputs.items():
+        dims = d.get("shape_signature")
+        dims = d["shape"] if dims is None or not len(dims) else dims
+        shape = tuple(None if int(n) < 0 else int(n) for n in dims)
+        dtype = np.dtype(d["dtype"]).name
+        if d["quantization"][0] and dtype in ("int8", "uint8", "int16"):
+            dtype = "float32"  # fed as floats, quantized on the way in
+        specs.append(TensorSpec(name, dtype, shape))
+    return specs, list(outputs)
+
+
 def _qat_hint(planned: list[Candidate]) -> list[str]:
     """A note when every post-training full-INT8 candidate missed the budget."""
     full = [c for c in planned if c.name in _FULL_INT8 and c.status == "ok"]
@@ -201,6 +242,9 @@ def optimize_tflite(
             if info.int_io:
                 specs = [TensorSpec(s.name, "float32", s.shape) for s in specs]
             outputs = list(info.outputs)
+            named = _signature_io(src, _data_keys(eval_data))
+            if named is not None:  # fed and read by the signature's names
+                signature, (specs, outputs) = True, named
             if info.float16_weights:
                 what = (
                     "a .tflite with float16 weights (float arithmetic): the ai-edge-quantizer "
