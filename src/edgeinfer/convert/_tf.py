@@ -307,7 +307,8 @@ def check_parity(
         na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
         cos = 1.0 if na == nb == 0.0 else float(np.dot(a.ravel(), b.ravel()) / (na * nb or 1.0))
         scale = max(1.0, float(np.max(np.abs(a))) if a.size else 1.0)
-        excess = max(err / (atol * scale), (1.0 - cos) / max(1.0 - min_cosine, 1e-12))
+        # atol 0 asks for exact outputs: any error is beyond it, none is within
+        excess = max(err / max(atol * scale, 1e-300), (1.0 - cos) / max(1.0 - min_cosine, 1e-12))
         verdicts.append(excess <= 1.0)
         worst_err, worst_cos = max(worst_err, err), min(worst_cos, cos)
         if excess > worst_excess:
