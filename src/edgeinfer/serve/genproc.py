@@ -114,13 +114,16 @@ class GenerationProcess:
         # names its own module
         cmd = [sys.executable, "-c", _CHILD_MAIN]
         cmd += [str(theirs.fileno()), str(self.path), str(self.threads or 0)]
+        conn = Connection(ours.detach())
         try:
             proc = subprocess.Popen(
                 cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env
             )
+        except OSError as exc:
+            conn.close()
+            raise ModelLoadError(f"model {self.label!r}: no generation process: {exc}") from None
         finally:
             theirs.close()
-        conn = Connection(ours.detach())
         try:
             if not conn.poll(START_TIMEOUT_S):
                 raise ModelLoadError(
