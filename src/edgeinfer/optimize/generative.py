@@ -3,7 +3,8 @@
 The float model is scored first on held-out text (:mod:`edgeinfer.generate.quality`: the
 packaged English prose, or the text file given): its perplexity is the reference, its
 greedy next-token predictions the reference for agreement. Each candidate
-(:mod:`.weight_only`: INT4 by RTN, HQQ or k-quant at block size 32/64/128, INT8; accuracy
+(:mod:`.weight_only`: INT4 by RTN (symmetric, asymmetric, or with GGUF Q4_1's float
+offsets, :mod:`.int4_asymf`), HQQ or k-quant at block size 32/64/128, INT8; accuracy
 level 0 or 4; the LM head at INT4, INT8 or float) is built and scored the same way. A
 candidate is *within budget* when its perplexity is no more than ``max_drop`` above the
 float model's (``"3%"``: relative, the default) and its next-token agreement with the float
