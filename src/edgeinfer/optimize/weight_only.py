@@ -6,10 +6,10 @@ A candidate name says everything it does::
 
 ``method`` is how the 4-bit weights are found: ``rtn`` (ONNX Runtime's blockwise
 round-to-nearest, symmetric, as onnxruntime-genai's model builder does), ``rtn-asym`` (the
-same with a zero point per block: weights that came from an asymmetric format such as
-GGUF Q4_1 lose far less), ``rtn-asymf`` (asymmetric with the zero point kept as a float:
-llama.cpp's Q4_1 quantizer, which gives back a dequantized Q4_1 model's own weights exactly;
-:mod:`.int4_asymf`), ``hqq``
+same with an integer zero point per block, each block's range stretched to hold 0),
+``rtn-asymf`` (asymmetric with the zero point kept as a float: llama.cpp's Q4_1 quantizer,
+which gives a model dequantized from GGUF Q4_1 its own weights back exactly, where the
+others re-round them onto another grid; :mod:`.int4_asymf`, ADR 0019), ``hqq``
 (half-quadratic quantization, asymmetric; needs torch) or ``kquant`` (k-quant search of each
 block's scale and zero point, asymmetric); ``block`` is the number of weights sharing one
 scale (32, 64, 128); ``level`` is MatMulNBits' ``accuracy_level`` (0: float activations;
