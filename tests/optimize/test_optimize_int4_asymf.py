@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgeinfer.bundle import Bundle
 from edgeinfer.demo._tiny_lm import TEXT
 from edgeinfer.generate import create_bundle, load
+from edgeinfer.optimize.errors import NotApplicable
 from edgeinfer.optimize.generative import GenerativeConfig
 from edgeinfer.optimize.generative_pipeline import optimize_generative
 from edgeinfer.optimize.int4_asymf import apply, dequantize, quantize_blocks
@@ -100,6 +101,12 @@ def test_partial_block_runs_in_onnx_runtime() -> None:
     (y,) = session.run(None, {"x": x})
     q, d, m = quantize_blocks(w, 32)
     np.testing.assert_allclose(y, x @ dequantize(q, d, m, 40), rtol=1e-5, atol=1e-5)
+
+
+def test_float16_weights_are_not_applicable() -> None:
+    w = np.ones((64, 8), np.float16)
+    with pytest.raises(NotApplicable, match="float32 weights; this model's MatMuls have float16"):
+        apply(_one_matmul(w), ["/proj/MatMul"], 32, 4)
 
 
 def test_candidate_name() -> None:

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeinfer.optimize.errors import NotApplicable
+
 __all__ = ["apply", "dequantize", "quantize_blocks"]
 
 
@@ -69,9 +71,21 @@ def apply(model: Any, names: list[str], block: int, accuracy_level: int) -> tupl
     """Rewrite the MatMul nodes ``names`` of ``model`` (an ONNX ModelProto, changed in
     place) as MatMulNBits plus the offset term; return it and the names of the float
     MatMuls added (the block sums and the offsets), which later passes must leave alone."""
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     inits = {i.name: i for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node if n.op_type == "MatMul"}
+    other = sorted(
+        {
+            TensorProto.DataType.Name(inits[nodes[name].input[1]].data_type).lower()
+            for name in names
+            if inits[nodes[name].input[1]].data_type != TensorProto.FLOAT
+        }
+    )
+    if other:  # MatMulNBits' scales and offsets take the activations' type
+        raise NotApplicable(
+            f"rtn-asymf quantizes float32 weights; this model's MatMuls have {', '.join(other)}"
+        )
     users: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
