@@ -163,6 +163,40 @@ def test_a_generation_process_that_dies_fails_its_streams_and_is_restarted(repo:
         assert psutil.Process(other.pid).is_running()
 
 
+def test_a_generation_not_begun_when_its_process_dies_runs_on_the_next(
+    repo: Path, tiny: GenerativeModel
+) -> None:
+    params = {"max_tokens": 12, "temperature": 0}
+    want = list(tiny.generate(PROMPT, **params).token_ids)
+    cfg = h.config(repo, batching=BatchConfig(max_batch_size=4))
+    with h.running(cfg) as server, httpx.Client(base_url=server.url, timeout=60) as client:
+        (process,) = _batcher(server, "tiny-llm").processes
+        first_pid = process.pid
+        os.kill(first_pid, signal.SIGSTOP)  # it takes the generation, and gives nothing
+        out: dict[str, httpx.Response] = {}
+        body = {"text_input": PROMPT, "parameters": params}
+
+        def send() -> None:
+            with httpx.Client(base_url=server.url, timeout=60) as other:
+                out["r"] = other.post("/v2/models/tiny-llm/generate", json=body)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            _wait_for(lambda: process.jobs == 1, "the generation went to the process")
+        finally:
+            os.kill(first_pid, signal.SIGKILL)
+        sender.join(60)
+        # the client never knew: the next process ran its generation from the start
+        assert out["r"].status_code == 200, out["r"].text
+        assert out["r"].json()["token_ids"] == want
+        assert process.pid != first_pid
+        errors = metric(
+            client, "edgeinfer_generations_total", model="tiny-llm", finish_reason="error"
+        )
+        assert errors == 0
+
+
 @pytest.mark.slow
 def test_a_generation_process_that_keeps_dying_makes_the_model_unavailable(repo: Path) -> None:
     from edgeinfer.serve.genproc import MAX_RESTARTS
