@@ -5,7 +5,9 @@ and the one-line refusals (a Keras 3 model, a .tflite, training data that does n
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,10 @@ from typer.testing import CliRunner
 
 pytest.importorskip("tensorflow")
 pytest.importorskip("tf_keras")
-pytest.importorskip("tensorflow_model_optimization")
+# Not imported here: tfmot's import sets TF_USE_LEGACY_KERAS=1 for the whole test process
+# (every later first use of tf.keras would get Keras 2); edgeinfer's loader contains that.
+if importlib.util.find_spec("tensorflow_model_optimization") is None:
+    pytest.skip("tensorflow-model-optimization is not installed", allow_module_level=True)
 
 from edgeinfer.bundle import Bundle
 from edgeinfer.cli.main import build_app, main
@@ -234,3 +239,26 @@ def test_search_without_qat_names_it_when_post_training_int8_misses() -> None:
     assert "--qat --train TRAIN.npz" in missed[0]
     assert _qat_hint([cand("int8", False), cand("aeq-static-wi8-ai8", True)]) == []
     assert _qat_hint([cand("float16", False)]) == []  # no full-INT8 candidate measured
+
+
+def test_loading_tfmot_leaves_the_process_on_keras_3() -> None:
+    """tfmot's import sets TF_USE_LEGACY_KERAS=1 for the process; after edgeinfer loads it,
+    tf.keras (first touched later, as a caller's code or a converter would) is still Keras 3."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from edgeinfer.optimize.qat_keras import _import_tfmot\n"
+        "tf_keras, tfmot = _import_tfmot()\n"
+        "import tensorflow as tf\n"
+        "print(os.environ.get('TF_USE_LEGACY_KERAS'), tf.keras.Model.__module__, "
+        "tf_keras.__version__[0])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    legacy, module, tfmot_keras = out.stdout.split()
+    assert legacy == "None" and module.startswith("keras.src"), out.stdout
+    assert tfmot_keras == "2"

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -126,12 +127,27 @@ def _import_tfmot() -> tuple[Any, Any]:
         import tf_keras
     except ImportError as exc:
         raise MissingDependencyError("tf-keras", "tensorflow", purpose) from exc
+    # tfmot's import sets TF_USE_LEGACY_KERAS=1 for the whole process, which would turn
+    # every later first use of tf.keras (the caller's, mtcnn's, our converters') into Keras 2.
+    # Settle tf.keras as it stands first (Keras 3 unless the caller chose otherwise), then put
+    # the variable back: tfmot itself still gets tf_keras.
+    import tensorflow as tf
+
+    prior = os.environ.get("TF_USE_LEGACY_KERAS")
+    _ = tf.keras.Model
     try:
-        import tensorflow_model_optimization as tfmot
+        with warnings.catch_warnings():  # tfmot's import uses distutils' LooseVersion
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import tensorflow_model_optimization as tfmot
     except ImportError as exc:
         raise MissingDependencyError(
             "tensorflow-model-optimization", "tensorflow", purpose
         ) from exc
+    finally:
+        if prior is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = prior
     return tf_keras, tfmot
 
 
