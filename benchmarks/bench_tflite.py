@@ -315,7 +315,49 @@ def _parity(root: Path, cnn: Any, mlp: Any) -> list[dict[str, Any]]:
                 "seconds": round(time.perf_counter() - t0, 2),
             }
         )
+    rows.extend(_mtcnn_parity(root))
     rows.extend(_torch_parity(root))
+    return rows
+
+
+def _mtcnn_parity(root: Path) -> list[dict[str, Any]]:
+    """mtcnn's PNet/RNet/ONet: subclassed Keras models from its wheel, built, given the
+    wheel's weights and never called, as its users hold them."""
+    if importlib.util.find_spec("mtcnn") is None:
+        return [{"model": "mtcnn", "route": "keras->*", "error": "mtcnn not installed"}]
+    from mtcnn.network.onet import ONet
+    from mtcnn.network.pnet import PNet
+    from mtcnn.network.rnet import RNet
+    from mtcnn.utils.tensorflow import load_weights
+
+    rows: list[dict[str, Any]] = []
+    rng = np.random.default_rng(0)
+    for name, cls, shape in (
+        ("mtcnn_pnet", PNet, (2, 48, 64, 3)),
+        ("mtcnn_rnet", RNet, (4, 24, 24, 3)),
+        ("mtcnn_onet", ONet, (4, 48, 48, 3)),
+    ):
+        net = cls()
+        net.build()
+        net.set_weights(load_weights(name.split("_")[1] + ".lz4"))
+        sample = rng.uniform(-1, 1, shape).astype(np.float32)
+        for route, fn, suffix in (
+            ("keras->onnx", keras_to_onnx, ".onnx"),
+            ("keras->tflite", keras_to_tflite, ".tflite"),
+        ):
+            t0 = time.perf_counter()
+            rep = fn(net, root / f"{name}{suffix}", inputs=[sample])
+            rows.append(
+                {
+                    "model": name,
+                    "source": "keras.Model subclass",
+                    "route": route,
+                    "max_abs_error": rep.max_abs_error,
+                    "cosine": rep.cosine,
+                    "layout": rep.layout,
+                    "seconds": round(time.perf_counter() - t0, 2),
+                }
+            )
     return rows
 
 
