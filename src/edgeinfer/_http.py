@@ -263,9 +263,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     # -------------------------------------------------------------- deadlines
     def _arm_head_timer(self) -> None:
-        self._head_timer = self.loop.call_later(
-            self.limits.header_timeout_s, self._head_timed_out
-        )
+        self._head_timer = self.loop.call_later(self.limits.header_timeout_s, self._head_timed_out)
 
     def _arm_body_timer(self) -> None:
         self._body_deadline = self.loop.time() + self.limits.body_timeout_s
