@@ -42,6 +42,7 @@ from edgeinfer.optimize.passes.static_int8 import (
     StaticInt8Config,
     calibrate,
     check_loads,
+    every_output_session,
     quantize_or_retry,
 )
 
@@ -110,23 +111,8 @@ class LearnedRangesConfig:
 
 def _intermediates(model: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every float tensor of one run on ``feeds``: graph inputs and all node outputs."""
-    import onnx
-    import onnxruntime as ort
-
-    proto = load_onnx(model)
-    have = {o.name for o in proto.graph.output}
-    for node in proto.graph.node:
-        for name in node.output:
-            if name and name not in have:
-                proto.graph.output.append(onnx.ValueInfoProto(name=name))
-                have.add(name)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with quiet():
-        session = ort.InferenceSession(
-            proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
+        session = every_output_session(model)
         names = [o.name for o in session.get_outputs()]
         values = session.run(names, feeds)
     out = {k: np.asarray(v) for k, v in feeds.items()}

@@ -147,9 +147,9 @@ def chunk_samples(sample_bytes: int, config: StaticInt8Config, histogram: bool) 
     return max(1, budget // max(1, sample_bytes))
 
 
-def activation_bytes(model: Path, feeds: dict[str, np.ndarray]) -> int:
-    """Bytes of every intermediate tensor of one run on ``feeds`` (one sample): the model
-    with each node output made a graph output, run once; 0 where it cannot run."""
+def every_output_session(model: Path) -> Any:
+    """An ONNX Runtime session (CPU, no graph optimization) of ``model`` with each node
+    output made a graph output: one run gives every intermediate tensor."""
     import onnx
     import onnxruntime as ort
 
@@ -163,11 +163,14 @@ def activation_bytes(model: Path, feeds: dict[str, np.ndarray]) -> int:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def activation_bytes(model: Path, feeds: dict[str, np.ndarray]) -> int:
+    """Bytes of every intermediate tensor of one run on ``feeds`` (one sample): the model
+    with each node output made a graph output, run once; 0 where it cannot run."""
     try:
-        session = ort.InferenceSession(
-            proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]
-        )
-        outputs = session.run(None, feeds)
+        outputs = every_output_session(model).run(None, feeds)
     except Exception:  # over protobuf's 2 GB, or an output ONNX Runtime will not expose
         return 0  # unknown: the configured batch size stands
     rows = max(1, len(next(iter(feeds.values()))))
