@@ -60,21 +60,31 @@ def import_torch(purpose: str = "Converting a PyTorch model") -> Any:
     return torch
 
 
-def _as_tensors(torch: Any, example: Any) -> tuple[Any, ...]:
-    items = example if isinstance(example, (tuple, list)) else (example,)
+def as_tensors(
+    torch: Any, given: Any, what: str, error: type[Exception] = ConversionError
+) -> tuple[Any, ...]:
+    """One tensor per ``forward()`` argument from a tensor, an array or a sequence of them
+    (arrays become tensors); anything else is ``error`` naming ``what`` it was."""
+    items = given if isinstance(given, (tuple, list)) else (given,)
     out = []
     for i, item in enumerate(items):
         if isinstance(item, np.ndarray):
             item = torch.from_numpy(np.ascontiguousarray(item))
         if not isinstance(item, torch.Tensor):
-            raise ConversionError(
-                f"example input {i} is a {type(item).__name__}; expected a torch.Tensor or "
+            raise error(
+                f"{what} {i} is a {type(item).__name__}; expected a torch.Tensor or "
                 "numpy array (one per forward() argument)"
             )
-        if item.dim() == 0:
-            raise ConversionError(f"example input {i} is a scalar; expected a batch [N, ...]")
         out.append(item)
     return tuple(out)
+
+
+def _as_tensors(torch: Any, example: Any) -> tuple[Any, ...]:
+    out = as_tensors(torch, example, "example input")
+    for i, item in enumerate(out):
+        if item.dim() == 0:
+            raise ConversionError(f"example input {i} is a scalar; expected a batch [N, ...]")
+    return out
 
 
 def _names(given: Sequence[str] | None, n: int, stem: str) -> list[str]:

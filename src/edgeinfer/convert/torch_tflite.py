@@ -50,7 +50,7 @@ from edgeinfer._atomic import replacing
 from edgeinfer.convert._tf import check_parity
 from edgeinfer.convert.errors import ConversionError
 from edgeinfer.convert.tflite import run_tflite
-from edgeinfer.convert.torch import ConversionReport, import_torch
+from edgeinfer.convert.torch import ConversionReport, as_tensors, import_torch
 from edgeinfer.errors import InputError, MissingDependencyError
 
 __all__ = ["LITERT_TORCH_INSTALL", "torch_to_tflite"]
@@ -112,17 +112,7 @@ def _names(given: Sequence[str] | None, n: int, stem: str) -> list[str]:
 
 
 def _tensors(torch: Any, samples: Any) -> tuple[Any, ...]:
-    items = samples if isinstance(samples, (tuple, list)) else (samples,)
-    out = []
-    for i, item in enumerate(items):
-        if isinstance(item, np.ndarray):
-            item = torch.from_numpy(np.ascontiguousarray(item))
-        if not isinstance(item, torch.Tensor):
-            raise InputError(
-                f"sample input {i} is a {type(item).__name__}; expected a torch.Tensor or "
-                "numpy array (one per forward() argument)"
-            )
-        out.append(item.detach())
+    out = tuple(t.detach() for t in as_tensors(torch, samples, "sample input", InputError))
     if not out:
         raise InputError("no sample inputs; give one tensor per forward() argument")
     return tuple(out)
