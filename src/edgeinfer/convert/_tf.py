@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,12 +69,51 @@ def quiet() -> Iterator[None]:
                 lg.setLevel(level)
 
 
+# What TensorFlow 2.21's C++ writes to stderr as it loads, whatever TF_CPP_MIN_LOG_LEVEL says
+# (absl's logging is not yet set up): a note about absl and one about oneDNN, twice each.
+_IMPORT_NOISE = (
+    b"WARNING: All log messages before absl::InitializeLog() is called",
+    b"oneDNN custom operations are on",
+)
+
+
+@contextlib.contextmanager
+def drop_import_noise() -> Iterator[None]:
+    """File descriptor 2 held aside while TensorFlow loads; what was written meanwhile goes
+    back to it, less TensorFlow's two start-up notes."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (an embedding host): leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [
+                line
+                for line in held.read().splitlines(keepends=True)
+                if not any(noise in line for noise in _IMPORT_NOISE)
+            ]
+            if kept:
+                os.write(2, b"".join(kept))
+
+
 def import_tf(purpose: str = "Converting a TensorFlow model") -> Any:
-    """``tensorflow`` (its C++ logs limited to errors), or the install hint."""
+    """``tensorflow`` (its C++ logs limited to errors, its start-up notes dropped), or the
+    install hint."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
-        with quiet():
+        if "tensorflow" in sys.modules:
             import tensorflow as tf
+        else:
+            with quiet(), drop_import_noise():
+                import tensorflow as tf
     except ImportError as exc:
         raise MissingDependencyError("tensorflow-cpu", "tensorflow", purpose) from exc
     return tf

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from edgeinfer._atomic import replacing
-from edgeinfer.convert._tf import check_parity
+from edgeinfer.convert._tf import check_parity, drop_import_noise, import_tf
 from edgeinfer.convert.errors import ConversionError
 from edgeinfer.convert.tflite import run_tflite
 from edgeinfer.convert.torch import ConversionReport, as_tensors, import_torch
@@ -63,9 +63,9 @@ LITERT_TORCH_INSTALL = (
 
 
 def _import_litert_torch() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tf("Converting a PyTorch model to TFLite")  # its conversion loads TensorFlow
     try:
-        with _quiet():
+        with _quiet(), drop_import_noise():  # its own libraries print TensorFlow's notes again
             import litert_torch  # type: ignore[import-untyped,import-not-found]
     except ImportError as exc:
         err = MissingDependencyError(

@@ -121,8 +121,10 @@ def keras_generation(path: str | os.PathLike[str]) -> int | None:
 
 
 def _import_tfmot() -> tuple[Any, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from edgeinfer.convert._tf import import_tf
+
     purpose = "Quantization-aware training (--qat)"
+    tf = import_tf(purpose)
     try:
         import tf_keras
     except ImportError as exc:
@@ -131,8 +133,6 @@ def _import_tfmot() -> tuple[Any, Any]:
     # every later first use of tf.keras (the caller's, mtcnn's, our converters') into Keras 2.
     # Settle tf.keras as it stands first (Keras 3 unless the caller chose otherwise), then put
     # the variable back: tfmot itself still gets tf_keras.
-    import tensorflow as tf
-
     prior = os.environ.get("TF_USE_LEGACY_KERAS")
     _ = tf.keras.Model
     try:
