@@ -125,6 +125,9 @@ def run(ctx: DemoContext) -> None:
         _reconnect(off, prompts[0])
         for prompt in prompts:
             complete("link good", prompt)
+        # A slow link (a weak cellular signal): the server's tokens queue on it, so those
+        # after the cut are still in flight when it drops, however fast the model wrote them.
+        link.set(rate="64kbit")
         for prompt in prompts:
             complete("link drops", prompt, cut=rng.randrange(1, tokens // 2))
             _reconnect(off, prompt)  # the link is back for the next completion
